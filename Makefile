@@ -1,0 +1,51 @@
+# envkit: `make demo` runs the demo, `make test` runs the tests; both set up .venv first.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+BIN         := $(VENV)/bin
+READY       := $(VENV)/.envkit-ready
+
+VENV20      ?= .venv-torch20
+TORCH20_SPEC ?= torch==2.0.1
+BIN20       := $(VENV20)/bin
+READY20     := $(VENV20)/.envkit-ready
+
+.PHONY: all venv test demo bench bench-8g test-torch20 clean
+
+all: test
+
+$(READY): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "numpy"
+	$(BIN)/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	@# Byte-compile so that start-up is measured as users see it, even under PYTHONDONTWRITEBYTECODE.
+	$(BIN)/python -m compileall -q envkit $(VENV)/lib >/dev/null || true
+	@touch $@
+
+venv: $(READY)
+
+test: $(READY)
+	$(BIN)/python -m pytest -q
+
+demo: $(READY)
+	$(BIN)/python examples/demo.py
+
+bench: $(READY)
+	$(BIN)/python benchmarks/run.py
+
+bench-8g: $(READY)
+	$(BIN)/python benchmarks/run.py --size-gb 8
+
+# torch 2.0.1 (the target runtime): its PyPI wheel is ~2.3 GB with its CUDA 11.7 deps. Not part of `make test`.
+$(READY20): pyproject.toml
+	@test -x $(BIN20)/python || $(PYTHON) -m venv $(VENV20)
+	$(BIN20)/python -m pip install -q "$(TORCH20_SPEC)" "numpy<2"
+	$(BIN20)/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	@touch $@
+
+test-torch20: $(READY) $(READY20)
+	$(BIN20)/python -m pytest -q tests/checkpoint tests/test_cross_version.py
+	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py
+
+clean:
+	rm -rf $(VENV) $(VENV20) .pytest_cache build *.egg-info

@@ -1,0 +1,175 @@
+"""May this environment resume that checkpoint? ``check``, ``guard`` and ``load``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from envkit.checkpoint.reader import CheckpointInfo, read_stamp
+from envkit.checkpoint.verify import verify as verify_checkpoint
+from envkit.config import load_config
+from envkit.errors import CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
+from envkit.fingerprint import Fingerprint, collect
+from envkit.policy import Difference, Policy, diff, evaluate, unstamped_change, verdict
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    checkpoint: Path
+    info: CheckpointInfo
+    live: Fingerprint
+    differences: tuple[Difference, ...]
+    verdict: str
+    policy: Policy
+
+    @property
+    def stored(self) -> Fingerprint | None:
+        return self.info.stamp.fingerprint if self.info.stamp else None
+
+    def rows(self, severity: str) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if d.severity == severity)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "checkpoint": str(self.checkpoint),
+            "stamped": self.info.stamped,
+            "format": self.info.format,
+            "policy": self.policy.preset,
+            "stored": self.stored.to_json() if self.stored else None,
+            "live": self.live.to_json(),
+            "meta": dict(self.info.stamp.meta) if self.info.stamp else None,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+    def summary(self) -> str:
+        refused = self.rows("refuse")
+        if refused:
+            reasons = "; ".join(f"{d.field}: {d.reason}" for d in refused[:3])
+            more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+            return f"{self.checkpoint}: this environment may not resume it: {reasons}{more}"
+        return f"{self.checkpoint}: {self.verdict}"
+
+
+def resolve_policy(policy: Policy | str | None) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    return load_config().policy(policy)
+
+
+def check(
+    path: str | os.PathLike[str],
+    *,
+    policy: Policy | str | None = None,
+    live: Fingerprint | None = None,
+) -> CheckReport:
+    """Compare a checkpoint's stamp with the live (or a given) environment. Never unpickles."""
+    info = read_stamp(path)
+    active = resolve_policy(policy)
+    current = live if live is not None else collect()
+    changes = diff(info.stamp.fingerprint, current) if info.stamp else (unstamped_change(),)
+    rows = evaluate(changes, active)
+    return CheckReport(Path(path), info, current, rows, verdict(rows), active)
+
+
+def guard(path: str | os.PathLike[str], policy: Policy | str | None = None) -> CheckReport:
+    """Call before ``load_state_dict``: warns on drift, raises EnvironmentMismatch on refuse."""
+    report = check(path, policy=policy)
+    for row in report.rows("warn"):
+        warn_drift(f"{report.checkpoint}: {row.field}: {row.reason}")
+    if report.verdict == "refuse":
+        raise EnvironmentMismatch(report.summary(), report)
+    return report
+
+
+def cpu_fallback_location() -> Callable[[Any, str], Any]:
+    """A map_location that keeps storages on CPU when the device they were saved on is absent."""
+    torch = sys.modules["torch"]
+
+    def restore(storage: Any, location: str) -> Any:
+        if location.startswith("cuda"):
+            index = int(location.split(":", 1)[1]) if ":" in location else 0
+            if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+                return storage
+        if location.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            return storage
+        return None  # torch's default placement
+
+    return restore
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    map_location: Any = None,
+    policy: Policy | str | None = None,
+    verify: bool = True,
+) -> Any:
+    """guard, then the payload digest, then ``torch.load(weights_only=True)``.
+
+    Without ``map_location`` tensors go where they were saved when that device
+    exists here, else to the CPU.
+    """
+    report = guard(path, policy)
+    if verify and report.info.stamped:
+        result = verify_checkpoint(path, report.info)
+        if not result.ok:
+            raise CorruptCheckpoint(f"{result.problem}; resume from an earlier checkpoint")
+    try:
+        import torch
+    except ImportError:
+        raise TorchNotInstalled("envkit.load needs torch; install it with `pip install envkit[torch]`") from None
+    location = map_location if map_location is not None else cpu_fallback_location()
+    return torch.load(path, map_location=location, weights_only=True)
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: str
+    b: str
+    stored: Fingerprint | None
+    live: Fingerprint | None
+    differences: tuple[Difference, ...]
+    verdict: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "verdict": self.verdict,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+
+def fingerprint_of(source: str) -> Fingerprint | None:
+    """``live``, a fingerprint JSON file, or a checkpoint (None when it has no stamp)."""
+    if source == "live":
+        return collect()
+    p = Path(source)
+    info = None
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        head = b""  # read_stamp below names the problem
+    if head.startswith(b"{"):
+        from envkit.fingerprint import read_fingerprint_file
+
+        return read_fingerprint_file(p)
+    info = read_stamp(p)
+    return info.stamp.fingerprint if info.stamp else None
+
+
+def compare(a: str, b: str, *, policy: Policy | str | None = None) -> DiffReport:
+    """Differences between two environments, each ``live``, a fingerprint file or a checkpoint."""
+    active = resolve_policy(policy)
+    fa, fb = fingerprint_of(a), fingerprint_of(b)
+    if fa is None or fb is None:
+        changes: tuple = (unstamped_change(),)
+    else:
+        changes = diff(fa, fb)
+    rows = evaluate(changes, active)
+    return DiffReport(a, b, fa, fb, rows, verdict(rows))

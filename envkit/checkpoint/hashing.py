@@ -1,0 +1,88 @@
+"""Payload digests: one pass while torch writes, and a re-read for verification."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any, BinaryIO, Protocol
+
+import xxhash
+
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS
+from envkit.errors import BadInput
+
+CHUNK = 8 * 1024 * 1024
+_SNAPSHOTS = 16
+
+
+class Hasher(Protocol):
+    def update(self, data: Any) -> None: ...
+    def hexdigest(self) -> str: ...
+    def copy(self) -> Hasher: ...
+
+
+def new_hasher(algorithm: str) -> Hasher:
+    if algorithm == "xxh3_128":
+        return xxhash.xxh3_128()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise BadInput(f"unknown digest {algorithm!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+
+
+def digest_of_file(fh: BinaryIO, length: int, algorithm: str) -> str:
+    """Digest of the first ``length`` bytes of an open file; short files give a short read."""
+    hasher = new_hasher(algorithm)
+    fh.seek(0)
+    remaining = length
+    buffer = bytearray(min(CHUNK, max(length, 1)))
+    view = memoryview(buffer)
+    while remaining > 0:
+        n = fh.readinto(view[: min(CHUNK, remaining)])
+        if not n:
+            break
+        hasher.update(view[:n])
+        remaining -= n
+    return f"{algorithm}:{hasher.hexdigest()}"
+
+
+class HashingWriter:
+    """A write-only file wrapper that hashes what passes through it.
+
+    The payload ends where torch's central directory starts, which is only known
+    once torch has finished. miniz writes the central directory in one call, so a
+    snapshot of the hash state taken before each of the last few writes gives the
+    digest at that offset without re-reading anything.
+    """
+
+    def __init__(self, fh: BinaryIO, algorithm: str) -> None:
+        self._fh = fh
+        self.algorithm = algorithm
+        self._hasher = new_hasher(algorithm)
+        self._snapshots: deque[tuple[int, Hasher]] = deque(maxlen=_SNAPSHOTS)
+        self.position = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._snapshots.append((self.position, self._hasher.copy()))
+        self._fh.write(view)
+        self._hasher.update(view)
+        self.position += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def digest_at(self, offset: int) -> str:
+        """The digest of the first ``offset`` bytes written."""
+        if offset == self.position:
+            return f"{self.algorithm}:{self._hasher.hexdigest()}"
+        for start, snapshot in self._snapshots:
+            if start == offset:
+                return f"{self.algorithm}:{snapshot.hexdigest()}"
+        self._fh.flush()
+        reader = open(self._fh.name, "rb")  # type: ignore[attr-defined]
+        with reader:
+            return digest_of_file(reader, offset, self.algorithm)

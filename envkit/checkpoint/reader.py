@@ -1,0 +1,310 @@
+"""Read what a checkpoint says about itself, in milliseconds and without torch.
+
+Order (DESIGN §3): the ``<prefix>/extra/envkit.json`` member of a zip checkpoint;
+else the ``envkit`` key of the pickled dict, read with the restricted unpickler
+(zip ``data.pkl`` or the legacy stream); else the file is reported unstamped.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from contextlib import contextmanager
+
+from envkit.checkpoint.safe_pickle import (
+    MAX_PICKLE_BYTES,
+    Opaque,
+    RestrictedUnpickler,
+    StorageRef,
+    restricted_load,
+    to_plain,
+)
+from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
+from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
+
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+_PNG = b"\x89PNG"
+MAX_TOP_KEYS = 50
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``read_stamp`` learns about a checkpoint file."""
+
+    path: Path
+    format: str  # "zip" | "legacy" | "torchscript"
+    size: int
+    stamp: Stamp | None = None
+    stamp_source: str | None = None  # "member" | "pickle"
+    prefix: str | None = None
+    serialization_version: str | None = None
+
+    @property
+    def stamped(self) -> bool:
+        return self.stamp is not None
+
+
+@dataclass(frozen=True)
+class Inspection:
+    info: CheckpointInfo
+    records: tuple[tuple[str, int], ...] = ()
+    storages: tuple[StorageRef, ...] = ()
+    top_level: tuple[tuple[str, str], ...] = ()
+    byteorder: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(sorted({s.location for s in self.storages}))
+
+    def to_json(self) -> dict[str, Any]:
+        info, stamp = self.info, self.info.stamp
+        return {
+            "checkpoint": str(info.path),
+            "format": info.format,
+            "size": info.size,
+            "prefix": info.prefix,
+            "serialization_version": info.serialization_version,
+            "byteorder": self.byteorder,
+            "records": [{"name": n, "size": s} for n, s in self.records],
+            "storages": len(self.storages),
+            "devices": list(self.devices),
+            "top_level": {k: t for k, t in self.top_level},
+            "stamped": info.stamped,
+            "stamp_source": info.stamp_source,
+            "meta": dict(stamp.meta) if stamp else None,
+            "payload": {"digest": stamp.payload.digest, "length": stamp.payload.length} if stamp and stamp.payload else None,
+            "fingerprint": stamp.fingerprint.to_json() if stamp else None,
+        }
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _check_regular_file(path: Path) -> int:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file; pass the path of a checkpoint written by torch.save or envkit.save") from None
+    except OSError as exc:
+        raise BadInput(f"{describe_os_error(path, exc)}; pass a readable checkpoint file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{path}: is a directory; pass a checkpoint file (envkit ls lists the checkpoints in a folder)")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{path}: not a regular file; pass a checkpoint file")
+    if st.st_size == 0:
+        raise NotACheckpoint(f"{path}: the file is empty; it is not a checkpoint (an interrupted save?)")
+    return st.st_size
+
+
+def sniff(path: Path, head: bytes) -> str:
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy"
+    what = "a PNG image" if head.startswith(_PNG) else "neither a zip checkpoint nor a legacy torch file"
+    raise NotACheckpoint(f"{path}: {what}; pass a file written by torch.save or envkit.save")
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise BadInput(f"{describe_os_error(path, exc)}; pass a readable checkpoint file") from None
+
+
+@contextmanager
+def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        raise NotACheckpoint(
+            f"{path}: a damaged or truncated zip archive ({exc}); it is not a usable checkpoint, "
+            "resume from an earlier one"
+        ) from None
+    with zf:
+        yield zf
+
+
+def archive_prefix(path: Path, names: list[str]) -> str:
+    """The archive's own top folder, the one torch reads records from."""
+    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
+    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1 or len(prefixes) != 1:
+        raise NotACheckpoint(f"{path}: a zip archive, but not one torch.save wrote (no single <prefix>/data.pkl)")
+    return pkl[0].split("/", 1)[0]
+
+
+def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: int) -> bytes:
+    _refuse_unusual_member(info, path)
+    if info.file_size > limit:
+        raise MalformedStamp(
+            f"{path}: member {info.filename} is {info.file_size} bytes, over the {limit} byte limit; "
+            "the file was not written by envkit or was tampered with"
+        )
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise NotACheckpoint(f"{path}: member {info.filename} is damaged ({exc}); resume from an earlier checkpoint") from None
+
+
+def _refuse_unusual_member(info: zipfile.ZipInfo, path: Path) -> None:
+    if info.flag_bits & 0x1:
+        raise UnsafeCheckpoint(f"{path}: member {info.filename} is encrypted; torch never writes that, do not load this file")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise UnsafeCheckpoint(f"{path}: member {info.filename} is compressed; torch never writes that, do not load this file")
+
+
+class _Limited:
+    """A read-only view of a stream that fails past ``limit`` bytes."""
+
+    def __init__(self, fh: BinaryIO, limit: int, path: Path) -> None:
+        self._fh, self._left, self._path = fh, limit, path
+
+    def _take(self, n: int) -> int:
+        if n > self._left:
+            raise UnsafeCheckpoint(f"{self._path}: the pickle is larger than {MAX_PICKLE_BYTES} bytes; refusing to read it")
+        self._left -= n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(self._left + 1 if n is None or n < 0 else min(n, self._left + 1))
+        self._take(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        data = self._fh.readline(self._left + 1)
+        self._take(len(data))
+        return data
+
+
+def _stamp_from_object(obj: Any, path: Path) -> Stamp | None:
+    if not isinstance(obj, dict) or DICT_KEY not in obj:
+        return None
+    doc = to_plain(obj[DICT_KEY], source=str(path))
+    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("envkit.stamp"):
+        return None  # somebody else's "envkit" key
+    return Stamp.from_json(doc, source=str(path))
+
+
+def _top_level(obj: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(obj, dict):
+        return (("<object>", _kind(obj)),)
+    return tuple((str(k)[:120], _kind(v)) for k, v in list(obj.items())[:MAX_TOP_KEYS])
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, Opaque):
+        return v.qualname.rsplit(".", 1)[-1].lstrip("_")
+    if isinstance(v, dict):
+        return f"dict[{len(v)}]"
+    if isinstance(v, (list, tuple)):
+        return f"{type(v).__name__}[{len(v)}]"
+    return type(v).__name__
+
+
+# -- zip ----------------------------------------------------------------------------
+
+
+def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
+    with open_zip(path) as zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        prefix = archive_prefix(path, names)
+        by_name = {i.filename: i for i in infos}
+        torchscript = f"{prefix}/constants.pkl" in by_name or any(n.startswith(f"{prefix}/code/") for n in names)
+        fmt = "torchscript" if torchscript else "zip"
+        version = by_name.get(f"{prefix}/version")
+        serialization_version = _member_bytes(zf, version, path, 64).decode("ascii", "replace").strip() if version else None
+        byteorder_info = by_name.get(f"{prefix}/byteorder")
+        byteorder = _member_bytes(zf, byteorder_info, path, 64).decode("ascii", "replace").strip() if byteorder_info else None
+
+        stamp, source = None, None
+        member = by_name.get(f"{prefix}/{MEMBER}")
+        if member is not None:
+            stamp, source = Stamp.from_bytes(_member_bytes(zf, member, path, 8 * 1024 * 1024), source=str(path)), "member"
+
+        storages: tuple[StorageRef, ...] = ()
+        top: tuple[tuple[str, str], ...] = ()
+        if (stamp is None or deep) and not torchscript:
+            pkl = by_name[f"{prefix}/data.pkl"]
+            _refuse_unusual_member(pkl, path)
+            if pkl.file_size > MAX_PICKLE_BYTES:
+                raise UnsafeCheckpoint(f"{path}: data.pkl is {pkl.file_size} bytes; refusing to read so large a pickle")
+            try:
+                with zf.open(pkl) as stream:
+                    obj, unpickler = restricted_load(stream, source=str(path))
+            except zipfile.BadZipFile as exc:
+                raise NotACheckpoint(f"{path}: data.pkl is damaged ({exc}); resume from an earlier checkpoint") from None
+            storages, top = tuple(unpickler.storages), _top_level(obj)
+            if stamp is None:
+                stamp = _stamp_from_object(obj, path)
+                source = "pickle" if stamp else None
+        if torchscript and stamp is None:
+            raise NotACheckpoint(
+                f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; envkit checks files "
+                "written by torch.save or envkit.save, load this one with torch.jit.load"
+            )
+        info = CheckpointInfo(path, fmt, size, stamp, source, prefix, serialization_version)
+        records = tuple((i.filename, i.file_size) for i in infos) if deep else ()
+        return Inspection(info, records, storages, top, byteorder)
+
+
+# -- legacy -------------------------------------------------------------------------
+
+
+def _read_legacy(path: Path, size: int) -> Inspection:
+    with _open(path) as fh:
+        stream = _Limited(fh, MAX_PICKLE_BYTES, path)
+        magic, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
+        protocol, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
+        sys_info, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
+        if not isinstance(protocol, int) or not isinstance(sys_info, dict):
+            raise NotACheckpoint(f"{path}: a legacy torch header, but damaged; resume from an earlier checkpoint")
+        obj, unpickler = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
+    stamp = _stamp_from_object(obj, path)
+    byteorder = "little" if sys_info.get("little_endian") else "big"
+    info = CheckpointInfo(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
+    return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
+
+
+# -- entry points -------------------------------------------------------------------
+
+
+def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
+    p = Path(path)
+    size = _check_regular_file(p)
+    with _open(p) as fh:
+        head = fh.read(len(LEGACY_MAGIC))
+    fmt = sniff(p, head)
+    if fmt == "zip":
+        return _read_zip(p, size, deep=deep)
+    return _read_legacy(p, size)
+
+
+def read_stamp(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """The stamp and format of a checkpoint, read without torch and without running pickled code.
+
+    Raises ``BadInput`` subclasses (exit code 2) for anything that is not a readable,
+    safe checkpoint.
+    """
+    return _read(path, deep=False).info
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
+    """Everything ``read_stamp`` learns plus the records, storages and top-level keys."""
+    return _read(path, deep=True)
+
+
+__all__ = ["CheckpointInfo", "Inspection", "RestrictedUnpickler", "inspect_checkpoint", "read_stamp"]

@@ -1,0 +1,202 @@
+"""A restricted unpickler that reads a checkpoint's structure without running any of it.
+
+``find_class`` resolves a short list of names. Everything torch or numpy would
+rebuild (tensors, storages, dtypes, arrays) becomes an inert placeholder made fresh
+for each load, so nothing a pickle does (BUILD, attribute writes) can reach a real
+module. Any other global is refused with ``UnsafeCheckpoint`` naming it. Storage
+references (``persistent_load``) are recorded, never read.
+
+Walking the result is bounded too: a few hundred bytes of pickle can describe a
+structure with 2**60 paths through it.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from envkit.errors import NotACheckpoint, UnsafeCheckpoint
+
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+MAX_WALK_NODES = 200_000
+MAX_WALK_DEPTH = 64
+
+# Real constructors: they cannot run code, and the result must be walkable.
+_REAL = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+}
+
+_TORCH_REBUILDERS = {
+    "_rebuild_tensor",
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+    "_rebuild_qtensor",
+    "_rebuild_sparse_tensor",
+    "_rebuild_nested_tensor",
+    "_rebuild_meta_tensor_no_storage",
+    "_rebuild_device_tensor_from_numpy",
+    "_rebuild_device_tensor_from_cpu_tensor",
+    "_rebuild_wrapper_subclass",
+}
+_TORCH_TOP = {
+    "Size", "device", "dtype", "layout", "memory_format", "Tensor", "UntypedStorage", "TypedStorage",
+    "strided", "sparse_coo", "sparse_csr", "contiguous_format", "channels_last", "preserve_format",
+    "float", "float16", "float32", "float64", "bfloat16", "half", "double", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "complex32", "complex64", "complex128", "cfloat", "cdouble",
+    "long", "int", "short", "qint8", "quint8", "qint32", "quint4x2", "float8_e4m3fn", "float8_e5m2",
+    "float8_e4m3fnuz", "float8_e5m2fnuz",
+}  # fmt: skip
+_STORAGE_SUFFIX = "Storage"
+
+_NUMPY = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+def _is_allowed_stub(module: str, name: str) -> bool:
+    if module == "torch._utils" and name in _TORCH_REBUILDERS:
+        return True
+    if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+        return True
+    if module == "torch" and (name in _TORCH_TOP or name.endswith(_STORAGE_SUFFIX)):
+        return True
+    if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
+        return True
+    if module == "torch.nn.parameter" and name == "Parameter":
+        return True
+    if module == "numpy.dtypes" and name.endswith("DType"):
+        return True
+    return (module, name) in _NUMPY
+
+
+class Opaque:
+    """Stands for something torch or numpy would have built. Records nothing it is given."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}>"
+
+
+def _stub_class(qualname: str) -> type:
+    """A fresh class per name per load: calling or instantiating it yields an Opaque."""
+
+    def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+        return Opaque(qualname)
+
+    return type("Stub", (), {"__new__": new, "__slots__": (), "qualname": qualname})
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    key: str
+    location: str
+    dtype: str
+    numel: int | None
+
+
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpoint("_codecs.encode called with other than a latin1 string")
+    return text.encode("latin-1")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, *, source: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self.source = source
+        self.storages: list[StorageRef] = []
+        self._stubs: dict[tuple[str, str], Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key in _REAL:
+            return _REAL[key]
+        if key == ("_codecs", "encode"):
+            return _latin1_bytes
+        if _is_allowed_stub(module, name):
+            if key not in self._stubs:
+                self._stubs[key] = _stub_class(f"{module}.{name}")
+            return self._stubs[key]
+        raise UnsafeCheckpoint(
+            f"{self.source}: refuses to unpickle global {module}.{name!s:.100}; the file may run code when "
+            "loaded: do not torch.load it without weights_only=True unless you trust who wrote it"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5:
+            storage_type = getattr(pid[1], "qualname", str(pid[1]))
+            numel = pid[4] if isinstance(pid[4], int) else None
+            if len(self.storages) < MAX_WALK_NODES:
+                self.storages.append(StorageRef(str(pid[2]), str(pid[3]), storage_type.rsplit(".", 1)[-1], numel))
+            return Opaque("storage")
+        if isinstance(pid, tuple) and pid and pid[0] == "module":
+            return Opaque("module")
+        raise UnsafeCheckpoint(f"{self.source}: unknown persistent reference in the pickle; not a torch checkpoint")
+
+
+def restricted_load(stream: BinaryIO, *, source: str) -> tuple[Any, RestrictedUnpickler]:
+    """Unpickle one object from stream with the restricted unpickler."""
+    unpickler = RestrictedUnpickler(stream, source=source)
+    try:
+        return unpickler.load(), unpickler
+    except (UnsafeCheckpoint, NotACheckpoint):
+        raise
+    except RecursionError:
+        raise UnsafeCheckpoint(f"{source}: the pickle nests too deeply to read safely") from None
+    except MemoryError:
+        raise UnsafeCheckpoint(f"{source}: the pickle asks for more memory than a checkpoint header should") from None
+    except Exception as exc:  # noqa: BLE001 - every parse failure is one kind of bad input
+        raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpickler]:
+    return restricted_load(io.BytesIO(data), source=source)
+
+
+def to_plain(value: Any, *, source: str) -> Any:
+    """Copy value into plain JSON types, refusing placeholders and bounding the walk."""
+    budget = [MAX_WALK_NODES]
+
+    def walk(v: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_WALK_DEPTH:
+            raise UnsafeCheckpoint(f"{source}: the stamp inside the pickle is too large or deep to be envkit's")
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, dict):
+            return {str(k): walk(x, depth + 1) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x, depth + 1) for x in v]
+        raise UnsafeCheckpoint(f"{source}: the envkit entry holds a {type(v).__name__}, not plain data")
+
+    return walk(value, 0)

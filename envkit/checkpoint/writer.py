@@ -1,0 +1,140 @@
+"""Atomic, stamped saves (DESIGN §3 and §7).
+
+``torch.save`` writes into ``<dir>/.<name>.tmp-<pid>`` through a hashing wrapper;
+the stamp is appended as a zip member in the same file; the file is fsynced,
+renamed over the final name and the folder fsynced. A reader never sees a partial
+file under the final name, and a failure removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from envkit.checkpoint.hashing import HashingWriter
+from envkit.checkpoint.reader import archive_prefix
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
+from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
+from envkit.fingerprint import Fingerprint, collect
+
+TEMP_MARK = ".tmp-"
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # Windows cannot open folders; rename is durable there by other means
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise TorchNotInstalled("envkit.save needs torch; install it with `pip install envkit[torch]`") from None
+    return torch
+
+
+def build_meta(meta: Mapping[str, Any] | None, path: Path) -> dict[str, Any]:
+    from envkit import __version__
+
+    out = dict(meta or {})
+    out.setdefault("saved_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    out["envkit"] = __version__
+    try:
+        json.dumps(out, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{path}: meta must hold plain JSON values (numbers, strings, lists, dicts): {exc}") from None
+    return out
+
+
+def write_stamped(
+    obj: Any,
+    path: Path,
+    *,
+    stamp_for: Any,
+    digest: str,
+) -> Stamp:
+    """torch.save obj to a temporary file, append the stamp, and commit atomically.
+
+    ``stamp_for(payload)`` builds the stamp once the payload digest is known.
+    """
+    torch = _import_torch()
+    folder = path.parent
+    if not folder.is_dir():
+        raise BadInput(f"{path}: the folder {folder} does not exist; create it first")
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "w+b") as fh:
+            writer = HashingWriter(fh, digest)
+            torch.save(obj, writer)
+            fh.flush()
+            with zipfile.ZipFile(fh, "a") as zf:
+                prefix = archive_prefix(path, zf.namelist())
+                payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
+                stamp = stamp_for(payload)
+                info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
+                zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointWriteError(
+                f"{path}: save failed ({exc.strerror or exc}); earlier checkpoints are untouched and the "
+                "temporary file was removed; free space or fix the folder, then save again"
+            ) from exc
+        raise
+    return stamp
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # a manager cleans stale temporary files on its next start
+
+
+def save(
+    obj: Any,
+    path: str | os.PathLike[str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    digest: str = "xxh3_128",
+    fingerprint: Fingerprint | None = None,
+) -> Stamp:
+    """``torch.save`` that stamps the file with the environment that wrote it, atomically.
+
+    Returns the stamp. ``meta`` (epoch, step, metrics, ...) must be plain JSON data.
+    """
+    target = Path(path)
+    if digest not in DIGEST_ALGORITHMS:
+        raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+    full_meta = build_meta(meta, target)
+    _import_torch()
+    fp = fingerprint if fingerprint is not None else collect()
+    return write_stamped(obj, target, stamp_for=lambda payload: Stamp(fp, payload, full_meta), digest=digest)

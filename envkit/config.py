@@ -1,0 +1,95 @@
+"""``[tool.envkit]`` in pyproject.toml, or envkit.toml, as a Config.
+
+The nearest file upward from the working directory wins; envkit.toml beats
+pyproject.toml in the same folder. In envkit.toml the keys may sit at the top
+level or under ``[tool.envkit]``::
+
+    [tool.envkit]
+    preset = "strict"            # strict | compatible | warn
+
+    [tool.envkit.policy]
+    "torch.cuda" = "refuse"
+    "packages.*" = "info"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from envkit.errors import ConfigError
+from envkit.policy import Policy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILES = ("envkit.toml", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str | None = None
+    policy_overrides: tuple[tuple[str, str], ...] = ()
+    source: Path | None = None
+
+    def policy(self, preset: str | None = None) -> Policy:
+        """The policy to apply; an explicit preset (from a flag or argument) beats the file's."""
+        return Policy.of(preset or self.preset, dict(self.policy_overrides))
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for name in CONFIG_FILES:
+            candidate = folder / name
+            if candidate.is_file():
+                if name == "pyproject.toml" and not _mentions_envkit(candidate):
+                    continue
+                return candidate
+    return None
+
+
+def _mentions_envkit(path: Path) -> bool:
+    try:
+        return b"[tool.envkit" in path.read_bytes()
+    except OSError:
+        return False
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | None = None) -> Config:
+    source = Path(path) if path is not None else find_config_file(start)
+    if source is None:
+        return Config()
+    try:
+        doc = tomllib.loads(source.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read ({exc.strerror}); fix the file or remove it") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML ({exc}); fix the file") from None
+    section: Any = doc.get("tool", {}).get("envkit")
+    if section is None and source.name == "envkit.toml":
+        section = doc
+    return parse_config(section or {}, source)
+
+
+def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Config:
+    where = f"{source}: " if source else ""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where}[tool.envkit] must be a table")
+    preset = section.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f'{where}[tool.envkit] preset must be a string such as "strict"')
+    overrides = section.get("policy", {})
+    if not isinstance(overrides, Mapping) or not all(isinstance(v, str) for v in overrides.values()):
+        raise ConfigError(f'{where}[tool.envkit.policy] must map field names to severities, e.g. "torch.cuda" = "refuse"')
+    config = Config(preset, tuple(sorted(overrides.items())), source)
+    try:
+        config.policy()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc.message}") from None
+    return config

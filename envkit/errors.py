@@ -1,0 +1,92 @@
+"""The one exception tree of envkit.
+
+Every error carries the exit code the command line uses for it (DESIGN §5) and a
+message that says what to do next. Messages are single lines: the CLI prints them
+as they are, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+
+
+class EnvkitError(Exception):
+    """Base of every error envkit raises on purpose."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class BadInput(EnvkitError):
+    """The input cannot be used at all: a missing file, a malformed document, a bad option."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class NotACheckpoint(BadInput):
+    """The file is not something torch.save wrote (or it is truncated beyond recognition)."""
+
+
+class UnsafeCheckpoint(BadInput):
+    """The file asks the unpickler for something envkit will not run."""
+
+
+class MalformedStamp(BadInput):
+    """The envkit stamp inside a checkpoint is not valid JSON of a known schema."""
+
+
+class ConfigError(BadInput):
+    """The [tool.envkit] configuration cannot be used."""
+
+
+class CheckFailed(EnvkitError):
+    """A check ran and said no: policy refused, a digest did not match."""
+
+    exit_code = EXIT_REFUSED
+
+
+class EnvironmentMismatch(CheckFailed):
+    """The live environment may not resume this checkpoint under the active policy."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class CorruptCheckpoint(CheckFailed):
+    """The checkpoint's bytes do not match the digest its stamp recorded."""
+
+
+class CheckpointWriteError(EnvkitError):
+    """A save failed midway; earlier checkpoints are untouched and the temporary file is gone."""
+
+    exit_code = EXIT_REFUSED
+
+
+class TorchNotInstalled(BadInput):
+    """An operation needs torch and it is not importable."""
+
+
+class EnvironmentDriftWarning(UserWarning):
+    """The live environment differs from the checkpoint's in a way the policy only warns about."""
+
+
+def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
+    """A short phrase for an OSError, without the repr noise."""
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{os.fspath(path)}: {reason}"
+
+
+def warn_drift(message: str) -> None:
+    warnings.warn(message, EnvironmentDriftWarning, stacklevel=3)

@@ -1,0 +1,36 @@
+"""The environment fingerprint: what wrote a checkpoint (DESIGN §2)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from envkit.errors import BadInput, MalformedStamp, describe_os_error
+from envkit.fingerprint.collect import collect
+from envkit.fingerprint.schema import SCHEMA, Fingerprint
+
+MAX_FINGERPRINT_BYTES = 16 * 1024 * 1024
+
+__all__ = ["SCHEMA", "Fingerprint", "collect", "read_fingerprint_file"]
+
+
+def read_fingerprint_file(path: str | os.PathLike[str]) -> Fingerprint:
+    """A fingerprint JSON file as written by ``envkit fingerprint -o``."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise BadInput(f"{p}: is a directory; pass a fingerprint JSON file")
+        if p.stat().st_size > MAX_FINGERPRINT_BYTES:
+            raise BadInput(f"{p}: too large for a fingerprint file; pass the JSON written by `envkit fingerprint -o`")
+        doc = json.loads(p.read_bytes())
+    except OSError as exc:
+        raise BadInput(f"{describe_os_error(p, exc)}; pass a fingerprint JSON file") from None
+    except ValueError as exc:
+        raise BadInput(f"{p}: not valid JSON ({exc}); write one with `envkit fingerprint -o FILE`") from None
+    if isinstance(doc, dict) and "fingerprint" in doc and "schema" in doc and str(doc["schema"]).startswith("envkit.stamp"):
+        doc = doc["fingerprint"]
+    try:
+        return Fingerprint.from_json(doc, source=str(p))
+    except MalformedStamp as exc:
+        raise BadInput(exc.message) from None

@@ -1,0 +1,226 @@
+"""The fingerprint data model, schema ``envkit.fingerprint/1`` (DESIGN §2).
+
+Frozen dataclasses in, plain JSON out. The digest is the sha256 of the canonical
+JSON (sorted keys, no whitespace) of everything except ``host`` and the digest
+itself. Changing what goes into the digest is a breaking change: bump SCHEMA and
+keep a reader for the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from envkit.errors import MalformedStamp
+
+SCHEMA = "envkit.fingerprint/1"
+SUPPORTED_SCHEMAS = (SCHEMA,)
+
+JSONValue = Any
+
+
+def canonical_json(value: JSONValue) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_of(value: JSONValue) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    version: str | None = None
+    implementation: str | None = None
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    system: str | None = None
+    machine: str | None = None
+    libc: str | None = None
+    conda_subdir: str | None = None
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    version: str | None = None
+    cuda: str | None = None
+    cudnn: str | None = None
+    git: str | None = None
+    build: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    name: str | None = None
+    capability: str | None = None
+    memory_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    driver: str | None = None
+    devices: tuple[GpuDevice, ...] = ()
+    nccl: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Package:
+    name: str
+    version: str
+    source: str
+    build: str | None = None
+
+    def to_json(self) -> list[str | None]:
+        return [self.name, self.version, self.source, self.build]
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    name: str | None = None
+    lock_hash: str | None = None
+    lock_platform: str | None = None
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Where and when the fingerprint was taken: volatile, never part of the digest."""
+
+    hostname: str | None = None
+    collected_at: str | None = None
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    python: PythonInfo = field(default_factory=PythonInfo)
+    platform: PlatformInfo = field(default_factory=PlatformInfo)
+    torch: TorchInfo = field(default_factory=TorchInfo)
+    gpu: GpuInfo = field(default_factory=GpuInfo)
+    determinism: tuple[tuple[str, JSONValue], ...] | None = None
+    packages: tuple[Package, ...] = ()
+    environment: EnvironmentInfo | None = None
+    host: HostInfo = field(default_factory=HostInfo)
+    schema: str = SCHEMA
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def packages_digest(self) -> str:
+        return sha256_of([p.to_json() for p in self.packages])
+
+    @property
+    def digest(self) -> str:
+        return sha256_of(self._content())
+
+    def package_versions(self) -> dict[str, str]:
+        return {p.name: p.version for p in self.packages}
+
+    # -- serialisation -----------------------------------------------------------
+    def _content(self) -> dict[str, JSONValue]:
+        return {
+            "schema": self.schema,
+            "python": _section(self.python),
+            "platform": _section(self.platform),
+            "torch": _section(self.torch),
+            "gpu": {
+                "driver": self.gpu.driver,
+                "devices": [_section(d) for d in self.gpu.devices],
+                "nccl": self.gpu.nccl,
+            },
+            "determinism": dict(self.determinism) if self.determinism is not None else None,
+            "packages": {
+                "digest": self.packages_digest,
+                "items": [p.to_json() for p in self.packages],
+            },
+            "environment": _section(self.environment) if self.environment else None,
+        }
+
+    def to_json(self) -> dict[str, JSONValue]:
+        doc = self._content()
+        doc["host"] = _section(self.host)
+        doc["digest"] = self.digest
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, JSONValue], *, source: str = "fingerprint") -> Fingerprint:
+        """Rebuild a fingerprint; raises MalformedStamp naming ``source`` when it is not one."""
+        if not isinstance(doc, Mapping):
+            raise MalformedStamp(f"{source}: the fingerprint is not a JSON object")
+        schema = doc.get("schema")
+        if schema not in SUPPORTED_SCHEMAS:
+            raise MalformedStamp(
+                f"{source}: unknown fingerprint schema {schema!r} (this envkit reads "
+                f"{', '.join(SUPPORTED_SCHEMAS)}); upgrade envkit to read it"
+            )
+        try:
+            gpu = doc.get("gpu") or {}
+            packages = (doc.get("packages") or {}).get("items") or []
+            determinism = doc.get("determinism")
+            env = doc.get("environment")
+            return cls(
+                python=_load(PythonInfo, doc.get("python")),
+                platform=_load(PlatformInfo, doc.get("platform")),
+                torch=_load(TorchInfo, doc.get("torch")),
+                gpu=GpuInfo(
+                    driver=_opt_str(gpu.get("driver")),
+                    devices=tuple(_load(GpuDevice, d) for d in gpu.get("devices") or ()),
+                    nccl=_opt_str(gpu.get("nccl")),
+                ),
+                determinism=(
+                    tuple(sorted((str(k), v) for k, v in determinism.items()))
+                    if isinstance(determinism, Mapping)
+                    else None
+                ),
+                packages=tuple(sorted(_load_package(p) for p in packages)),
+                environment=_load(EnvironmentInfo, env) if env else None,
+                host=_load(HostInfo, doc.get("host")),
+                schema=schema,
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MalformedStamp(f"{source}: the fingerprint is malformed ({exc})") from None
+
+    def with_host(self, host: HostInfo) -> Fingerprint:
+        return replace(self, host=host)
+
+
+def _section(obj: object) -> dict[str, JSONValue]:
+    return dict(obj.__dict__)
+
+
+def _opt_str(value: JSONValue) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+_INT_FIELDS = frozenset({"memory_mib"})
+
+
+def _load(kind: type, value: JSONValue) -> Any:
+    if value is None:
+        return kind()
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{kind.__name__} must be an object")
+    known = kind.__dataclass_fields__
+    kwargs = {}
+    for key, item in value.items():
+        if key not in known:
+            continue  # written by a newer envkit; ignored but kept out of comparisons
+        if key in _INT_FIELDS:
+            kwargs[key] = int(item) if item is not None else None
+        else:
+            kwargs[key] = _opt_str(item)
+    return kind(**kwargs)
+
+
+def _load_package(item: JSONValue) -> Package:
+    if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 4:
+        raise ValueError("a package entry must be [name, version, source, build]")
+    name, version, *rest = item
+    source = rest[0] if rest else "unknown"
+    build = rest[1] if len(rest) > 1 else None
+    return Package(str(name), str(version), str(source), _opt_str(build))

@@ -1,0 +1,278 @@
+"""Pure comparison of two fingerprints and the rules that judge the differences (DESIGN §4).
+
+``diff(stored, live)`` lists what differs, one row per field. ``evaluate`` gives each
+row a severity and a reason a person can act on; the verdict is the worst row.
+No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from envkit.errors import ConfigError
+from envkit.fingerprint.schema import Fingerprint
+
+SEVERITIES = ("ok", "info", "warn", "refuse")
+PRESETS = ("strict", "compatible", "warn")
+DEFAULT_PRESET = "compatible"
+STAMP_FIELD = "stamp"
+
+# Packages whose versions have fields of their own.
+_DEDICATED_PACKAGES = frozenset({"torch", "pytorch", "python"})
+
+Value = object
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    stored: Value
+    live: Value
+
+
+@dataclass(frozen=True)
+class Difference:
+    field: str
+    stored: Value
+    live: Value
+    severity: str
+    reason: str
+
+    def to_json(self) -> dict[str, Value]:
+        return {
+            "field": self.field,
+            "stored": self.stored,
+            "live": self.live,
+            "severity": self.severity,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Policy:
+    preset: str = DEFAULT_PRESET
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown policy {self.preset!r}; use one of {', '.join(PRESETS)}")
+        for pattern, severity in self.overrides:
+            if severity not in SEVERITIES:
+                raise ConfigError(
+                    f"policy override {pattern!r} = {severity!r}: severity must be one of {', '.join(SEVERITIES)}"
+                )
+
+    @classmethod
+    def of(cls, preset: str | None = None, overrides: Mapping[str, str] | None = None) -> Policy:
+        return cls(preset or DEFAULT_PRESET, tuple(sorted((overrides or {}).items())))
+
+    def override_for(self, field: str) -> str | None:
+        exact = dict(self.overrides).get(field)
+        if exact is not None:
+            return exact
+        matches = [(len(p), sev) for p, sev in self.overrides if fnmatch.fnmatchcase(field, p)]
+        return max(matches)[1] if matches else None
+
+
+# -- diff --------------------------------------------------------------------------
+
+
+def flatten(fp: Fingerprint) -> dict[str, Value]:
+    """The comparable fields of a fingerprint, by dotted name."""
+    fields: dict[str, Value] = {
+        "python.version": fp.python.version,
+        "python.implementation": fp.python.implementation,
+        "platform.system": fp.platform.system,
+        "platform.machine": fp.platform.machine,
+        "platform.libc": fp.platform.libc,
+        "platform.conda_subdir": fp.platform.conda_subdir,
+        "torch.version": fp.torch.version,
+        "torch.cuda": fp.torch.cuda,
+        "torch.cudnn": fp.torch.cudnn,
+        "torch.git": fp.torch.git,
+        "torch.build": fp.torch.build,
+        "gpu.driver": fp.gpu.driver,
+        "gpu.nccl": fp.gpu.nccl,
+        "gpu.devices": ", ".join(sorted(str(d.name) for d in fp.gpu.devices)) or None,
+        "gpu.capability": ", ".join(sorted({str(d.capability) for d in fp.gpu.devices})) or None,
+        "environment.lock_hash": fp.environment.lock_hash if fp.environment else None,
+    }
+    if fp.determinism is not None:
+        for key, value in fp.determinism:
+            fields[f"determinism.{key}"] = value
+    return fields
+
+
+def diff(stored: Fingerprint, live: Fingerprint) -> tuple[Change, ...]:
+    """Every field whose value differs, in a stable order."""
+    a, b = flatten(stored), flatten(live)
+    changes = [
+        Change(name, a.get(name), b.get(name))
+        for name in sorted(a.keys() | b.keys())
+        if a.get(name) != b.get(name)
+        and not (name.startswith("determinism.") and (stored.determinism is None or live.determinism is None))
+    ]
+    if stored.packages and live.packages:
+        # An empty package list means "not recorded", not "nothing installed".
+        pa = {p.name: _package_label(p) for p in stored.packages if p.name not in _DEDICATED_PACKAGES}
+        pb = {p.name: _package_label(p) for p in live.packages if p.name not in _DEDICATED_PACKAGES}
+        for name in sorted(pa.keys() | pb.keys()):
+            if pa.get(name) != pb.get(name):
+                changes.append(Change(f"packages.{name}", pa.get(name), pb.get(name)))
+    return tuple(changes)
+
+
+def _package_label(p: object) -> str:
+    version = getattr(p, "version")
+    build = getattr(p, "build")
+    return f"{version} ({build})" if build else str(version)
+
+
+# -- rules -------------------------------------------------------------------------
+
+
+def _release(value: Value) -> tuple[int, ...] | None:
+    match = re.match(r"\d+(?:\.\d+)*", str(value)) if value is not None else None
+    return tuple(int(x) for x in match.group(0).split(".")) if match else None
+
+
+def _pad(v: tuple[int, ...], n: int = 3) -> tuple[int, ...]:
+    return (v + (0,) * n)[:n]
+
+
+def _rule_python_version(c: Change) -> tuple[str, str]:
+    a, b = _release(c.stored), _release(c.live)
+    if a is None or b is None:
+        return "warn", f"Python version unknown on one side ({c.stored} vs {c.live}); make sure both run the same Python"
+    if _pad(a)[:2] != _pad(b)[:2]:
+        return "refuse", (
+            f"written by Python {c.stored}, this is {c.live}: pickled objects and extensions need the same "
+            f"major.minor; resume under Python {'.'.join(map(str, _pad(a)[:2]))} (see `envkit recreate`)"
+        )
+    return "info", f"Python patch release differs ({c.stored} -> {c.live}); safe to resume"
+
+
+def _rule_torch_version(c: Change) -> tuple[str, str]:
+    a, b = _release(c.stored), _release(c.live)
+    if c.live is None:
+        return "warn", f"torch is not installed here; install torch {c.stored} to resume"
+    if a is None or b is None:
+        return "warn", f"torch version unknown on the checkpoint's side; this is torch {c.live}"
+    pa, pb = _pad(a), _pad(b)
+    if pa[:2] > pb[:2]:
+        return "refuse", (
+            f"written by torch {c.stored}, this is torch {c.live}: torch serialization is not forward "
+            f"compatible; install torch>={'.'.join(map(str, pa))} to resume"
+        )
+    if pa[:2] < pb[:2]:
+        return "warn", (
+            f"this torch {c.live} is newer than the {c.stored} that wrote it: it loads, but kernels and "
+            "numerics may differ; pin torch to the checkpoint's version for an exact resume"
+        )
+    if pa != pb:
+        return "info", f"torch patch release differs ({c.stored} -> {c.live}); safe to resume"
+    return "warn", f"another build of torch {'.'.join(map(str, pa))} ({c.stored} -> {c.live}); check its CUDA build"
+
+
+def _rule_minor_sensitive(label: str) -> Callable[[Change], tuple[str, str]]:
+    def rule(c: Change) -> tuple[str, str]:
+        a, b = _release(c.stored), _release(c.live)
+        if a is not None and b is not None and _pad(a)[:2] == _pad(b)[:2]:
+            return "info", f"{label} patch release differs ({c.stored} -> {c.live})"
+        return "warn", (
+            f"{label} changed ({_show(c.stored)} -> {_show(c.live)}): kernels and numerics may differ; "
+            f"resume with {label} {_show(c.stored)} for an exact continuation"
+        )
+
+    return rule
+
+
+def _fixed(severity: str, text: str) -> Callable[[Change], tuple[str, str]]:
+    def rule(c: Change) -> tuple[str, str]:
+        return severity, text.format(stored=_show(c.stored), live=_show(c.live), field=c.field)
+
+    return rule
+
+
+def _show(value: Value) -> str:
+    return "none" if value is None else str(value)
+
+
+_COMPATIBLE: dict[str, Callable[[Change], tuple[str, str]]] = {
+    "python.version": _rule_python_version,
+    "python.implementation": _fixed("refuse", "written by {stored}, this is {live}; resume with {stored}"),
+    "torch.version": _rule_torch_version,
+    "torch.cuda": _rule_minor_sensitive("CUDA"),
+    "torch.cudnn": _rule_minor_sensitive("cuDNN"),
+    "torch.git": _fixed("info", "torch was built from another commit ({stored} -> {live})"),
+    "torch.build": _fixed("info", "another conda build of torch ({stored} -> {live})"),
+    "gpu.capability": _fixed(
+        "warn",
+        "GPU compute capability changed ({stored} -> {live}): kernel choice and TF32/bf16 numerics may differ",
+    ),
+    "gpu.devices": _fixed("info", "different GPUs ({stored} -> {live})"),
+    "gpu.driver": _fixed("info", "NVIDIA driver changed ({stored} -> {live})"),
+    "gpu.nccl": _fixed("info", "NCCL changed ({stored} -> {live})"),
+    "environment.lock_hash": _fixed("info", "the environment was created from another lock ({stored} -> {live})"),
+    STAMP_FIELD: _fixed(
+        "warn",
+        "the checkpoint has no envkit stamp, so nothing is known of the environment that wrote it; "
+        "re-save it with envkit.save to stamp it",
+    ),
+}
+
+
+def _compatible(c: Change) -> tuple[str, str]:
+    rule = _COMPATIBLE.get(c.field)
+    if rule is not None:
+        return rule(c)
+    if c.field.startswith("platform."):
+        return "warn", f"{c.field} changed ({_show(c.stored)} -> {_show(c.live)}); results may differ"
+    if c.field.startswith("packages."):
+        name = c.field.split(".", 1)[1]
+        if c.live is None:
+            return "warn", f"{name} {c.stored} is not installed here; install it if the training code imports it"
+        if c.stored is None:
+            return "warn", f"{name} {c.live} is installed here but was not where the checkpoint was written"
+        return "warn", f"{name} changed ({c.stored} -> {c.live})"
+    if c.field.startswith("determinism."):
+        return "info", f"{c.field} differs ({_show(c.stored)} -> {_show(c.live)}); set it as in the original run"
+    return "info", f"{c.field} differs ({_show(c.stored)} -> {_show(c.live)})"
+
+
+_STRICT_REFUSES = ("python.", "torch.version", "torch.cuda", "torch.cudnn", "gpu.capability", "packages.", STAMP_FIELD)
+
+
+def _judge(c: Change, preset: str) -> tuple[str, str]:
+    severity, reason = _compatible(c)
+    if preset == "strict" and c.field.startswith(_STRICT_REFUSES):
+        return "refuse", f"{reason} (the strict policy refuses any change here)"
+    if preset == "warn" and severity == "refuse":
+        return "warn", reason
+    return severity, reason
+
+
+def evaluate(changes: Iterable[Change], policy: Policy = Policy()) -> tuple[Difference, ...]:
+    rows = []
+    for c in changes:
+        severity, reason = _judge(c, policy.preset)
+        override = policy.override_for(c.field)
+        if override is not None and override != severity:
+            severity = override
+            reason = f"{reason} (set to {override} by the project's policy)"
+        if policy.preset == "warn" and severity == "refuse":
+            severity = "warn"
+        rows.append(Difference(c.field, c.stored, c.live, severity, reason))
+    return tuple(rows)
+
+
+def verdict(rows: Iterable[Difference]) -> str:
+    worst = max((SEVERITIES.index(r.severity) for r in rows), default=0)
+    return {"refuse": "refuse", "warn": "warn"}.get(SEVERITIES[worst], "ok")
+
+
+def unstamped_change() -> Change:
+    return Change(STAMP_FIELD, None, "present")

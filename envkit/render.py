@@ -1,0 +1,119 @@
+"""Human-readable text for the command line. JSON output does not pass through here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from envkit.checkpoint import CheckReport, Inspection, VerifyResult
+    from envkit.fingerprint import Fingerprint
+    from envkit.policy import Difference
+
+MAX_PACKAGE_ROWS = 12
+_MARK = {"refuse": "REFUSE", "warn": "warn", "info": "info", "ok": "ok"}
+
+
+def _v(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def fingerprint_lines(fp: Fingerprint) -> list[tuple[str, str]]:
+    gpus = ", ".join(f"{d.name} (sm {d.capability})" for d in fp.gpu.devices) or "none"
+    rows = [
+        ("python", f"{_v(fp.python.version)} ({_v(fp.python.implementation)})"),
+        ("platform", f"{_v(fp.platform.system)} {_v(fp.platform.machine)}, {_v(fp.platform.libc)}, {_v(fp.platform.conda_subdir)}"),
+        ("torch", _v(fp.torch.version) + (f"  build {fp.torch.build}" if fp.torch.build else "")),
+        ("cuda", _v(fp.torch.cuda)),
+        ("cudnn", _v(fp.torch.cudnn)),
+        ("driver", _v(fp.gpu.driver)),
+        ("gpus", gpus),
+        ("nccl", _v(fp.gpu.nccl)),
+        ("packages", f"{len(fp.packages)} ({fp.packages_digest[:19]})"),
+    ]
+    if fp.environment:
+        rows.append(("lock", f"{_v(fp.environment.lock_hash)} ({_v(fp.environment.lock_platform)})"))
+    rows.append(("digest", fp.digest))
+    return rows
+
+
+def table(rows: Iterable[tuple[str, str]], indent: str = "  ") -> str:
+    rows = list(rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{indent}{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def difference_lines(rows: Iterable[Difference]) -> list[str]:
+    rows = list(rows)
+    shown = [r for r in rows if not r.field.startswith("packages.")]
+    packages = [r for r in rows if r.field.startswith("packages.")]
+    packages.sort(key=lambda r: ("refuse", "warn", "info", "ok").index(r.severity))
+    shown += packages[:MAX_PACKAGE_ROWS]
+    width = max((len(r.field) for r in shown), default=0)
+    lines = [
+        f"  {_MARK[r.severity].ljust(6)} {r.field.ljust(width)}  {_v(r.stored)} -> {_v(r.live)}\n"
+        f"  {'':6} {'':{width}}  {r.reason}"
+        for r in shown
+    ]
+    if len(packages) > MAX_PACKAGE_ROWS:
+        lines.append(f"  ... and {len(packages) - MAX_PACKAGE_ROWS} more package changes (--json lists all)")
+    return lines
+
+
+def check_text(report: CheckReport, against: str) -> str:
+    out = [f"{report.checkpoint}  ({report.info.format}, policy {report.policy.preset})"]
+    stored = report.stored
+    if stored is None:
+        out.append("  no envkit stamp: nothing is known of the environment that wrote it")
+    else:
+        meta = report.info.stamp.meta if report.info.stamp else {}
+        where = ", ".join(f"{k} {meta[k]}" for k in ("epoch", "step") if meta.get(k) is not None)
+        out.append(f"  written by  torch {_v(stored.torch.version)}, CUDA {_v(stored.torch.cuda)}, cuDNN {_v(stored.torch.cudnn)}, "
+                   f"Python {_v(stored.python.version)} on {_v(stored.host.hostname)} at {_v(meta.get('saved_at'))}"
+                   + (f" ({where})" if where else ""))
+    live = report.live
+    out.append(f"  {against.ljust(10)}  torch {_v(live.torch.version)}, CUDA {_v(live.torch.cuda)}, cuDNN {_v(live.torch.cudnn)}, "
+               f"Python {_v(live.python.version)}")
+    if report.differences:
+        out.append("")
+        out.extend(difference_lines(report.differences))
+    else:
+        out.append("  no differences")
+    out.append("")
+    out.append({
+        "ok": "ok: this environment may resume it",
+        "warn": "warn: this environment may resume it, but read the warnings above",
+        "refuse": "refuse: this environment may not resume it",
+    }[report.verdict])
+    return "\n".join(out)
+
+
+def inspect_text(insp: Inspection) -> str:
+    info = insp.info
+    rows = [
+        ("format", info.format),
+        ("size", f"{info.size:,} bytes"),
+        ("prefix", _v(info.prefix)),
+        ("serialization", _v(info.serialization_version)),
+        ("byteorder", _v(insp.byteorder)),
+        ("records", str(len(insp.records)) if insp.records else "-"),
+        ("storages", f"{len(insp.storages)} on {', '.join(insp.devices) or '-'}"),
+        ("top level", ", ".join(f"{k}: {t}" for k, t in insp.top_level) or "-"),
+        ("stamped", f"yes ({info.stamp_source})" if info.stamped else "no"),
+    ]
+    if info.stamp:
+        meta = info.stamp.meta
+        rows += [
+            ("epoch", _v(meta.get("epoch"))),
+            ("step", _v(meta.get("step"))),
+            ("metrics", ", ".join(f"{k}={v}" for k, v in info.stamp.metrics.items()) or "-"),
+            ("saved at", _v(meta.get("saved_at"))),
+            ("payload", f"{info.stamp.payload.digest} over {info.stamp.payload.length:,} bytes" if info.stamp.payload else "-"),
+        ]
+        rows += [(f"env {k}", v) for k, v in fingerprint_lines(info.stamp.fingerprint)]
+    return f"{info.path}\n" + table(rows)
+
+
+def verify_text(result: VerifyResult) -> str:
+    if result.ok and result.info and result.info.stamp and result.info.stamp.payload:
+        return f"ok       {result.path}  ({result.info.stamp.payload.digest})"
+    return f"CORRUPT  {result.problem}"
