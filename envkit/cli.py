@@ -105,7 +105,7 @@ def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Pa
 @handle_errors
 def diff(a: str, b: str, policy: str | None, as_json: bool) -> None:
     """Differences between two environments: each a checkpoint, a fingerprint JSON, or `live`."""
-    from envkit.checkpoint.guard import compare
+    from envkit.checkpoint.compat import compare
     from envkit.render import difference_lines
 
     report = compare(a, b, policy=policy)

@@ -1,6 +1,6 @@
 """Stamped checkpoints: the safe reader, the atomic writer, verify and the guard."""
 
-from envkit.checkpoint.guard import CheckReport, check, guard, load
+from envkit.checkpoint.compat import CheckReport, check, guard, load
 from envkit.checkpoint.reader import CheckpointInfo, Inspection, inspect_checkpoint, read_stamp
 from envkit.checkpoint.stamp import Stamp
 from envkit.checkpoint.verify import VerifyResult, verify

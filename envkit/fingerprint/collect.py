@@ -204,15 +204,18 @@ def _release(version: str, parts: int = 3) -> str:
     return ".".join(numbers.group(0).split(".")[:parts])
 
 
-def torch_info(dists: dict[str, Dist], conda: dict[str, CondaRecord]) -> TorchInfo:
+def torch_info(dists: dict[str, Dist], conda: dict[str, CondaRecord], sites: Iterable[Path] = ()) -> TorchInfo:
     conda_torch = conda.get("pytorch") or conda.get("pytorch-cpu") or conda.get("pytorch-gpu")
     dist = dists.get("torch")
     if dist is None and conda_torch is None:
         return TorchInfo()
 
     version_py: dict[str, str | None] = {}
-    if dist is not None:
-        version_py = read_torch_version_py(dist.path.parent / "torch" / "version.py")
+    folders = [dist.path.parent] if dist is not None else list(sites)
+    for folder in folders:
+        if (folder / "torch" / "version.py").is_file():
+            version_py = read_torch_version_py(folder / "torch" / "version.py")
+            break
     version = version_py.get("__version__") or (dist.version if dist else None)
     if version is None and conda_torch is not None:
         version = conda_torch.version
@@ -392,7 +395,7 @@ def collect(
     dists = scan_dists(sites)
     conda = scan_conda_meta(env_root)
 
-    torch = torch_info(dists, conda)
+    torch = torch_info(dists, conda, sites)
     gpu = gpu_info(Path(proc_root), dists, conda, query_devices=query_devices)
     determinism = None
     if root is None and use_live_torch:

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from envkit.errors import ConfigError
+from envkit.fingerprint.schema import Fingerprint, GpuDevice, GpuInfo, Package, PythonInfo, TorchInfo
+from envkit.policy import Change, Policy, diff, evaluate, unstamped_change, verdict
+
+BASE = Fingerprint(
+    python=PythonInfo("3.11.7", "CPython"),
+    torch=TorchInfo("2.0.1", "11.8", "8.7.0", "abc", None),
+    gpu=GpuInfo("535.104.05", (GpuDevice("NVIDIA A100-SXM4-80GB", "8.0", 81920),), "2.14.3"),
+    packages=(Package("numpy", "1.25.0", "pypi"), Package("torch", "2.0.1", "pypi")),
+)
+
+
+def judge(live: Fingerprint, preset: str = "compatible", **overrides: str) -> dict[str, str]:
+    rows = evaluate(diff(BASE, live), Policy.of(preset, overrides))
+    return {r.field: r.severity for r in rows}
+
+
+def test_identical_is_ok() -> None:
+    assert diff(BASE, BASE) == ()
+    assert verdict(evaluate(diff(BASE, BASE))) == "ok"
+
+
+def test_python_minor_change_refuses_patch_is_info() -> None:
+    assert judge(replace(BASE, python=PythonInfo("3.10.12", "CPython"))) == {"python.version": "refuse"}
+    assert judge(replace(BASE, python=PythonInfo("3.11.4", "CPython"))) == {"python.version": "info"}
+
+
+@pytest.mark.parametrize(
+    ("live", "severity"),
+    [
+        ("1.13.1", "refuse"),  # downgrade: serialization is not forward compatible
+        ("2.1.0", "warn"),  # upgrade
+        ("2.0.0", "info"),  # patch
+        ("2.0.1+cu118", "warn"),  # another build of the same release
+    ],
+)
+def test_torch_version_rules(live: str, severity: str) -> None:
+    rows = judge(replace(BASE, torch=replace(BASE.torch, version=live)))
+    assert rows["torch.version"] == severity
+
+
+def test_cuda_cudnn_capability_warn_driver_info() -> None:
+    live = replace(
+        BASE,
+        torch=replace(BASE.torch, cuda="12.1", cudnn="8.9.2"),
+        gpu=GpuInfo("550.54.15", (GpuDevice("NVIDIA H100 80GB HBM3", "9.0", 81559),), "2.14.3"),
+    )
+    assert judge(live) == {
+        "torch.cuda": "warn",
+        "torch.cudnn": "warn",
+        "gpu.capability": "warn",
+        "gpu.devices": "info",
+        "gpu.driver": "info",
+    }
+
+
+def test_cudnn_patch_is_info() -> None:
+    assert judge(replace(BASE, torch=replace(BASE.torch, cudnn="8.7.1"))) == {"torch.cudnn": "info"}
+
+
+def test_package_changes_warn_and_torch_is_not_counted_twice() -> None:
+    live = replace(BASE, packages=(Package("numpy", "2.0.0", "pypi"), Package("torch", "2.1.0", "pypi"), Package("scipy", "1.11", "pypi")))
+    assert judge(live) == {"packages.numpy": "warn", "packages.scipy": "warn"}
+
+
+def test_empty_package_list_means_unknown() -> None:
+    assert judge(replace(BASE, packages=())) == {}
+
+
+def test_strict_refuses_what_compatible_only_warns() -> None:
+    live = replace(BASE, torch=replace(BASE.torch, version="2.0.0", cuda="12.1"))
+    assert judge(live, "strict") == {"torch.version": "refuse", "torch.cuda": "refuse"}
+    assert judge(live, "compatible") == {"torch.version": "info", "torch.cuda": "warn"}
+
+
+def test_warn_preset_never_refuses() -> None:
+    live = replace(BASE, python=PythonInfo("3.12.1", "CPython"))
+    assert judge(live, "warn") == {"python.version": "warn"}
+    assert judge(live, "warn", **{"python.version": "refuse"}) == {"python.version": "warn"}
+
+
+def test_overrides_exact_beats_glob() -> None:
+    live = replace(BASE, torch=replace(BASE.torch, cuda="12.1"), packages=(Package("numpy", "2.0.0", "pypi"),))
+    rows = judge(live, **{"torch.cuda": "refuse", "packages.*": "info", "packages.numpy": "ok"})
+    assert rows == {"torch.cuda": "refuse", "packages.numpy": "ok"}
+
+
+def test_every_row_has_an_actionable_reason() -> None:
+    live = replace(BASE, python=PythonInfo("3.10.0", "CPython"), torch=TorchInfo("1.13.1", "11.7", "8.5.0", "x", None))
+    for row in evaluate(diff(BASE, live)):
+        assert row.reason and len(row.reason) > 20
+
+
+def test_unstamped_warns_by_default_refuses_under_strict() -> None:
+    assert verdict(evaluate([unstamped_change()])) == "warn"
+    assert verdict(evaluate([unstamped_change()], Policy.of("strict"))) == "refuse"
+
+
+def test_bad_policy_values() -> None:
+    with pytest.raises(ConfigError, match="unknown policy"):
+        Policy.of("lenient")
+    with pytest.raises(ConfigError, match="severity must be one of"):
+        Policy.of("compatible", {"torch.cuda": "block"})
+
+
+def test_diff_is_pure_and_ordered() -> None:
+    live = replace(BASE, torch=replace(BASE.torch, cuda="12.1", cudnn="9.0.0"))
+    first, second = diff(BASE, live), diff(BASE, live)
+    assert first == second
+    assert [c.field for c in first] == sorted(c.field for c in first)
+    assert isinstance(first[0], Change)
