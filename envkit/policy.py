@@ -182,6 +182,16 @@ def _rule_minor_sensitive(label: str) -> Callable[[Change], tuple[str, str]]:
         a, b = _release(c.stored), _release(c.live)
         if a is not None and b is not None and _pad(a)[:2] == _pad(b)[:2]:
             return "info", f"{label} patch release differs ({c.stored} -> {c.live})"
+        if c.stored is None:
+            return "warn", (
+                f"the checkpoint was written without {label} (a CPU build of torch) and this torch uses "
+                f"{label} {c.live}: results will not match a CPU run bit for bit"
+            )
+        if c.live is None:
+            return "warn", (
+                f"the checkpoint was written with {label} {c.stored} and this torch has none (a CPU build): "
+                f"it loads onto the CPU, but numerics differ; install a {label} {c.stored} build to continue exactly"
+            )
         return "warn", (
             f"{label} changed ({_show(c.stored)} -> {_show(c.live)}): kernels and numerics may differ; "
             f"resume with {label} {_show(c.stored)} for an exact continuation"

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from envkit.policy import Difference
 
 MAX_PACKAGE_ROWS = 12
+_ORDER = ("refuse", "warn", "info", "ok")
 _MARK = {"refuse": "REFUSE", "warn": "warn", "info": "info", "ok": "ok"}
 
 
@@ -43,10 +44,9 @@ def table(rows: Iterable[tuple[str, str]], indent: str = "  ") -> str:
 
 
 def difference_lines(rows: Iterable[Difference]) -> list[str]:
-    rows = list(rows)
+    rows = sorted(rows, key=lambda r: _ORDER.index(r.severity))
     shown = [r for r in rows if not r.field.startswith("packages.")]
     packages = [r for r in rows if r.field.startswith("packages.")]
-    packages.sort(key=lambda r: ("refuse", "warn", "info", "ok").index(r.severity))
     shown += packages[:MAX_PACKAGE_ROWS]
     width = max((len(r.field) for r in shown), default=0)
     lines = [

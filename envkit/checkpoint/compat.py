@@ -75,13 +75,24 @@ def check(
     return CheckReport(Path(path), info, current, rows, verdict(rows), active)
 
 
-def guard(path: str | os.PathLike[str], policy: Policy | str | None = None) -> CheckReport:
-    """Call before ``load_state_dict``: warns on drift, raises EnvironmentMismatch on refuse."""
-    report = check(path, policy=policy)
-    for row in report.rows("warn"):
-        warn_drift(f"{report.checkpoint}: {row.field}: {row.reason}")
+def guard(
+    path: str | os.PathLike[str],
+    policy: Policy | str | None = None,
+    *,
+    live: Fingerprint | None = None,
+) -> CheckReport:
+    """Call before ``load_state_dict``: warns on drift, raises EnvironmentMismatch on refuse.
+
+    ``live`` replaces the live environment (to ask "could that machine resume it?").
+    """
+    report = check(path, policy=policy, live=live)
     if report.verdict == "refuse":
         raise EnvironmentMismatch(report.summary(), report)
+    warned = report.rows("warn")
+    if warned:
+        shown = "; ".join(f"{d.field}: {d.reason}" for d in warned[:3])
+        more = f" (and {len(warned) - 3} more: run `envkit check {report.checkpoint}`)" if len(warned) > 3 else ""
+        warn_drift(f"{report.checkpoint}: the environment differs from the one that wrote it: {shown}{more}")
     return report
 
 
