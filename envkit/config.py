@@ -23,11 +23,6 @@ from typing import Any, Mapping
 from envkit.errors import ConfigError
 from envkit.policy import Policy
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 CONFIG_FILES = ("envkit.toml", "pyproject.toml")
 
 
@@ -65,6 +60,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | Non
     source = Path(path) if path is not None else find_config_file(start)
     if source is None:
         return Config()
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         doc = tomllib.loads(source.read_text())
     except OSError as exc:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from envkit.checkpoint.reader import CheckpointInfo, read_stamp
-from envkit.checkpoint.verify import verify as verify_checkpoint
 from envkit.config import load_config
 from envkit.errors import CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
 from envkit.fingerprint import Fingerprint, collect
@@ -126,6 +125,8 @@ def load(
     """
     report = guard(path, policy)
     if verify and report.info.stamped:
+        from envkit.checkpoint.verify import verify as verify_checkpoint
+
         result = verify_checkpoint(path, report.info)
         if not result.ok:
             raise CorruptCheckpoint(f"{result.problem}; resume from an earlier checkpoint")

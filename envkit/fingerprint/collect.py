@@ -10,16 +10,13 @@ over what the files say.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -172,6 +169,8 @@ def conda_subdir(conda: dict[str, CondaRecord] | None = None) -> str | None:
 
 def read_torch_version_py(path: Path) -> dict[str, str | None]:
     """The literal assignments of torch/version.py, read with ast; nothing is executed."""
+    import ast
+
     try:
         tree = ast.parse(path.read_text(errors="replace"), filename=str(path))
     except (OSError, SyntaxError, ValueError):
@@ -274,6 +273,9 @@ def read_driver_version(proc_root: Path) -> str | None:
 
 
 def query_nvidia_smi() -> tuple[GpuDevice, ...]:
+    import shutil
+    import subprocess
+
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return ()
@@ -411,7 +413,7 @@ def collect(
         environment=environment_info(env_root),
         host=HostInfo(
             hostname=platform.node() or None,
-            collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            collected_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
             prefix=str(env_root),
         ),
     )

@@ -1,0 +1,156 @@
+"""Whole-process benchmarks for the foundation issue; prints medians and ratios.
+
+    python benchmarks/run.py                 # 2 GB checkpoint, 5 runs each
+    python benchmarks/run.py --size-gb 8     # the 8 GB case
+    python benchmarks/run.py --only check    # one group: check | fingerprint | save
+
+Anchors (DESIGN §9): ``envkit check --json`` against a process that imports torch and
+``torch.load(mmap=True, weights_only=True)``s the file, and one that loads it fully;
+``envkit fingerprint --json`` against ``python -m torch.utils.collect_env``;
+``envkit.save`` against ``torch.save`` + fsync of the same state. Runs alternate
+between the candidates so that drift on a noisy machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+
+SAVE_WORKER = r"""
+import os, sys, time, torch
+sys.path.insert(0, {root!r})
+import envkit
+mode, path, size_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
+n = 16
+per = int(size_gb * 2**30 / 4 / n)
+g = torch.Generator().manual_seed(0)
+state = {{f"layer{{i}}.weight": torch.empty(per).uniform_(generator=g) for i in range(n)}}
+t = time.perf_counter()
+if mode == "envkit":
+    envkit.save(state, path, meta={{"epoch": 1, "step": 1}})
+else:
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+print(time.perf_counter() - t)
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"benchmark command failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def medians(candidates: dict[str, list[str]], runs: int, warmup: int = 1) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(warmup):
+        for cmd in candidates.values():
+            timed(cmd)
+    for _ in range(runs):
+        for name, cmd in candidates.items():
+            times[name].append(timed(cmd))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def make_checkpoint(path: Path, size_gb: float) -> None:
+    if path.exists():
+        return
+    print(f"writing a {size_gb:g} GB stamped checkpoint to {path} ...", flush=True)
+    subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT)), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
+
+
+def bench_check(work: Path, size_gb: float, runs: int) -> dict[str, float]:
+    ckpt = work / f"bench-{size_gb:g}g.pth"
+    make_checkpoint(ckpt, size_gb)
+    p = str(ckpt)
+    m = medians(
+        {
+            "envkit check --json": [PY, "-m", "envkit", "check", "--json", p],
+            "import torch + torch.load(mmap=True)": [PY, "-c", f"import torch; torch.load({p!r}, mmap=True, weights_only=True)"],
+            "import torch + full torch.load": [PY, "-c", f"import torch; torch.load({p!r}, weights_only=True)"],
+            "python -c pass": [PY, "-c", "pass"],
+        },
+        runs,
+    )
+    check = m["envkit check --json"]
+    m["ratio mmap/check"] = m["import torch + torch.load(mmap=True)"] / check
+    m["ratio full/check"] = m["import torch + full torch.load"] / check
+    return m
+
+
+def bench_fingerprint(runs: int) -> dict[str, float]:
+    m = medians(
+        {
+            "envkit fingerprint --json": [PY, "-m", "envkit", "fingerprint", "--json"],
+            "python -m torch.utils.collect_env": [PY, "-m", "torch.utils.collect_env"],
+        },
+        runs,
+    )
+    m["ratio collect_env/fingerprint"] = m["python -m torch.utils.collect_env"] / m["envkit fingerprint --json"]
+    return m
+
+
+def bench_save(work: Path, size_gb: float, runs: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {"torch.save + fsync": [], "envkit.save": []}
+    worker = SAVE_WORKER.format(root=str(ROOT))
+    for i in range(runs):
+        order = ["torch.save + fsync", "envkit.save"] if i % 2 == 0 else ["envkit.save", "torch.save + fsync"]
+        for name in order:
+            target = work / f"save-{i}.pth"
+            mode = "envkit" if name == "envkit.save" else "torch"
+            out = subprocess.run([PY, "-c", worker, mode, str(target), str(size_gb)], check=True, capture_output=True, text=True)
+            times[name].append(float(out.stdout.strip().splitlines()[-1]))
+            target.unlink()
+    m = {name: statistics.median(v) for name, v in times.items()}
+    m["ratio envkit/torch"] = m["envkit.save"] / m["torch.save + fsync"]
+    return m
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", choices=["check", "fingerprint", "save"])
+    parser.add_argument("--workdir", type=Path, help="where to write the large files (default: a temporary folder under the repo)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    results: dict[str, dict[str, float]] = {}
+    base = args.workdir or ROOT / "bench-out"
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        work = Path(tmp)
+        if args.only in (None, "check"):
+            results["check"] = bench_check(work, args.size_gb, args.runs)
+        if args.only in (None, "fingerprint"):
+            results["fingerprint"] = bench_fingerprint(args.runs)
+        if args.only in (None, "save"):
+            results["save"] = bench_save(work, args.size_gb, args.runs)
+
+    print(f"\nmedians of {args.runs} runs, {args.size_gb:g} GB, {os.cpu_count()} cores, {sys.version.split()[0]}")
+    for group, rows in results.items():
+        print(f"\n[{group}]")
+        for name, value in rows.items():
+            shown = f"{value:8.2f}x" if name.startswith("ratio") else f"{value * 1000:8.1f} ms"
+            print(f"  {name:42s} {shown}")
+    if args.json:
+        args.json.write_text(json.dumps({"size_gb": args.size_gb, "runs": args.runs, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
