@@ -161,12 +161,13 @@ def fingerprint_of(source: str) -> Fingerprint | None:
     if source == "live":
         return collect()
     p = Path(source)
-    info = None
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(64).lstrip()
-    except OSError:
-        head = b""  # read_stamp below names the problem
+    head = b""
+    if p.is_file():  # a FIFO or device would block; read_stamp below names the problem
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(64).lstrip()
+        except OSError:
+            pass
     if head.startswith(b"{"):
         from envkit.fingerprint import read_fingerprint_file
 

@@ -22,6 +22,7 @@ from envkit.checkpoint.safe_pickle import (
     RestrictedUnpickler,
     StorageRef,
     restricted_load,
+    restricted_loads,
     to_plain,
 )
 from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
@@ -31,6 +32,9 @@ ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 _PNG = b"\x89PNG"
 MAX_TOP_KEYS = 50
+# zip flag bits zipfile cannot read stored data under: encrypted, patched data, strong encryption
+_UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def _open(path: Path) -> BinaryIO:
 def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+    except (zipfile.LargeZipFile, *_ZIP_READ_ERRORS) as exc:
         raise NotACheckpoint(
             f"{path}: a damaged or truncated zip archive ({exc}); it is not a usable checkpoint, "
             "resume from an earlier one"
@@ -150,13 +154,18 @@ def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit:
         )
     try:
         return zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except _ZIP_READ_ERRORS as exc:
         raise NotACheckpoint(f"{path}: member {info.filename} is damaged ({exc}); resume from an earlier checkpoint") from None
 
 
 def _refuse_unusual_member(info: zipfile.ZipInfo, path: Path) -> None:
-    if info.flag_bits & 0x1:
+    if info.flag_bits & (0x1 | 0x40):
         raise UnsafeCheckpoint(f"{path}: member {info.filename} is encrypted; torch never writes that, do not load this file")
+    if info.flag_bits & _UNREADABLE_FLAGS:
+        raise UnsafeCheckpoint(
+            f"{path}: member {info.filename} uses zip features (flag bits {info.flag_bits:#06x}) torch never "
+            "writes; do not load this file"
+        )
     if info.compress_type != zipfile.ZIP_STORED:
         raise UnsafeCheckpoint(f"{path}: member {info.filename} is compressed; torch never writes that, do not load this file")
 
@@ -201,7 +210,16 @@ def _stamp_from_object(obj: Any, path: Path) -> Stamp | None:
 def _top_level(obj: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(obj, dict):
         return (("<object>", _kind(obj)),)
-    return tuple((str(k)[:120], _kind(v)) for k, v in list(obj.items())[:MAX_TOP_KEYS])
+    return tuple((_key_label(k), _kind(v)) for k, v in list(obj.items())[:MAX_TOP_KEYS])
+
+
+def _key_label(k: Any) -> str:
+    """A short label for a top-level key; str() of a hostile key can recurse, fail or explode."""
+    if isinstance(k, str):
+        return k[:120]
+    if k is None or isinstance(k, (bool, float)) or (isinstance(k, int) and k.bit_length() <= 64):
+        return str(k)
+    return f"<{_kind(k)}>"
 
 
 def _kind(v: Any) -> str:
@@ -244,9 +262,10 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
                 raise UnsafeCheckpoint(f"{path}: data.pkl is {pkl.file_size} bytes; refusing to read so large a pickle")
             try:
                 with zf.open(pkl) as stream:
-                    obj, unpickler = restricted_load(stream, source=str(path))
-            except zipfile.BadZipFile as exc:
+                    data = stream.read(MAX_PICKLE_BYTES + 1)
+            except _ZIP_READ_ERRORS as exc:
                 raise NotACheckpoint(f"{path}: data.pkl is damaged ({exc}); resume from an earlier checkpoint") from None
+            obj, unpickler = restricted_loads(data, source=str(path))
             storages, top = tuple(unpickler.storages), _top_level(obj)
             if stamp is None:
                 stamp = _stamp_from_object(obj, path)
@@ -270,7 +289,7 @@ def _read_legacy(path: Path, size: int) -> Inspection:
         magic, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
         protocol, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
         sys_info, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
-        if not isinstance(protocol, int) or not isinstance(sys_info, dict):
+        if not isinstance(protocol, int) or protocol.bit_length() > 64 or not isinstance(sys_info, dict):
             raise NotACheckpoint(f"{path}: a legacy torch header, but damaged; resume from an earlier checkpoint")
         obj, unpickler = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
     stamp = _stamp_from_object(obj, path)

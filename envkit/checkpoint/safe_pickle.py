@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -23,6 +24,7 @@ from envkit.errors import NotACheckpoint, UnsafeCheckpoint
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 MAX_WALK_NODES = 200_000
 MAX_WALK_DEPTH = 64
+MAX_INT_BITS = 14_000  # about the 4300 digits json and int() accept
 
 # Real constructors: they cannot run code, and the result must be walkable.
 _REAL = {
@@ -54,6 +56,8 @@ _TORCH_TOP = {
     "uint8", "uint16", "uint32", "uint64", "bool", "complex32", "complex64", "complex128", "cfloat", "cdouble",
     "long", "int", "short", "qint8", "quint8", "qint32", "quint4x2", "float8_e4m3fn", "float8_e5m2",
     "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
 }  # fmt: skip
 _STORAGE_SUFFIX = "Storage"
 
@@ -71,6 +75,8 @@ def _is_allowed_stub(module: str, name: str) -> bool:
     if module == "torch._utils" and name in _TORCH_REBUILDERS:
         return True
     if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+        return True
+    if module == "torch.serialization" and name == "_get_layout":  # sparse tensors' layout
         return True
     if module == "torch" and (name in _TORCH_TOP or name.endswith(_STORAGE_SUFFIX)):
         return True
@@ -116,6 +122,15 @@ def _stub_class(qualname: str) -> type:
     return type("Stub", (), {"__new__": new, "__slots__": (), "qualname": qualname})
 
 
+def _encode_class() -> type:
+    """``_codecs.encode`` for one load: a fresh class, so BUILD cannot reach a shared function."""
+
+    def new(cls: type, *args: Any, **kwargs: Any) -> bytes:
+        return _latin1_bytes(*args, **kwargs)
+
+    return type("Encode", (), {"__new__": new, "__slots__": ()})
+
+
 @dataclass(frozen=True)
 class StorageRef:
     key: str
@@ -142,7 +157,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if key in _REAL:
             return _REAL[key]
         if key == ("_codecs", "encode"):
-            return _latin1_bytes
+            if key not in self._stubs:
+                self._stubs[key] = _encode_class()
+            return self._stubs[key]
         if _is_allowed_stub(module, name):
             if key not in self._stubs:
                 self._stubs[key] = _stub_class(f"{module}.{name}")
@@ -154,18 +171,87 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5:
-            storage_type = getattr(pid[1], "qualname", str(pid[1]))
+            # str() of an arbitrary pickled object can recurse, fail or take 2**n steps
+            qualname = getattr(pid[1], "qualname", None)
+            storage_type = qualname if isinstance(qualname, str) else _short(pid[1], self.source)
             numel = pid[4] if isinstance(pid[4], int) else None
             if len(self.storages) < MAX_WALK_NODES:
-                self.storages.append(StorageRef(str(pid[2]), str(pid[3]), storage_type.rsplit(".", 1)[-1], numel))
+                key, location = _short(pid[2], self.source), _short(pid[3], self.source)
+                self.storages.append(StorageRef(key, location, storage_type.rsplit(".", 1)[-1], numel))
             return Opaque("storage")
         if isinstance(pid, tuple) and pid and pid[0] == "module":
             return Opaque("module")
         raise UnsafeCheckpoint(f"{self.source}: unknown persistent reference in the pickle; not a torch checkpoint")
 
 
+def _short(value: Any, source: str) -> str:
+    """A storage reference field (str or small int) as text."""
+    if isinstance(value, str):
+        return value[:200]
+    if isinstance(value, int) and value.bit_length() <= 64:
+        return str(value)
+    raise UnsafeCheckpoint(f"{source}: a storage reference in the pickle holds a {type(value).__name__}; not a torch checkpoint")
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+class _Tee:
+    """Reads through to a stream and keeps what was read (``tell`` is its length)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream, self.data = stream, bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._stream.read(n)
+        self.data += chunk
+        return chunk
+
+    def readline(self) -> bytes:
+        chunk = self._stream.readline()
+        self.data += chunk
+        return chunk
+
+    def tell(self) -> int:
+        return len(self.data)
+
+
+def _scan(fileobj: Any, source: str) -> None:
+    """Walk the opcodes of one pickle (up to STOP) before the C unpickler runs any of them.
+
+    CPython's unpickler keeps its memo in an array that it grows to twice the largest
+    slot a PUT names, zero-filled: LONG_BINPUT 0x7fffffff, a nine-byte pickle, makes it
+    write 32 GiB. A slot can never lie beyond the number of bytes read so far.
+    """
+    try:
+        for op, arg, pos in pickletools.genops(fileobj):
+            if op.name in _MEMO_PUTS and arg > pos:
+                raise UnsafeCheckpoint(
+                    f"{source}: the pickle stores into memo slot {arg} at byte {pos}; that asks for "
+                    "gigabytes of memory, not a checkpoint"
+                )
+    except (UnsafeCheckpoint, NotACheckpoint):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every parse failure is one kind of bad input
+        raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
 def restricted_load(stream: BinaryIO, *, source: str) -> tuple[Any, RestrictedUnpickler]:
-    """Unpickle one object from stream with the restricted unpickler."""
+    """Unpickle the next object of stream (more may follow it) with the restricted unpickler."""
+    tee = _Tee(stream)
+    _scan(tee, source)
+    return _load(io.BytesIO(tee.data), source)
+
+
+def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpickler]:
+    """Unpickle the object pickled in data with the restricted unpickler."""
+    stream = io.BytesIO(data)
+    _scan(stream, source)
+    stream.seek(0)
+    return _load(stream, source)
+
+
+def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
     unpickler = RestrictedUnpickler(stream, source=source)
     try:
         return unpickler.load(), unpickler
@@ -179,22 +265,27 @@ def restricted_load(stream: BinaryIO, *, source: str) -> tuple[Any, RestrictedUn
         raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
-def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpickler]:
-    return restricted_load(io.BytesIO(data), source=source)
-
-
 def to_plain(value: Any, *, source: str) -> Any:
     """Copy value into plain JSON types, refusing placeholders and bounding the walk."""
     budget = [MAX_WALK_NODES]
+
+    def key(k: Any) -> str:
+        if isinstance(k, str):
+            return k
+        if k is None or isinstance(k, (bool, float)) or (isinstance(k, int) and k.bit_length() <= 64):
+            return str(k)
+        raise UnsafeCheckpoint(f"{source}: the envkit entry has a {type(k).__name__} key, not plain data")
 
     def walk(v: Any, depth: int) -> Any:
         budget[0] -= 1
         if budget[0] < 0 or depth > MAX_WALK_DEPTH:
             raise UnsafeCheckpoint(f"{source}: the stamp inside the pickle is too large or deep to be envkit's")
+        if isinstance(v, int) and v.bit_length() > MAX_INT_BITS:
+            raise UnsafeCheckpoint(f"{source}: the envkit entry holds an integer of {v.bit_length()} bits, not envkit's")
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
         if isinstance(v, dict):
-            return {str(k): walk(x, depth + 1) for k, x in v.items()}
+            return {key(k): walk(x, depth + 1) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [walk(x, depth + 1) for x in v]
         raise UnsafeCheckpoint(f"{source}: the envkit entry holds a {type(v).__name__}, not plain data")

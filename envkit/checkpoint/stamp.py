@@ -67,7 +67,7 @@ class Stamp:
         schema = doc.get("schema")
         if schema not in SUPPORTED_SCHEMAS:
             raise MalformedStamp(
-                f"{source}: unknown stamp schema {schema!r} (this envkit reads {', '.join(SUPPORTED_SCHEMAS)}); "
+                f"{source}: unknown stamp schema {str(schema)[:80]!r} (this envkit reads {', '.join(SUPPORTED_SCHEMAS)}); "
                 "upgrade envkit to read it"
             )
         payload_doc = doc.get("payload")

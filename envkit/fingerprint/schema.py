@@ -151,7 +151,7 @@ class Fingerprint:
         schema = doc.get("schema")
         if schema not in SUPPORTED_SCHEMAS:
             raise MalformedStamp(
-                f"{source}: unknown fingerprint schema {schema!r} (this envkit reads "
+                f"{source}: unknown fingerprint schema {str(schema)[:80]!r} (this envkit reads "
                 f"{', '.join(SUPPORTED_SCHEMAS)}); upgrade envkit to read it"
             )
         try:
