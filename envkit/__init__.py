@@ -15,6 +15,8 @@ from typing import Any
 
 from envkit.errors import (
     BadInput,
+    CheckpointDirLocked,
+    EphemeralDirectoryWarning,
     CheckFailed,
     CorruptCheckpoint,
     EnvironmentDriftWarning,
@@ -37,10 +39,16 @@ _LAZY = {
     "verify": ("envkit.checkpoint", "verify"),
     "Stamp": ("envkit.checkpoint", "Stamp"),
     "Policy": ("envkit.policy", "Policy"),
+    "CheckpointManager": ("envkit.checkpoint.manager", "CheckpointManager"),
+    "ResumeInfo": ("envkit.checkpoint.manager", "ResumeInfo"),
+    "CheckpointInfo": ("envkit.checkpoint.directory", "CheckpointInfo"),
+    "ResumableRandomSampler": ("envkit.checkpoint.sampler", "ResumableRandomSampler"),
 }
 
 __all__ = [
     "BadInput",
+    "CheckpointDirLocked",
+    "EphemeralDirectoryWarning",
     "CheckFailed",
     "CorruptCheckpoint",
     "EnvironmentDriftWarning",

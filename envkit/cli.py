@@ -150,6 +150,23 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
     sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_REFUSED)
 
 
+@main.command(name="ls")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--policy", type=POLICY_CHOICE, help="Policy preset for the verdict column.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def ls(folder: Path, policy: str | None, as_json: bool) -> None:
+    """One row per checkpoint in FOLDER: epoch, step, metrics, size, valid, environment, verdict here."""
+    from envkit.checkpoint.directory import describe_folder
+    from envkit.render import folder_text
+
+    rows = describe_folder(folder, policy=policy)
+    if as_json:
+        _emit_json({"folder": str(folder), "checkpoints": [r.to_json() for r in rows]})
+    else:
+        click.echo(folder_text(rows))
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")

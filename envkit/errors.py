@@ -74,12 +74,22 @@ class CheckpointWriteError(EnvkitError):
     exit_code = EXIT_REFUSED
 
 
+class CheckpointDirLocked(EnvkitError):
+    """Another process already writes checkpoints to this folder."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class TorchNotInstalled(BadInput):
     """An operation needs torch and it is not importable."""
 
 
 class EnvironmentDriftWarning(UserWarning):
     """The live environment differs from the checkpoint's in a way the policy only warns about."""
+
+
+class EphemeralDirectoryWarning(UserWarning):
+    """Checkpoints are being written where they will not survive a reboot."""
 
 
 def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:

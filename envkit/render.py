@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
+    from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Difference
@@ -117,3 +118,20 @@ def verify_text(result: VerifyResult) -> str:
     if result.ok and result.info and result.info.stamp and result.info.stamp.payload:
         return f"ok       {result.path}  ({result.info.stamp.payload.digest})"
     return f"CORRUPT  {result.problem}"
+
+
+def folder_text(rows: list[FolderRow]) -> str:
+    if not rows:
+        return "no checkpoints"
+    table_rows = [("checkpoint", "epoch", "step", "metrics", "size", "valid", "environment", "verdict")]
+    for row in rows:
+        i = row.info
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in i.metrics.items())
+        table_rows.append((
+            i.path.name, _v(i.epoch), _v(i.step), metrics or "-", f"{i.size:,}",
+            "yes" if i.valid else "NO", (row.environment_digest or "-")[7:19] or "-", _v(row.verdict),
+        ))
+    widths = [max(len(r[c]) for r in table_rows) for c in range(len(table_rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table_rows]
+    problems = [f"  {row.info.problem}" for row in rows if row.info.problem]
+    return "\n".join(lines + (["", "problems:", *problems] if problems else []))

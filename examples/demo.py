@@ -35,7 +35,47 @@ def main() -> None:
          [*TRAIN, "--epochs", "5", "--as-environment", str(REFERENCE)], 3)
     step("5. here, the same command resumes at epoch 3 and finishes", [*TRAIN, "--epochs", "5"], 0)
     step("6. what the checkpoint says about itself", [*ENVKIT, "inspect", last], 0)
-    print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may.")
+    preemption()
+    print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit.")
+
+
+RESUMABLE = [sys.executable, str(ROOT / "examples" / "train_resumable.py"), "--epochs", "3", "--every-n-steps", "7"]
+
+
+def preemption() -> None:
+    """A run preempted by SIGTERM mid-epoch, resumed by the same command, equals an uninterrupted one."""
+    import signal
+
+    import torch
+
+    reference_dir, run_dir = RUNS / "reference", RUNS / "preempted"
+    step("7. an uninterrupted reference run (shuffling sampler, dropout, Adam, LR schedule)",
+         [*RESUMABLE, "--dir", str(reference_dir), "--out", str(RUNS / "reference.pt")], 0)
+    command = [*RESUMABLE, "--dir", str(run_dir), "--step-delay", "0.01"]
+    print(f"\n=== 8. the same run, sent SIGTERM in the middle of its second epoch\n$ python train_resumable.py --dir {run_dir.name} ...",
+          flush=True)
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    for line in run.stdout:
+        print(line, end="")
+        if line.startswith("step 45 "):
+            run.send_signal(signal.SIGTERM)
+            print(">>> kill -TERM", run.pid, flush=True)
+    code = run.wait()
+    if code != 128 + signal.SIGTERM:
+        sys.exit(f"demo: expected exit 143 after SIGTERM, got {code}")
+    print(f"(exit {code} = 128 + SIGTERM: saved at the step boundary, then stopped)")
+    step("9. the same command again: resumes mid-epoch and finishes",
+         [*command[:-2], "--out", str(RUNS / "resumed.pt")], 0)
+    a = torch.load(RUNS / "reference.pt", weights_only=True)
+    b = torch.load(RUNS / "resumed.pt", weights_only=True)
+    same = all(torch.equal(t, b["model"][k]) for k, t in a["model"].items()) and all(
+        torch.equal(v, b["optimizer"]["state"][i][k])
+        for i, st in a["optimizer"]["state"].items() for k, v in st.items() if torch.is_tensor(v)
+    )
+    print(f"\nfinal weights and optimizer state of the interrupted+resumed run equal the uninterrupted run's: {same}")
+    if not same:
+        sys.exit("demo: the resumed run diverged")
 
 
 if __name__ == "__main__":

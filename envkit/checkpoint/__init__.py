@@ -1,22 +1,37 @@
-"""Stamped checkpoints: the safe reader, the atomic writer, verify and the guard."""
+"""Stamped checkpoints: the safe reader, the atomic writer, verify, the guard and the manager.
 
-from envkit.checkpoint.compat import CheckReport, check, guard, load
-from envkit.checkpoint.reader import CheckpointInfo, Inspection, inspect_checkpoint, read_stamp
-from envkit.checkpoint.stamp import Stamp
-from envkit.checkpoint.verify import VerifyResult, verify
-from envkit.checkpoint.writer import save
+Names are imported on first use, so that ``envkit check`` loads only what it runs.
+"""
 
-__all__ = [
-    "CheckReport",
-    "CheckpointInfo",
-    "Inspection",
-    "Stamp",
-    "VerifyResult",
-    "check",
-    "guard",
-    "inspect_checkpoint",
-    "load",
-    "read_stamp",
-    "save",
-    "verify",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CheckReport": "envkit.checkpoint.compat",
+    "check": "envkit.checkpoint.compat",
+    "guard": "envkit.checkpoint.compat",
+    "load": "envkit.checkpoint.compat",
+    "CheckpointFile": "envkit.checkpoint.reader",
+    "Inspection": "envkit.checkpoint.reader",
+    "inspect_checkpoint": "envkit.checkpoint.reader",
+    "read_stamp": "envkit.checkpoint.reader",
+    "Stamp": "envkit.checkpoint.stamp",
+    "VerifyResult": "envkit.checkpoint.integrity",
+    "verify": "envkit.checkpoint.integrity",
+    "save": "envkit.checkpoint.writer",
+    "CheckpointManager": "envkit.checkpoint.manager",
+    "ResumeInfo": "envkit.checkpoint.manager",
+    "CheckpointInfo": "envkit.checkpoint.directory",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'envkit.checkpoint' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from envkit.checkpoint.reader import CheckpointInfo, read_stamp
+from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.config import load_config
 from envkit.errors import CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
 from envkit.fingerprint import Fingerprint, collect
@@ -18,7 +18,7 @@ from envkit.policy import Difference, Policy, diff, evaluate, unstamped_change, 
 @dataclass(frozen=True)
 class CheckReport:
     checkpoint: Path
-    info: CheckpointInfo
+    info: CheckpointFile
     live: Fingerprint
     differences: tuple[Difference, ...]
     verdict: str
@@ -125,7 +125,7 @@ def load(
     """
     report = guard(path, policy)
     if verify and report.info.stamped:
-        from envkit.checkpoint.verify import verify as verify_checkpoint
+        from envkit.checkpoint.integrity import verify as verify_checkpoint
 
         result = verify_checkpoint(path, report.info)
         if not result.ok:

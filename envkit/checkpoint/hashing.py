@@ -13,6 +13,7 @@ from envkit.errors import BadInput
 
 CHUNK = 8 * 1024 * 1024
 _SNAPSHOTS = 16
+PARALLEL_MIN_BYTES = 1 << 20
 
 
 class Hasher(Protocol):
@@ -60,14 +61,46 @@ class HashingWriter:
         self._hasher = new_hasher(algorithm)
         self._snapshots: deque[tuple[int, Hasher]] = deque(maxlen=_SNAPSHOTS)
         self.position = 0
+        self._executor: Any = None
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except OSError as exc:
+            # torch turns an exception raised in its write callback into a RuntimeError about
+            # the zip position; keep the real cause (ENOSPC, EIO) for the caller.
+            self.error = self.error or exc
+            raise
+
+    def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self._snapshots.append((self.position, self._hasher.copy()))
-        self._fh.write(view)
-        self._hasher.update(view)
+        if len(view) >= PARALLEL_MIN_BYTES:
+            # Hash on a second core while the kernel copies the same bytes: both release the
+            # GIL. torch's buffer is only valid during this call, so wait before returning.
+            pending = self._pool().submit(self._hasher.update, view)
+            try:
+                self._fh.write(view)
+            finally:
+                pending.result()
+        else:
+            self._fh.write(view)
+            self._hasher.update(view)
         self.position += len(view)
         return len(view)
+
+    def _pool(self) -> Any:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envkit-hash")
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def flush(self) -> None:
         self._fh.flush()

@@ -12,19 +12,12 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from contextlib import contextmanager
 
-from envkit.checkpoint.safe_pickle import (
-    MAX_PICKLE_BYTES,
-    Opaque,
-    RestrictedUnpickler,
-    StorageRef,
-    restricted_load,
-    restricted_loads,
-    to_plain,
-)
+if TYPE_CHECKING:  # the unpickler is imported only when a file has no stamp member
+    from envkit.checkpoint.safe_pickle import StorageRef
 from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
 
@@ -32,13 +25,14 @@ ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 _PNG = b"\x89PNG"
 MAX_TOP_KEYS = 50
+MAX_PICKLE_BYTES = 256 * 1024 * 1024  # the most of a pickle the reader reads
 # zip flag bits zipfile cannot read stored data under: encrypted, patched data, strong encryption
 _UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
 _ZIP_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
 
 
 @dataclass(frozen=True)
-class CheckpointInfo:
+class CheckpointFile:
     """What ``read_stamp`` learns about a checkpoint file."""
 
     path: Path
@@ -56,7 +50,7 @@ class CheckpointInfo:
 
 @dataclass(frozen=True)
 class Inspection:
-    info: CheckpointInfo
+    info: CheckpointFile
     records: tuple[tuple[str, int], ...] = ()
     storages: tuple[StorageRef, ...] = ()
     top_level: tuple[tuple[str, str], ...] = ()
@@ -201,6 +195,8 @@ class _Limited:
 def _stamp_from_object(obj: Any, path: Path) -> Stamp | None:
     if not isinstance(obj, dict) or DICT_KEY not in obj:
         return None
+    from envkit.checkpoint.safe_pickle import to_plain
+
     doc = to_plain(obj[DICT_KEY], source=str(path))
     if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("envkit.stamp"):
         return None  # somebody else's "envkit" key
@@ -223,6 +219,8 @@ def _key_label(k: Any) -> str:
 
 
 def _kind(v: Any) -> str:
+    from envkit.checkpoint.safe_pickle import Opaque
+
     if isinstance(v, Opaque):
         return v.qualname.rsplit(".", 1)[-1].lstrip("_")
     if isinstance(v, dict):
@@ -265,6 +263,8 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
                     data = stream.read(MAX_PICKLE_BYTES + 1)
             except _ZIP_READ_ERRORS as exc:
                 raise NotACheckpoint(f"{path}: data.pkl is damaged ({exc}); resume from an earlier checkpoint") from None
+            from envkit.checkpoint.safe_pickle import restricted_loads
+
             obj, unpickler = restricted_loads(data, source=str(path))
             storages, top = tuple(unpickler.storages), _top_level(obj)
             if stamp is None:
@@ -275,7 +275,7 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
                 f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; envkit checks files "
                 "written by torch.save or envkit.save, load this one with torch.jit.load"
             )
-        info = CheckpointInfo(path, fmt, size, stamp, source, prefix, serialization_version)
+        info = CheckpointFile(path, fmt, size, stamp, source, prefix, serialization_version)
         records = tuple((i.filename, i.file_size) for i in infos) if deep else ()
         return Inspection(info, records, storages, top, byteorder)
 
@@ -284,6 +284,8 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
 
 
 def _read_legacy(path: Path, size: int) -> Inspection:
+    from envkit.checkpoint.safe_pickle import restricted_load
+
     with _open(path) as fh:
         stream = _Limited(fh, MAX_PICKLE_BYTES, path)
         magic, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
@@ -294,7 +296,7 @@ def _read_legacy(path: Path, size: int) -> Inspection:
         obj, unpickler = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
     stamp = _stamp_from_object(obj, path)
     byteorder = "little" if sys_info.get("little_endian") else "big"
-    info = CheckpointInfo(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
+    info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
     return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
 
 
@@ -312,7 +314,7 @@ def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
     return _read_legacy(p, size)
 
 
-def read_stamp(path: str | os.PathLike[str]) -> CheckpointInfo:
+def read_stamp(path: str | os.PathLike[str]) -> CheckpointFile:
     """The stamp and format of a checkpoint, read without torch and without running pickled code.
 
     Raises ``BadInput`` subclasses (exit code 2) for anything that is not a readable,
@@ -326,4 +328,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointInfo", "Inspection", "RestrictedUnpickler", "inspect_checkpoint", "read_stamp"]
+__all__ = ["CheckpointFile", "Inspection", "inspect_checkpoint", "read_stamp"]

@@ -21,7 +21,6 @@ from typing import Any, BinaryIO
 
 from envkit.errors import NotACheckpoint, UnsafeCheckpoint
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024
 MAX_WALK_NODES = 200_000
 MAX_WALK_DEPTH = 64
 MAX_INT_BITS = 14_000  # about the 4300 digits json and int() accept

@@ -84,10 +84,14 @@ def write_stamped(
     if not folder.is_dir():
         raise BadInput(f"{path}: the folder {folder} does not exist; create it first")
     tmp = temp_path_for(path)
+    writer: HashingWriter | None = None
     try:
         with open(tmp, "w+b") as fh:
             writer = HashingWriter(fh, digest)
-            torch.save(obj, writer)
+            try:
+                torch.save(obj, writer)
+            finally:
+                writer.close()
             fh.flush()
             with zipfile.ZipFile(fh, "a") as zf:
                 prefix = archive_prefix(path, zf.namelist())
@@ -101,6 +105,8 @@ def write_stamped(
         fsync_dir(folder)
     except BaseException as exc:
         _discard(tmp)
+        if writer is not None and writer.error is not None:
+            exc = writer.error
         if isinstance(exc, OSError):
             raise CheckpointWriteError(
                 f"{path}: save failed ({exc.strerror or exc}); earlier checkpoints are untouched and the "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.hashing import digest_of_file
-from envkit.checkpoint.reader import CheckpointInfo, open_zip, read_stamp
+from envkit.checkpoint.reader import CheckpointFile, open_zip, read_stamp
 from envkit.errors import EnvkitError
 
 _LOCAL_HEADER = b"PK\x03\x04"
@@ -18,7 +18,7 @@ class VerifyResult:
     path: Path
     ok: bool
     problem: str | None = None
-    info: CheckpointInfo | None = None
+    info: CheckpointFile | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -30,7 +30,7 @@ class VerifyResult:
         }
 
 
-def verify(path: str | os.PathLike[str], info: CheckpointInfo | None = None) -> VerifyResult:
+def verify(path: str | os.PathLike[str], info: CheckpointFile | None = None) -> VerifyResult:
     """Never raises for a damaged file: the problem is in the result."""
     p = Path(path)
     try:

@@ -1,0 +1,147 @@
+"""Benchmarks for CheckpointManager; prints medians and ratios.
+
+    python benchmarks/manager.py                  # both groups, 2 GB, 5 runs
+    python benchmarks/manager.py --only latest    # latest() over 10,000 checkpoints
+
+- save: ``CheckpointManager.save`` (stamp, one-pass digest, fsync, rename, directory
+  fsync, retention, index) against ``torch.save`` + fsync of the same 2 GB state, in
+  alternating order, each timed inside a fresh process after its imports.
+- latest: a whole ``python`` process that finds the newest valid checkpoint among 10,000
+  small stamped ones, without importing torch; with the index the manager keeps, and
+  cold (index deleted: every stamp is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+
+SAVE_WORKER = r"""
+import os, sys, time, torch
+sys.path.insert(0, {root!r})
+import envkit, envkit.checkpoint.manager, envkit.fingerprint
+mode, folder, size_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
+n = 16
+per = int(size_gb * 2**30 / 4 / n)
+g = torch.Generator().manual_seed(0)
+model = torch.nn.ParameterDict({{f"p{{i}}": torch.nn.Parameter(torch.empty(per).uniform_(generator=g)) for i in range(n)}})
+mgr = envkit.CheckpointManager(folder, project="bench", keep_last=1) if mode == "manager" else None
+os.sync()
+t = time.perf_counter()
+if mode == "manager":
+    mgr.save(epoch=0, step=1, metrics={{"loss": 0.5}}, model=model)
+else:
+    with open(os.path.join(folder, "plain.pth"), "wb") as fh:
+        torch.save({{"model": model.state_dict()}}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+print(time.perf_counter() - t)
+"""
+
+LATEST = (
+    "import sys; sys.path.insert(0, {root!r})\n"
+    "from envkit.checkpoint.directory import latest_valid, scan\n"
+    "info = latest_valid(scan(__import__('pathlib').Path(sys.argv[1])))\n"
+    "assert info.step == int(sys.argv[2]) and 'torch' not in sys.modules\n"
+)
+
+
+def bench_save(size_gb: float, runs: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {"torch.save + fsync": [], "CheckpointManager.save": []}
+    worker = SAVE_WORKER.format(root=str(ROOT))
+    for i in range(runs):
+        order = ["torch", "manager"] if i % 2 == 0 else ["manager", "torch"]
+        for mode in order:
+            with tempfile.TemporaryDirectory(dir=ROOT / "bench-out") as folder:
+                out = subprocess.run([PY, "-c", worker, mode, folder, str(size_gb)], check=True, capture_output=True, text=True)
+            name = "CheckpointManager.save" if mode == "manager" else "torch.save + fsync"
+            times[name].append(float(out.stdout.strip().splitlines()[-1]))
+    m = {k: statistics.median(v) for k, v in times.items()}
+    m["ratio manager/torch"] = m["CheckpointManager.save"] / m["torch.save + fsync"]
+    return m
+
+
+def make_many(folder: Path, count: int) -> None:
+    """count small stamped checkpoints, written the way the manager writes them (fsync skipped: setup only)."""
+    import torch
+
+    import envkit
+    from envkit.checkpoint.directory import scan, write_index
+    from envkit.checkpoint.stamp import Stamp
+    from envkit.checkpoint.writer import build_meta, write_stamped
+    from envkit.fingerprint import collect
+
+    fp = collect()
+    state = {"model": torch.nn.Linear(8, 8).state_dict()}
+    real_fsync, os.fsync = os.fsync, lambda fd: None  # type: ignore[assignment]
+    try:
+        for step in range(1, count + 1):
+            path = folder / f"many_{step:06d}.pth"
+            meta = build_meta({"epoch": 0, "step": step, "metrics": {"loss": 1.0 / step}, "project": "many"}, path)
+            write_stamped(state, path, stamp_for=lambda payload, meta=meta: Stamp(fp, payload, meta), digest="xxh3_128")
+    finally:
+        os.fsync = real_fsync  # type: ignore[assignment]
+    write_index(folder, scan(folder))
+    assert envkit.verify(folder / f"many_{count:06d}.pth").ok
+
+
+def bench_latest(count: int, runs: int) -> dict[str, float]:
+    code = LATEST.format(root=str(ROOT))
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench-out") as tmp:
+        folder = Path(tmp)
+        print(f"writing {count} small stamped checkpoints ...", flush=True)
+        make_many(folder, count)
+        cmd = [PY, "-c", code, str(folder), str(count)]
+        warm: list[float] = []
+        base: list[float] = []
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            warm.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            subprocess.run([PY, "-c", "pass"], check=True)
+            base.append(time.perf_counter() - t)
+        index = folder / ".envkit-index.json"
+        index.unlink()
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        cold = time.perf_counter() - t
+    return {
+        f"latest() over {count} (index), whole process": statistics.median(warm[1:]),
+        "python -c pass": statistics.median(base[1:]),
+        f"latest() over {count} (no index: reads every stamp)": cold,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--only", choices=["save", "latest"])
+    args = parser.parse_args()
+    (ROOT / "bench-out").mkdir(exist_ok=True)
+    results = {}
+    if args.only in (None, "latest"):
+        results["latest"] = bench_latest(args.count, args.runs)
+    if args.only in (None, "save"):
+        results["save"] = bench_save(args.size_gb, args.runs)
+    print(f"\nmedians of {args.runs} runs, {os.cpu_count()} cores")
+    for group, rows in results.items():
+        print(f"\n[{group}]")
+        for name, value in rows.items():
+            shown = f"{value:8.2f}x" if name.startswith("ratio") else f"{value * 1000:8.1f} ms"
+            print(f"  {name:52s} {shown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""A folder of stamped checkpoints: listing, the newest valid one, retention, the writer lock.
+
+The stamps are the truth. ``.envkit-index.json`` caches what they say (epoch, step,
+metrics, size) so that finding the newest checkpoint among thousands reads one file;
+anything the index does not know, or knows with another size, is read from its stamp.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from envkit.checkpoint.reader import read_stamp
+from envkit.checkpoint.integrity import verify
+from envkit.checkpoint.writer import is_temp_name
+from envkit.errors import EnvkitError
+
+INDEX_NAME = ".envkit-index.json"
+LOCK_NAME = ".envkit.lock"
+INDEX_VERSION = 1
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint of a folder, as its stamp describes it."""
+
+    path: Path
+    epoch: int | None
+    step: int | None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    valid: bool | None = None  # None: not verified yet
+    project: str | None = None
+    size: int = 0
+    saved_at: str | None = None
+    problem: str | None = None
+
+    @property
+    def order_key(self) -> tuple[int, int, str]:
+        return (self.step if self.step is not None else -1, self.epoch if self.epoch is not None else -1, self.saved_at or "")
+
+    def to_index(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": dict(self.metrics),
+            "project": self.project,
+            "size": self.size,
+            "saved_at": self.saved_at,
+        }
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def info_from_stamp(path: Path) -> CheckpointInfo:
+    """Read one file's stamp; a file that cannot be read is returned invalid, with the reason."""
+    try:
+        file = read_stamp(path)
+    except EnvkitError as exc:
+        return CheckpointInfo(path, None, None, valid=False, size=_size(path), problem=exc.message)
+    if file.stamp is None:
+        return CheckpointInfo(path, None, None, valid=False, size=file.size, problem=f"{path}: has no envkit stamp")
+    meta = file.stamp.meta
+    metrics = meta.get("metrics")
+    return CheckpointInfo(
+        path,
+        _int_or_none(meta.get("epoch")),
+        _int_or_none(meta.get("step")),
+        dict(metrics) if isinstance(metrics, Mapping) else {},
+        project=meta.get("project") if isinstance(meta.get("project"), str) else None,
+        size=file.size,
+        saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_index(folder: Path) -> dict[str, dict[str, Any]]:
+    try:
+        doc = json.loads((folder / INDEX_NAME).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION or not isinstance(doc.get("entries"), dict):
+        return {}
+    return doc["entries"]
+
+
+def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
+    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later."""
+    doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in entries if e.valid is not False}}
+    tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        os.replace(tmp, folder / INDEX_NAME)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def scan(folder: Path) -> list[CheckpointInfo]:
+    """Every checkpoint file in folder (not temporary files), from the index or its stamp."""
+    index = read_index(folder)
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or is_temp_name(name) or not name.endswith(CHECKPOINT_SUFFIXES):
+            continue
+        try:
+            if not entry.is_file():
+                continue
+            size = entry.stat().st_size
+        except OSError:
+            continue
+        cached = index.get(name)
+        path = Path(entry.path)
+        if isinstance(cached, dict) and cached.get("size") == size:
+            metrics = cached.get("metrics")
+            found.append(
+                CheckpointInfo(
+                    path,
+                    _int_or_none(cached.get("epoch")),
+                    _int_or_none(cached.get("step")),
+                    metrics if isinstance(metrics, dict) else {},
+                    project=cached.get("project"),
+                    size=size,
+                    saved_at=cached.get("saved_at"),
+                )
+            )
+        else:
+            found.append(info_from_stamp(path))
+    return found
+
+
+def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    return sorted(infos, key=lambda i: i.order_key, reverse=True)
+
+
+def latest_valid(infos: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
+    """The newest checkpoint, by the step its stamp records, whose payload verifies."""
+    for info in newest_first(i for i in infos if i.valid is not False):
+        result = verify(info.path)
+        if result.ok:
+            return _with(info, valid=True)
+    return None
+
+
+def with_validity(info: CheckpointInfo) -> CheckpointInfo:
+    if info.valid is False:
+        return info
+    result = verify(info.path)
+    return _with(info, valid=result.ok, problem=result.problem)
+
+
+def _with(info: CheckpointInfo, **changes: Any) -> CheckpointInfo:
+    from dataclasses import replace
+
+    return replace(info, **changes)
+
+
+def metric_value(info: CheckpointInfo, monitor: str) -> float | None:
+    value = info.metrics.get(monitor)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
+        return float(value)
+    return None
+
+
+def retention_plan(
+    infos: Iterable[CheckpointInfo],
+    *,
+    keep_last: int | None,
+    keep_best: int,
+    monitor: str | None,
+    mode: str,
+    protect: Iterable[Path] = (),
+) -> tuple[set[Path], set[Path]]:
+    """Pure: which checkpoints to keep and which to delete.
+
+    Keeps the ``keep_last`` newest by step, the ``keep_best`` best by ``monitor``, the
+    newest of all and the best of all, and anything in ``protect``.
+    """
+    ordered = newest_first(infos)
+    keep = {p for p in protect}
+    if ordered:
+        keep.add(ordered[0].path)
+    if keep_last is None:
+        keep.update(i.path for i in ordered)
+    else:
+        keep.update(i.path for i in ordered[: max(keep_last, 0)])
+    if monitor:
+        scored = [(metric_value(i, monitor), i) for i in ordered]
+        ranked = sorted(((v, i) for v, i in scored if v is not None), key=lambda vi: vi[0], reverse=(mode == "max"))
+        keep.update(i.path for _, i in ranked[: max(keep_best, 1 if ranked else 0)])
+    delete = {i.path for i in ordered} - keep
+    return keep, delete
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """One line of ``envkit ls``."""
+
+    info: CheckpointInfo
+    environment_digest: str | None
+    verdict: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        i = self.info
+        return {
+            "checkpoint": str(i.path),
+            "project": i.project,
+            "epoch": i.epoch,
+            "step": i.step,
+            "metrics": dict(i.metrics),
+            "size": i.size,
+            "valid": i.valid,
+            "problem": i.problem,
+            "environment_digest": self.environment_digest,
+            "verdict": self.verdict,
+        }
+
+
+def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> list[FolderRow]:
+    """Every checkpoint in folder, oldest first: verified, with its verdict against the live environment."""
+    from envkit.errors import BadInput
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to")
+    from envkit.checkpoint.compat import resolve_policy
+    from envkit.fingerprint import collect
+    from envkit.policy import diff, evaluate, unstamped_change, verdict
+
+    active = resolve_policy(policy)
+    live = collect()
+    rows = []
+    for info in sorted(scan(root), key=lambda i: (i.order_key, i.path.name)):
+        checked = with_validity(info)
+        try:
+            stamp = read_stamp(info.path).stamp
+        except EnvkitError:
+            rows.append(FolderRow(checked, None, None))
+            continue
+        changes = diff(stamp.fingerprint, live) if stamp else (unstamped_change(),)
+        rows.append(FolderRow(checked, stamp.fingerprint.digest if stamp else None, verdict(evaluate(changes, active))))
+    return rows

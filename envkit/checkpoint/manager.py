@@ -1,0 +1,386 @@
+"""CheckpointManager: the resumable training loop's checkpoints, that cannot lose work (DESIGN §7).
+
+    mgr = CheckpointManager("runs/exp1", project="exp1", keep_last=3, keep_best=1, monitor="val_loss")
+    info = mgr.resume(model=model, optimizer=opt, scheduler=sched, sampler=sampler)
+    mgr.handle_signals()
+    for epoch in range(info.epoch if info else 0, epochs):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            ...
+            mgr.save(epoch=epoch, step=step, metrics=..., model=model, optimizer=opt, sampler=sampler)
+            if mgr.should_stop:
+                sys.exit(mgr.exit_code)
+
+A checkpoint is the state right after the step given to ``save``. Saves are atomic and
+stamped; old checkpoints are deleted only once the new one is durable, and the newest
+and the best never are. Signals only set a flag: the save happens at the next step
+boundary, never inside the handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Mapping
+
+from envkit.checkpoint.directory import (
+    LOCK_NAME,
+    CheckpointInfo,
+    latest_valid,
+    metric_value,
+    retention_plan,
+    scan,
+    with_validity,
+    write_index,
+)
+from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
+from envkit.checkpoint.writer import TEMP_MARK, build_meta, fsync_dir, write_stamped
+from envkit.errors import BadInput, CheckpointDirLocked, EphemeralDirectoryWarning
+from envkit.policy import Policy
+
+DEFAULT_FILENAME = "{project}_{epoch:04d}_{step:08d}.pth"
+STATE_FORMAT = "envkit.training/1"
+EPHEMERAL_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+EPHEMERAL_ROOTS = ("/tmp", "/dev/shm", "/var/tmp", "/run")
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    path: Path
+    epoch: int
+    step: int
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CheckpointManager:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        project: str = "checkpoint",
+        keep_last: int | None = 3,
+        keep_best: int = 1,
+        monitor: str | None = None,
+        mode: str = "min",
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        filename: str = DEFAULT_FILENAME,
+        policy: Policy | str | None = None,
+        digest: str = "xxh3_128",
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise BadInput(f"mode must be 'min' or 'max', not {mode!r}")
+        if digest not in DIGEST_ALGORITHMS:
+            raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and value < 1:
+                raise BadInput(f"{name} must be 1 or more, not {value}")
+        self.directory = Path(directory)
+        self.project = project
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.monitor = monitor
+        self.mode = mode
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.filename = filename
+        self.policy = policy
+        self.digest = digest
+        self._check_template()
+        self._fingerprint: Any = None
+        self._stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"{self.directory}: cannot create the checkpoint folder ({exc.strerror}); choose another") from None
+        self._lock_fd = self._acquire_lock()
+        self.removed_temp_files = self._remove_stale_temp_files()
+        self._warn_if_ephemeral()
+
+    # -- life cycle ------------------------------------------------------------------
+    def close(self) -> None:
+        self.restore_signals()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _acquire_lock(self) -> int:
+        import fcntl
+
+        path = self.directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CheckpointDirLocked(
+                    f"{self.directory}: another writer (pid {holder}) holds {path.name}; two runs writing one "
+                    "checkpoint folder would delete each other's files: give this run its own folder or stop the other"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _remove_stale_temp_files(self) -> list[Path]:
+        """Temporary files of writers that died: they hold this folder's lock no more, and their pid is gone."""
+        removed = []
+        for entry in os.scandir(self.directory):
+            if not (entry.name.startswith(".") and TEMP_MARK in entry.name):
+                continue
+            pid_text = entry.name.rsplit(TEMP_MARK, 1)[1]
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+        return removed
+
+    def _warn_if_ephemeral(self) -> None:
+        where = self.directory.resolve()
+        fstype = _filesystem_type(where)
+        if fstype in EPHEMERAL_FILESYSTEMS or str(where).startswith(EPHEMERAL_ROOTS):
+            warnings.warn(
+                f"{where} is on {fstype or 'temporary storage'}: checkpoints there do not survive a reboot or a "
+                "new container; use persistent storage",
+                EphemeralDirectoryWarning,
+                stacklevel=3,
+            )
+
+    def _check_template(self) -> None:
+        try:
+            name = self.filename.format_map(_TemplateProbe(project=self.project, epoch=0, step=0))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise BadInput(f"filename template {self.filename!r} is not usable ({exc}); e.g. {DEFAULT_FILENAME!r}") from None
+        if "/" in name or os.sep in name or name.startswith("."):
+            raise BadInput(f"filename template {self.filename!r} must give a plain file name, not a path or hidden file")
+
+    # -- signals ---------------------------------------------------------------------
+    def handle_signals(self, signals: tuple[int, ...] | None = None) -> None:
+        """SIGTERM and SIGUSR1 (by default) set ``should_stop``; nothing else happens in the handler."""
+        chosen = signals if signals is not None else (signal.SIGTERM, getattr(signal, "SIGUSR1", signal.SIGTERM))
+        for signum in chosen:
+            if signum not in self._previous_handlers:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+
+    @property
+    def should_stop(self) -> bool:
+        return self._stop_signal is not None
+
+    @property
+    def stop_signal(self) -> int | None:
+        return self._stop_signal
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (143 for SIGTERM), the shell's convention for a run a signal ended."""
+        return 128 + self._stop_signal if self._stop_signal is not None else 0
+
+    # -- listing ---------------------------------------------------------------------
+    def _ours(self, *, with_unreadable: bool = False) -> list[CheckpointInfo]:
+        """This project's checkpoints; with_unreadable adds files whose stamp cannot be read at all."""
+        return [
+            i
+            for i in scan(self.directory)
+            if i.project == self.project or (with_unreadable and i.valid is False and i.project is None)
+        ]
+
+    def list(self) -> list[CheckpointInfo]:
+        """This project's checkpoints (and unreadable files) in the folder, oldest first, each verified."""
+        return sorted((with_validity(i) for i in self._ours(with_unreadable=True)), key=lambda i: (i.order_key, i.path.name))
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint that verifies, by the step its stamp records (never by mtime)."""
+        return latest_valid(self._ours())
+
+    def best(self) -> CheckpointInfo | None:
+        if not self.monitor:
+            return None
+        scored = [(metric_value(i, self.monitor), i) for i in self._ours()]
+        ranked = sorted(((v, i) for v, i in scored if v is not None), key=lambda vi: vi[0], reverse=self.mode == "max")
+        for _, info in ranked:
+            checked = with_validity(info)
+            if checked.valid:
+                return checked
+        return None
+
+    # -- saving ----------------------------------------------------------------------
+    def is_due(self, epoch: int, step: int) -> bool:
+        if self.should_stop or (self.every_n_epochs is None and self.every_n_steps is None):
+            return True
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            return True
+        return self.every_n_epochs is not None and epoch % self.every_n_epochs == 0
+
+    def save(
+        self,
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, Any] | None = None,
+        model: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        sampler: Any = None,
+        extra: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> Path | None:
+        """Save the state right after ``step``; returns the path, or None when not due."""
+        if not force and not self.is_due(epoch, step):
+            return None
+        from envkit.checkpoint import training_state as ts
+        from envkit.fingerprint import collect
+
+        metrics = dict(metrics or {})
+        name = self.filename.format_map(_TemplateFields(metrics, project=self.project, epoch=epoch, step=step))
+        path = self.directory / name
+        meta = build_meta({"epoch": epoch, "step": step, "metrics": metrics, "project": self.project}, path)
+        if self._fingerprint is None:
+            self._fingerprint = collect()
+        fingerprint = self._fingerprint
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "step": step,
+            "metrics": metrics,
+            "extra": dict(extra or {}),
+            "model": ts.model_state(model) if model is not None else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "sampler": sampler.state_dict() if sampler is not None else None,
+            "rng": ts.capture_rng(),
+            DICT_KEY: Stamp(fingerprint, None, meta).to_json(),
+        }
+        write_stamped(state, path, stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
+        self._apply_retention(path)
+        return path
+
+    def _apply_retention(self, just_saved: Path) -> None:
+        ours = self._ours()
+        _, delete = retention_plan(
+            ours,
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            monitor=self.monitor,
+            mode=self.mode,
+            protect=(just_saved,),
+        )
+        for path in delete:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        if delete:
+            fsync_dir(self.directory)
+        write_index(self.directory, (i for i in scan(self.directory)))
+
+    # -- resuming --------------------------------------------------------------------
+    def resume(
+        self,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        sampler: Any = None,
+        map_location: Any = None,
+    ) -> ResumeInfo | None:
+        """Restore everything from the newest valid checkpoint; None on a fresh start.
+
+        Runs the guard first (the manager's policy, else the project's), so a checkpoint
+        this environment must not resume raises EnvironmentMismatch before unpickling.
+        """
+        latest = self.latest()
+        if latest is None:
+            return None
+        from envkit.checkpoint import training_state as ts
+        from envkit.checkpoint.compat import load
+
+        state = load(latest.path, map_location=map_location, policy=self.policy, verify=False)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise BadInput(f"{latest.path}: not a CheckpointManager checkpoint; load it with envkit.load")
+        if model is not None and state.get("model") is not None:
+            ts.load_model_state(model, state["model"])
+        for target, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
+            if target is not None and state.get(key) is not None:
+                target.load_state_dict(state[key])
+        ts.restore_rng(state["rng"])
+        if sampler is not None and hasattr(sampler, "restore_rng_when_iterated"):
+            sampler.restore_rng_when_iterated(state["rng"])
+        return ResumeInfo(latest.path, int(state["epoch"]), int(state["step"]), state.get("metrics") or {}, state.get("extra") or {})
+
+
+class _TemplateProbe(dict):
+    """Checks a template before any metric exists: every metric field reads as 0.0."""
+
+    def __missing__(self, key: str) -> float:
+        return 0.0
+
+
+class _TemplateFields(dict):
+    def __init__(self, metrics: Mapping[str, Any], **fields: Any) -> None:
+        super().__init__(metrics)
+        self.update(fields)
+
+    def __missing__(self, key: str) -> Any:
+        raise BadInput(f"the filename template names metric {key!r}, but save() got no such metric")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _filesystem_type(path: Path) -> str | None:
+    best, fstype = "", None
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount = parts[1].replace("\\040", " ")
+                    if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                        best, fstype = mount, parts[2]
+    except OSError:
+        return None
+    return fstype
