@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--every-n-steps", type=int, default=10)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (to make room for a signal)")
+    parser.add_argument("--log-every", type=int, default=1, help="print every Nth step")
     parser.add_argument("--out", type=Path, help="write the final model and optimizer state here")
     args = parser.parse_args(argv)
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.step()
             scheduler.step()
             step += 1
-            print(f"step {step} epoch {epoch} loss {loss.item():.5f}", flush=True)
+            if step % args.log_every == 0:
+                print(f"step {step} epoch {epoch} loss {loss.item():.5f}", flush=True)
             mgr.save(epoch=epoch, step=step, metrics={"loss": loss.item()}, model=model, optimizer=optimizer,
                      scheduler=scheduler, sampler=sampler)
             if mgr.should_stop:
