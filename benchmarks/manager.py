@@ -49,8 +49,8 @@ print(time.perf_counter() - t)
 
 LATEST = (
     "import sys; sys.path.insert(0, {root!r})\n"
-    "from envkit.checkpoint.directory import latest_valid, scan\n"
-    "info = latest_valid(scan(__import__('pathlib').Path(sys.argv[1])))\n"
+    "from envkit.checkpoint.directory import find_latest\n"
+    "info = find_latest(__import__('pathlib').Path(sys.argv[1]), 'many')  # what CheckpointManager.latest() runs\n"
     "assert info.step == int(sys.argv[2]) and 'torch' not in sys.modules\n"
 )
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from envkit.checkpoint.reader import read_stamp
 from envkit.checkpoint.integrity import verify
-from envkit.checkpoint.writer import is_temp_name
+from envkit.checkpoint.paths import is_temp_name
 from envkit.errors import EnvkitError
 
 INDEX_NAME = ".envkit-index.json"
@@ -86,19 +86,32 @@ def _size(path: Path) -> int:
         return 0
 
 
-def read_index(folder: Path) -> dict[str, dict[str, Any]]:
+def _read_index_doc(folder: Path) -> dict[str, Any]:
     try:
         doc = json.loads((folder / INDEX_NAME).read_bytes())
     except (OSError, ValueError):
         return {}
     if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION or not isinstance(doc.get("entries"), dict):
         return {}
-    return doc["entries"]
+    return doc
+
+
+def read_index(folder: Path) -> dict[str, dict[str, Any]]:
+    return _read_index_doc(folder).get("entries", {})
 
 
 def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
-    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later."""
-    doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in entries if e.valid is not False}}
+    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later.
+
+    ``order`` lists the names newest first, so that finding the newest among thousands
+    needs no per-file work when the folder holds exactly the files the index names.
+    """
+    kept = [e for e in entries if e.valid is not False]
+    doc = {
+        "version": INDEX_VERSION,
+        "entries": {e.path.name: e.to_index() for e in kept},
+        "order": [e.path.name for e in newest_first(kept)],
+    }
     tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
     try:
         tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -107,17 +120,17 @@ def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def scan(folder: Path) -> list[CheckpointInfo]:
-    """Every checkpoint file in folder (not temporary files), from the index or its stamp."""
+def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(name, index entry) for files the index describes at their current size, and the other names."""
     index = read_index(folder)
-    found = []
+    known, unknown = [], []
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
-        return []
+        return [], []
     for entry in entries:
         name = entry.name
-        if name.startswith(".") or is_temp_name(name) or not name.endswith(CHECKPOINT_SUFFIXES):
+        if name.startswith(".") or not name.endswith(CHECKPOINT_SUFFIXES):
             continue
         try:
             if not entry.is_file():
@@ -126,23 +139,86 @@ def scan(folder: Path) -> list[CheckpointInfo]:
         except OSError:
             continue
         cached = index.get(name)
-        path = Path(entry.path)
         if isinstance(cached, dict) and cached.get("size") == size:
-            metrics = cached.get("metrics")
-            found.append(
-                CheckpointInfo(
-                    path,
-                    _int_or_none(cached.get("epoch")),
-                    _int_or_none(cached.get("step")),
-                    metrics if isinstance(metrics, dict) else {},
-                    project=cached.get("project"),
-                    size=size,
-                    saved_at=cached.get("saved_at"),
-                )
-            )
+            known.append((name, cached))
         else:
-            found.append(info_from_stamp(path))
-    return found
+            unknown.append(name)
+    return known, unknown
+
+
+def _from_index(folder: Path, name: str, cached: Mapping[str, Any]) -> CheckpointInfo:
+    metrics = cached.get("metrics")
+    return CheckpointInfo(
+        folder / name,
+        _int_or_none(cached.get("epoch")),
+        _int_or_none(cached.get("step")),
+        metrics if isinstance(metrics, dict) else {},
+        project=cached.get("project"),
+        size=int(cached.get("size") or 0),
+        saved_at=cached.get("saved_at"),
+    )
+
+
+def scan(folder: Path) -> list[CheckpointInfo]:
+    """Every checkpoint file in folder (not temporary files), from the index or its stamp."""
+    known, unknown = _listing(folder)
+    return [_from_index(folder, n, c) for n, c in known] + [info_from_stamp(folder / n) for n in unknown]
+
+
+def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | None:
+    """``latest_valid(scan(folder))`` for folders of thousands: only the winner becomes an object."""
+    fast = _latest_from_index_order(folder, project)
+    if fast is not None:
+        return fast
+    known, unknown = _listing(folder)
+
+    def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, str]:
+        c = item[1]
+        step, epoch = _int_or_none(c.get("step")), _int_or_none(c.get("epoch"))
+        return (step if step is not None else -1, epoch if epoch is not None else -1, str(c.get("saved_at") or ""))
+
+    candidates = [(key((n, c)), n, c) for n, c in known if project is None or c.get("project") == project]
+    extra = [i for i in (info_from_stamp(folder / n) for n in unknown) if project is None or i.project == project]
+    candidates += [(i.order_key, i.path.name, i) for i in extra]
+    candidates.sort(key=lambda t: t[0], reverse=True)
+    for _, name, source in candidates:
+        info = source if isinstance(source, CheckpointInfo) else _from_index(folder, name, source)
+        if info.valid is False:
+            continue
+        if verify(info.path).ok:
+            return _with(info, valid=True)
+    return None
+
+
+def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInfo | None:
+    """When the folder holds exactly the files the index names, walk its newest-first order.
+
+    The winner is verified and its stamp must say what the index says; anything else
+    (a file added, removed or rewritten behind the manager's back) falls back to a scan.
+    """
+    doc = _read_index_doc(folder)
+    entries, order = doc.get("entries"), doc.get("order")
+    if not entries or not isinstance(order, list):
+        return None
+    try:
+        names = {n for n in os.listdir(folder) if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".")}
+    except OSError:
+        return None
+    if names != entries.keys() or set(order) != names:
+        return None
+    for name in order:
+        cached = entries[name]
+        if not isinstance(cached, dict) or (project is not None and cached.get("project") != project):
+            continue
+        info = _from_index(folder, name, cached)
+        result = verify(info.path)
+        if not result.ok:
+            continue
+        stamp = result.info.stamp if result.info else None
+        if stamp is None or stamp.meta.get("step") != info.step or result.info.size != info.size:
+            return None
+        return _with(info, valid=True)
+    return None
 
 
 def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:

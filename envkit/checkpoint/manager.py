@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from envkit.checkpoint.directory import (
     LOCK_NAME,
     CheckpointInfo,
-    latest_valid,
+    find_latest,
     metric_value,
     retention_plan,
     scan,
@@ -39,7 +39,8 @@ from envkit.checkpoint.directory import (
     write_index,
 )
 from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
-from envkit.checkpoint.writer import TEMP_MARK, build_meta, fsync_dir, write_stamped
+from envkit.checkpoint.paths import TEMP_MARK
+from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
 from envkit.errors import BadInput, CheckpointDirLocked, EphemeralDirectoryWarning
 from envkit.policy import Policy
 
@@ -224,7 +225,7 @@ class CheckpointManager:
 
     def latest(self) -> CheckpointInfo | None:
         """The newest checkpoint that verifies, by the step its stamp records (never by mtime)."""
-        return latest_valid(self._ours())
+        return find_latest(self.directory, self.project)
 
     def best(self) -> CheckpointInfo | None:
         if not self.monitor:

@@ -17,21 +17,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from envkit.checkpoint.hashing import HashingWriter
+from envkit.checkpoint.paths import TEMP_MARK, is_temp_name, temp_path_for  # noqa: F401 - re-exported
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
-
-TEMP_MARK = ".tmp-"
-
-
-def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARK in name
-
 
 def fsync_dir(folder: Path) -> None:
     try:

@@ -6,13 +6,24 @@ import json
 import os
 from pathlib import Path
 
+from typing import Any
+
 from envkit.errors import BadInput, MalformedStamp, describe_os_error
-from envkit.fingerprint.collect import collect
 from envkit.fingerprint.schema import SCHEMA, Fingerprint
 
 MAX_FINGERPRINT_BYTES = 16 * 1024 * 1024
 
 __all__ = ["SCHEMA", "Fingerprint", "collect", "read_fingerprint_file"]
+
+
+def __getattr__(name: str) -> Any:
+    # collect pulls in platform probing; readers of stored fingerprints do not need it
+    if name == "collect":
+        from envkit.fingerprint.sources import collect
+
+        globals()["collect"] = collect
+        return collect
+    raise AttributeError(f"module 'envkit.fingerprint' has no attribute {name!r}")
 
 
 def read_fingerprint_file(path: str | os.PathLike[str]) -> Fingerprint:

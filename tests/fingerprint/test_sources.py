@@ -9,7 +9,7 @@ import pytest
 
 from envkit.errors import BadInput
 from envkit.fingerprint import collect
-from envkit.fingerprint.collect import cudnn_from_int, parse_nvidia_smi, read_torch_version_py
+from envkit.fingerprint.sources import cudnn_from_int, parse_nvidia_smi, read_torch_version_py
 from tests.fakes import make_nvidia_smi_stand_in, make_proc, make_reference_prefix, make_site, path_with
 
 
