@@ -27,23 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SAVE_WORKER = r"""
 import os, sys, time, torch
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {bench!r}]
 import envkit, envkit.checkpoint.manager, envkit.fingerprint
+from common import tensors_of, torch_save_fsync
 mode, folder, size_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-n = 16
-per = int(size_gb * 2**30 / 4 / n)
-g = torch.Generator().manual_seed(0)
-model = torch.nn.ParameterDict({{f"p{{i}}": torch.nn.Parameter(torch.empty(per).uniform_(generator=g)) for i in range(n)}})
+model = torch.nn.ParameterDict({{k.replace(".", "_"): torch.nn.Parameter(v) for k, v in tensors_of(size_gb).items()}})
 mgr = envkit.CheckpointManager(folder, project="bench", keep_last=1) if mode == "manager" else None
 os.sync()
 t = time.perf_counter()
 if mode == "manager":
     mgr.save(epoch=0, step=1, metrics={{"loss": 0.5}}, model=model)
 else:
-    with open(os.path.join(folder, "plain.pth"), "wb") as fh:
-        torch.save({{"model": model.state_dict()}}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    torch_save_fsync({{"model": model.state_dict()}}, os.path.join(folder, "plain.pth"))
 print(time.perf_counter() - t)
 """
 
@@ -57,7 +52,7 @@ LATEST = (
 
 def bench_save(size_gb: float, runs: int) -> dict[str, float]:
     times: dict[str, list[float]] = {"torch.save + fsync": [], "CheckpointManager.save": []}
-    worker = SAVE_WORKER.format(root=str(ROOT))
+    worker = SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
     for i in range(runs):
         order = ["torch", "manager"] if i % 2 == 0 else ["manager", "torch"]
         for mode in order:

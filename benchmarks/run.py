@@ -27,24 +27,18 @@ PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
 SAVE_WORKER = r"""
-import os, sys, time, torch
-sys.path.insert(0, {root!r})
-import envkit
+import os, sys, time
+sys.path[:0] = [{root!r}, {bench!r}]
+import envkit, envkit.checkpoint.writer, envkit.fingerprint  # imports are once per process, not per save
+from common import tensors_of, torch_save_fsync
 mode, path, size_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-n = 16
-per = int(size_gb * 2**30 / 4 / n)
-g = torch.Generator().manual_seed(0)
-state = {{f"layer{{i}}.weight": torch.empty(per).uniform_(generator=g) for i in range(n)}}
-import envkit.checkpoint, envkit.fingerprint  # module imports are once per process, not per save
+state = tensors_of(size_gb)
 os.sync()  # start from a clean page cache: no earlier run's dirty pages compete with this one
 t = time.perf_counter()
 if mode == "envkit":
     envkit.save(state, path, meta={{"epoch": 1, "step": 1}})
 else:
-    with open(path, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    torch_save_fsync(state, path)
 print(time.perf_counter() - t)
 """
 
@@ -73,7 +67,7 @@ def make_checkpoint(path: Path, size_gb: float) -> None:
     if path.exists():
         return
     print(f"writing a {size_gb:g} GB stamped checkpoint to {path} ...", flush=True)
-    subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT)), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks")), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
 
 
 def bench_check(work: Path, size_gb: float, runs: int) -> dict[str, float]:
@@ -109,7 +103,7 @@ def bench_fingerprint(runs: int) -> dict[str, float]:
 
 def bench_save(work: Path, size_gb: float, runs: int) -> dict[str, float]:
     times: dict[str, list[float]] = {"torch.save + fsync": [], "envkit.save": []}
-    worker = SAVE_WORKER.format(root=str(ROOT))
+    worker = SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
     for i in range(runs):
         order = ["torch.save + fsync", "envkit.save"] if i % 2 == 0 else ["envkit.save", "torch.save + fsync"]
         for name in order:

@@ -1,0 +1,25 @@
+"""Pieces the benchmark worker processes share."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def tensors_of(size_gb: float, pieces: int = 16) -> dict[str, Any]:
+    """``pieces`` float32 tensors, ``size_gb`` GiB together, filled from a fixed seed."""
+    import torch
+
+    per = int(size_gb * 2**30 / 4 / pieces)
+    g = torch.Generator().manual_seed(0)
+    return {f"layer{i}.weight": torch.empty(per).uniform_(generator=g) for i in range(pieces)}
+
+
+def torch_save_fsync(obj: Any, path: str) -> None:
+    """The anchor: what a careful user does without envkit."""
+    import torch
+
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
