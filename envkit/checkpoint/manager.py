@@ -166,9 +166,10 @@ class CheckpointManager:
         where = self.directory.resolve()
         fstype = _filesystem_type(where)
         if fstype in EPHEMERAL_FILESYSTEMS or str(where).startswith(EPHEMERAL_ROOTS):
+            place = f"on {fstype}" if fstype in EPHEMERAL_FILESYSTEMS else "under a temporary folder"
             warnings.warn(
-                f"{where} is on {fstype or 'temporary storage'}: checkpoints there do not survive a reboot or a "
-                "new container; use persistent storage",
+                f"{where} is {place}: checkpoints there may not survive a reboot or a new container; "
+                "use persistent storage",
                 EphemeralDirectoryWarning,
                 stacklevel=3,
             )

@@ -164,7 +164,7 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
 
 def test_tmpfs_or_tmp_warns(tmp_path: Path) -> None:
     target = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
-    with pytest.warns(envkit.EphemeralDirectoryWarning, match="do not survive a reboot"):
+    with pytest.warns(envkit.EphemeralDirectoryWarning, match="may not survive a reboot"):
         mgr = envkit.CheckpointManager(target / f"envkit-test-{os.getpid()}", project="p")
     mgr.close()
     import shutil
