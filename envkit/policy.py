@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from envkit.errors import ConfigError
-from envkit.fingerprint.schema import Fingerprint
+from envkit.fingerprint.schema import Fingerprint, Package
 
 SEVERITIES = ("ok", "info", "warn", "refuse")
 PRESETS = ("strict", "compatible", "warn")
@@ -125,10 +125,8 @@ def diff(stored: Fingerprint, live: Fingerprint) -> tuple[Change, ...]:
     return tuple(changes)
 
 
-def _package_label(p: object) -> str:
-    version = getattr(p, "version")
-    build = getattr(p, "build")
-    return f"{version} ({build})" if build else str(version)
+def _package_label(p: Package) -> str:
+    return f"{p.version} ({p.build})" if p.build else p.version
 
 
 # -- rules -------------------------------------------------------------------------

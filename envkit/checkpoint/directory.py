@@ -16,10 +16,10 @@ from typing import Any, Iterable, Mapping
 
 from envkit.checkpoint.reader import read_stamp
 from envkit.checkpoint.integrity import verify
-from envkit.checkpoint.paths import is_temp_name
 from envkit.errors import EnvkitError
 
 INDEX_NAME = ".envkit-index.json"
+ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when nothing changed
 LOCK_NAME = ".envkit.lock"
 INDEX_VERSION = 1
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -107,17 +107,15 @@ def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
     needs no per-file work when the folder holds exactly the files the index names.
     """
     kept = [e for e in entries if e.valid is not False]
-    doc = {
-        "version": INDEX_VERSION,
-        "entries": {e.path.name: e.to_index() for e in kept},
-        "order": [e.path.name for e in newest_first(kept)],
-    }
-    tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
-        os.replace(tmp, folder / INDEX_NAME)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    entries_doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in kept}}
+    order_doc = {"version": INDEX_VERSION, "order": [[e.path.name, e.project, e.step, e.size] for e in newest_first(kept)]}
+    for name, doc in ((INDEX_NAME, entries_doc), (ORDER_NAME, order_doc)):
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            os.replace(tmp, folder / name)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
@@ -191,33 +189,42 @@ def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | No
 
 
 def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInfo | None:
-    """When the folder holds exactly the files the index names, walk its newest-first order.
+    """When the folder holds exactly the files the order file names, walk it newest first.
 
-    The winner is verified and its stamp must say what the index says; anything else
+    The winner is verified and its stamp must say what the order file says; anything else
     (a file added, removed or rewritten behind the manager's back) falls back to a scan.
     """
-    doc = _read_index_doc(folder)
-    entries, order = doc.get("entries"), doc.get("order")
-    if not entries or not isinstance(order, list):
-        return None
     try:
+        doc = json.loads((folder / ORDER_NAME).read_bytes())
+        order = doc["order"] if doc.get("version") == INDEX_VERSION else None
         names = {n for n in os.listdir(folder) if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".")}
-    except OSError:
+        if not isinstance(order, list) or len(order) != len(names) or {row[0] for row in order} != names:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
-    if names != entries.keys() or set(order) != names:
-        return None
-    for name in order:
-        cached = entries[name]
-        if not isinstance(cached, dict) or (project is not None and cached.get("project") != project):
+    for row in order:
+        name, owner, step, size = row
+        if project is not None and owner != project:
             continue
-        info = _from_index(folder, name, cached)
-        result = verify(info.path)
+        path = folder / name
+        result = verify(path)
         if not result.ok:
             continue
         stamp = result.info.stamp if result.info else None
-        if stamp is None or stamp.meta.get("step") != info.step or result.info.size != info.size:
+        if stamp is None or stamp.meta.get("step") != step or result.info.size != size:
             return None
-        return _with(info, valid=True)
+        meta = stamp.meta
+        metrics = meta.get("metrics")
+        return CheckpointInfo(
+            path,
+            _int_or_none(meta.get("epoch")),
+            step,
+            dict(metrics) if isinstance(metrics, Mapping) else {},
+            valid=True,
+            project=owner,
+            size=size,
+            saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
+        )
     return None
 
 

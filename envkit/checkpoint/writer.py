@@ -95,13 +95,12 @@ def write_stamped(
         fsync_dir(folder)
     except BaseException as exc:
         _discard(tmp)
-        if writer is not None and writer.error is not None:
-            exc = writer.error
-        if isinstance(exc, OSError):
+        cause = writer.error if writer is not None and writer.error is not None else exc
+        if isinstance(cause, OSError):
             raise CheckpointWriteError(
-                f"{path}: save failed ({exc.strerror or exc}); earlier checkpoints are untouched and the "
+                f"{path}: save failed ({cause.strerror or cause}); earlier checkpoints are untouched and the "
                 "temporary file was removed; free space or fix the folder, then save again"
-            ) from exc
+            ) from cause
         raise
     return stamp
 
