@@ -179,12 +179,22 @@ def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | No
     extra = [i for i in (info_from_stamp(folder / n) for n in unknown) if project is None or i.project == project]
     candidates += [(i.order_key, i.path.name, i) for i in extra]
     candidates.sort(key=lambda t: t[0], reverse=True)
-    for _, name, source in candidates:
+    while candidates:
+        _, name, source = candidates.pop(0)
         info = source if isinstance(source, CheckpointInfo) else _from_index(folder, name, source)
         if info.valid is False:
             continue
-        if verify(info.path).ok:
-            return _with(info, valid=True)
+        result = verify(info.path)
+        if not result.ok:
+            continue
+        stamp = result.info.stamp if result.info else None
+        if not isinstance(source, CheckpointInfo) and (stamp is None or stamp.meta.get("step") != info.step):
+            # the index is stale for this file (rewritten in place): rank it by its own stamp
+            fresh = info_from_stamp(info.path)
+            candidates.append((fresh.order_key, name, fresh))
+            candidates.sort(key=lambda t: t[0], reverse=True)
+            continue
+        return _with(info, valid=True)
     return None
 
 

@@ -220,3 +220,15 @@ def test_ls_and_verify_commands(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "CORRUPT" in result.stdout and str(paths[0]) in result.stdout
     result = runner.invoke(cli, ["ls", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "not a folder" in result.stderr
+
+
+def test_files_added_behind_the_managers_back_are_seen(tmp_path: Path) -> None:
+    with envkit.CheckpointManager(tmp_path, project="p", keep_last=None) as mgr:
+        save_steps(mgr, [1, 2, 3])
+        assert mgr.latest().step == 3  # from the order file
+        envkit.save({"x": 1}, tmp_path / "p_by_hand.pth", meta={"epoch": 0, "step": 9, "project": "p"})
+        assert mgr.latest().step == 9  # the folder no longer matches the order file: scanned
+        (tmp_path / "p_by_hand.pth").unlink()
+        paths = sorted(tmp_path.glob("p_0000_*.pth"))
+        paths[-1].write_bytes(paths[0].read_bytes())  # rewritten in place: same name, an older stamp
+        assert mgr.latest().step == 2
