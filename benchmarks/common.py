@@ -23,3 +23,13 @@ def torch_save_fsync(obj: Any, path: str) -> None:
         torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def print_results(title: str, results: dict[str, dict[str, float]], width: int = 42) -> None:
+    """Medians in ms, ratios as NNx, grouped."""
+    print(f"\n{title}")
+    for group, rows in results.items():
+        print(f"\n[{group}]")
+        for name, value in rows.items():
+            shown = f"{value:8.2f}x" if name.startswith("ratio") else f"{value * 1000:8.1f} ms"
+            print(f"  {name:{width}s} {shown}")

@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_results  # noqa: E402
+
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,12 +133,7 @@ def main() -> None:
         results["latest"] = bench_latest(args.count, args.runs)
     if args.only in (None, "save"):
         results["save"] = bench_save(args.size_gb, args.runs)
-    print(f"\nmedians of {args.runs} runs, {os.cpu_count()} cores")
-    for group, rows in results.items():
-        print(f"\n[{group}]")
-        for name, value in rows.items():
-            shown = f"{value:8.2f}x" if name.startswith("ratio") else f"{value * 1000:8.1f} ms"
-            print(f"  {name:52s} {shown}")
+    print_results(f"medians of {args.runs} runs, {os.cpu_count()} cores", results, 52)
 
 
 if __name__ == "__main__":

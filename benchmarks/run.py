@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_results  # noqa: E402
+
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,12 +141,7 @@ def main() -> None:
         if args.only in (None, "save"):
             results["save"] = bench_save(work, args.size_gb, args.runs)
 
-    print(f"\nmedians of {args.runs} runs, {args.size_gb:g} GB, {os.cpu_count()} cores, {sys.version.split()[0]}")
-    for group, rows in results.items():
-        print(f"\n[{group}]")
-        for name, value in rows.items():
-            shown = f"{value:8.2f}x" if name.startswith("ratio") else f"{value * 1000:8.1f} ms"
-            print(f"  {name:42s} {shown}")
+    print_results(f"medians of {args.runs} runs, {args.size_gb:g} GB, {os.cpu_count()} cores, {sys.version.split()[0]}", results, 42)
     if args.json:
         args.json.write_text(json.dumps({"size_gb": args.size_gb, "runs": args.runs, **results}, indent=2))
 

@@ -293,9 +293,9 @@ class CheckpointManager:
         return path
 
     def _apply_retention(self, just_saved: Path) -> None:
-        ours = self._ours()
+        everything = scan(self.directory)
         _, delete = retention_plan(
-            ours,
+            [i for i in everything if i.project == self.project],
             keep_last=self.keep_last,
             keep_best=self.keep_best,
             monitor=self.monitor,
@@ -309,7 +309,7 @@ class CheckpointManager:
                 pass
         if delete:
             fsync_dir(self.directory)
-        write_index(self.directory, (i for i in scan(self.directory)))
+        write_index(self.directory, (i for i in everything if i.path not in delete))
 
     # -- resuming --------------------------------------------------------------------
     def resume(
