@@ -164,7 +164,7 @@ def scan(folder: Path) -> list[CheckpointInfo]:
 
 
 def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | None:
-    """``latest_valid(scan(folder))`` for folders of thousands: only the winner becomes an object."""
+    """The newest checkpoint that verifies, by the step its stamp records; only the winner becomes an object."""
     fast = _latest_from_index_order(folder, project)
     if fast is not None:
         return fast
@@ -240,15 +240,6 @@ def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInf
 
 def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
     return sorted(infos, key=lambda i: i.order_key, reverse=True)
-
-
-def latest_valid(infos: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
-    """The newest checkpoint, by the step its stamp records, whose payload verifies."""
-    for info in newest_first(i for i in infos if i.valid is not False):
-        result = verify(info.path)
-        if result.ok:
-            return _with(info, valid=True)
-    return None
 
 
 def with_validity(info: CheckpointInfo) -> CheckpointInfo:

@@ -39,7 +39,7 @@ from envkit.checkpoint.directory import (
     write_index,
 )
 from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
-from envkit.checkpoint.paths import TEMP_MARK
+from envkit.checkpoint.paths import TEMP_MARK, is_temp_name
 from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
 from envkit.errors import BadInput, CheckpointDirLocked, EphemeralDirectoryWarning
 from envkit.policy import Policy
@@ -150,7 +150,7 @@ class CheckpointManager:
         """Temporary files of writers that died: they hold this folder's lock no more, and their pid is gone."""
         removed = []
         for entry in os.scandir(self.directory):
-            if not (entry.name.startswith(".") and TEMP_MARK in entry.name):
+            if not is_temp_name(entry.name):
                 continue
             pid_text = entry.name.rsplit(TEMP_MARK, 1)[1]
             if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from envkit.checkpoint.hashing import HashingWriter
-from envkit.checkpoint.paths import TEMP_MARK, is_temp_name, temp_path_for  # noqa: F401 - re-exported
+from envkit.checkpoint.paths import temp_path_for
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
