@@ -1,0 +1,1 @@
+"""Environments as code: environment.yml specs, lint, lock, create, export, doctor, recreate."""
