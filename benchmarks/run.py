@@ -28,6 +28,9 @@ from common import print_results  # noqa: E402
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
+# What users type: the installed console script; `python -m envkit` (runpy) where none is installed.
+_SCRIPT = Path(PY).parent / "envkit"
+ENVKIT = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "envkit"]
 
 SAVE_WORKER = r"""
 import os, sys, time
@@ -79,7 +82,7 @@ def bench_check(work: Path, size_gb: float, runs: int) -> dict[str, float]:
     p = str(ckpt)
     m = medians(
         {
-            "envkit check --json": [PY, "-m", "envkit", "check", "--json", p],
+            "envkit check --json": [*ENVKIT, "check", "--json", p],
             "import torch + torch.load(mmap=True)": [PY, "-c", f"import torch; torch.load({p!r}, mmap=True, weights_only=True)"],
             "import torch + full torch.load": [PY, "-c", f"import torch; torch.load({p!r}, weights_only=True)"],
             "python -c pass": [PY, "-c", "pass"],
@@ -95,7 +98,7 @@ def bench_check(work: Path, size_gb: float, runs: int) -> dict[str, float]:
 def bench_fingerprint(runs: int) -> dict[str, float]:
     m = medians(
         {
-            "envkit fingerprint --json": [PY, "-m", "envkit", "fingerprint", "--json"],
+            "envkit fingerprint --json": [*ENVKIT, "fingerprint", "--json"],
             "python -m torch.utils.collect_env": [PY, "-m", "torch.utils.collect_env"],
         },
         runs,

@@ -41,7 +41,8 @@ def capture_rng() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # A process that never touched CUDA has no CUDA streams to save; asking would create a context.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": None,
     }
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,5 +132,30 @@ def save(
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
     full_meta = build_meta(meta, target)
     _import_torch()
-    fp = fingerprint if fingerprint is not None else collect()
-    return write_stamped(obj, target, stamp_for=lambda payload: Stamp(fp, payload, full_meta), digest=digest)
+    if fingerprint is not None:
+        return write_stamped(obj, target, stamp_for=lambda payload: Stamp(fingerprint, payload, full_meta), digest=digest)
+    pending = _Pending()  # reading package metadata and nvidia-smi overlaps torch.save
+    return write_stamped(obj, target, stamp_for=lambda payload: Stamp(pending.result(), payload, full_meta), digest=digest)
+
+
+class _Pending:
+    """The live fingerprint, collected on a helper thread while the payload is written."""
+
+    def __init__(self) -> None:
+        self._value: Fingerprint | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="envkit-fingerprint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = collect()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the saving thread
+            self._error = exc
+
+    def result(self) -> Fingerprint:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value

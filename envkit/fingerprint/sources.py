@@ -374,7 +374,9 @@ def live_torch_facts(info: TorchInfo, gpu: GpuInfo) -> tuple[TorchInfo, GpuInfo,
         cudnn_version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
         if cudnn_version:
             info = replace(info, cudnn=cudnn_from_int(int(cudnn_version)))
-        if torch.cuda.is_available():
+        # Only a process that already uses CUDA is asked for its devices: querying them in one
+        # that does not would create a CUDA context (time, and GPU memory on device 0 of every rank).
+        if torch.cuda.is_initialized():
             devices = []
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)

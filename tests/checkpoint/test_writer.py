@@ -120,3 +120,20 @@ def test_bad_meta_and_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="unknown digest"):
         envkit.save({}, tmp_path / "c.pth", digest="md5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fingerprint_failure_on_the_helper_thread_reaches_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envkit.checkpoint.writer as writer
+
+    target = tmp_path / "c.pth"
+    envkit.save({"w": torch.zeros(2)}, target)
+    before = target.read_bytes()
+
+    def broken_collect() -> None:
+        raise BadInput("site-packages unreadable")
+
+    monkeypatch.setattr(writer, "collect", broken_collect)
+    with pytest.raises(BadInput, match="site-packages unreadable"):
+        envkit.save({"w": torch.ones(2)}, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth"]

@@ -104,3 +104,19 @@ def test_parse_nvidia_smi_several_devices() -> None:
         ("NVIDIA A100-SXM4-80GB", "8.0", 81920),
         ("NVIDIA H100 80GB HBM3", "9.0", 81559),
     ]
+
+
+def test_live_torch_never_creates_a_cuda_context_mocked_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU-only process on a GPU host (mocked: there is no GPU here) must not initialise CUDA."""
+    torch = pytest.importorskip("torch")
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("collect() touched a CUDA device in a process that never used CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", forbidden)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", forbidden)
+    fp = collect(query_devices=False)
+    assert fp.gpu.devices == ()
+    assert fp.determinism is not None  # the live facts were still read
