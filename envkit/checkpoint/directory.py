@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -22,6 +23,7 @@ INDEX_NAME = ".envkit-index.json"
 ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when nothing changed
 LOCK_NAME = ".envkit.lock"
 INDEX_VERSION = 1
+ORDER_VERSION = 2  # 2: names and rows as newline-joined strings, so a reader parses two JSON strings, not 40,000 values
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
@@ -108,8 +110,18 @@ def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
     """
     kept = [e for e in entries if e.valid is not False]
     entries_doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in kept}}
-    order_doc = {"version": INDEX_VERSION, "order": [[e.path.name, e.project, e.step, e.size] for e in newest_first(kept)]}
-    for name, doc in ((INDEX_NAME, entries_doc), (ORDER_NAME, order_doc)):
+    newest = newest_first(kept)
+    docs: list[tuple[str, dict[str, Any]]] = [(INDEX_NAME, entries_doc)]
+    if not any(_UNSAFE_IN_ORDER.search(f"{e.path.name}{e.project or ''}") for e in newest):
+        order_doc = {
+            "version": ORDER_VERSION,
+            "names": "\n".join(e.path.name for e in newest),
+            "rows": "\n".join(f"{e.project or ''}\t{e.step}\t{e.size}" for e in newest),
+        }
+        docs.append((ORDER_NAME, order_doc))
+    else:  # a name the joined strings cannot carry: latest() scans instead
+        (folder / ORDER_NAME).unlink(missing_ok=True)
+    for name, doc in docs:
         tmp = folder / f".{name}.tmp-{os.getpid()}"
         try:
             tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -206,14 +218,22 @@ def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInf
     """
     try:
         doc = json.loads((folder / ORDER_NAME).read_bytes())
-        order = doc["order"] if doc.get("version") == INDEX_VERSION else None
-        names = {n for n in os.listdir(folder) if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".")}
-        if not isinstance(order, list) or len(order) != len(names) or {row[0] for row in order} != names:
+        if doc.get("version") != ORDER_VERSION:
             return None
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
+        expected, listed = set(names), set(os.listdir(folder))
+        if len(rows) != len(names) or len(expected) != len(names) or not expected <= listed:
+            return None
+        if any(_is_checkpoint_name(n) for n in listed - expected):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    for row in order:
-        name, owner, step, size = row
+    for name, row in zip(names, rows):
+        try:
+            owner, step_text, size_text = row.split("\t")
+            step, size = (int(step_text) if step_text != "None" else None), int(size_text)
+        except ValueError:
+            return None
         if project is not None and owner != project:
             continue
         path = folder / name
@@ -231,11 +251,18 @@ def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInf
             step,
             dict(metrics) if isinstance(metrics, Mapping) else {},
             valid=True,
-            project=owner,
-            size=size,
+            project=owner or None,
+            size=result.info.size,
             saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
         )
     return None
+
+
+_UNSAFE_IN_ORDER = re.compile(r"[\t\n]")
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    return name.endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
 
 
 def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from typing import Any, BinaryIO, Protocol
 
@@ -26,6 +25,8 @@ def new_hasher(algorithm: str) -> Hasher:
     if algorithm == "xxh3_128":
         return xxhash.xxh3_128()
     if algorithm == "sha256":
+        import hashlib  # only sha256 stamps pay for OpenSSL's start-up
+
         return hashlib.sha256()
     raise BadInput(f"unknown digest {algorithm!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
 

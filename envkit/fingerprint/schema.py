@@ -8,7 +8,6 @@ keep a reader for the old one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -26,6 +25,8 @@ def canonical_json(value: JSONValue) -> bytes:
 
 
 def sha256_of(value: JSONValue) -> str:
+    import hashlib  # here, not at the top: OpenSSL's start-up is paid only by callers that need a digest
+
     return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
 
 
