@@ -167,6 +167,138 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
         click.echo(folder_text(rows))
 
 
+# -- environments (conda) ------------------------------------------------------------
+
+ENGINE_CHOICE = click.Choice(["auto", "rattler", "conda", "mamba", "micromamba"])
+
+
+def _progress(message: str) -> None:
+    click.echo(f"envkit: {message}", err=True)
+
+
+def _mirrors() -> tuple[tuple[str, str], ...]:
+    from envkit.config import load_config
+
+    return load_config().mirrors
+
+
+@main.command()
+@click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Environment file (repeatable; default environment.yml).")
+@click.option("-p", "--platform", "platforms", multiple=True, help="Platform to lock (repeatable): linux-64, osx-arm64, win-64, ...")
+@click.option("--with-cuda", metavar="VER", help="Assume this CUDA (the __cuda virtual package) when solving, e.g. 11.8.")
+@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock file to write or check (default conda-lock.yml next to the spec).")
+@click.option("--check", is_flag=True, help="Only check that the lock matches the spec; exit 1 when it is stale.")
+@click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True, help="Solver (locking always uses the embedded rattler solver).")
+@handle_errors
+def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | None, lockfile: Path | None, check: bool, engine: str) -> None:
+    """Solve environment.yml for several platforms and write conda-lock.yml."""
+    specs = files or (Path("environment.yml"),)
+    target = lockfile or specs[0].parent / "conda-lock.yml"
+    if check:
+        from envkit.conda.lock import check_lock
+
+        result = check_lock(specs, target, platforms=platforms, with_cuda=with_cuda)
+        if result.fresh:
+            click.echo(f"{target}: up to date")
+            return
+        click.echo(f"{target}: stale", err=True)
+        for change in result.changes:
+            click.echo(f"  {change}", err=True)
+        sys.exit(EXIT_REFUSED)
+    from envkit.conda.engines import pick_engine
+    from envkit.conda.lock import make_lock
+
+    pick_engine(engine)
+    result = make_lock(specs, target, platforms=platforms, with_cuda=with_cuda, mirrors=_mirrors(), progress=_progress)
+    click.echo(f"wrote {result.path} ({', '.join(result.platforms)}; {result.packages} packages)")
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Install exactly this lock (default conda-lock.yml next to FILE).")
+@click.option("-n", "--name", help="Environment name (under $ENVKIT_ENVS_DIR, conda's envs dir, or ~/.envkit/envs).")
+@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder.")
+@click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True)
+@click.option("--with-cuda", metavar="VER", help="When solving FILE without a lock: assume this CUDA (picks CUDA builds).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@handle_errors
+def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: Path | None, engine: str, with_cuda: str | None, dry_run: bool) -> None:
+    """Create an environment from a fresh lock, or from FILE (solved on the fly)."""
+    import tempfile
+
+    from envkit.conda.create import create as run_create
+    from envkit.conda.create import plan_create
+    from envkit.conda.lock import default_cache_dir
+
+    if file is None and lockfile is None and Path("environment.yml").is_file():
+        file = Path("environment.yml")
+    with tempfile.TemporaryDirectory(prefix="envkit-create-") as scratch:
+        plan = plan_create(file, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=_mirrors(), scratch=Path(scratch))
+        if dry_run:
+            click.echo("\n".join(plan.lines()))
+            return
+        done = run_create(plan, cache_dir=default_cache_dir(), progress=_progress)
+    click.echo(f"created {done}")
+
+
+@main.command()
+@click.option("-n", "--name", help="Environment name.")
+@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder.")
+@click.option("--no-builds", is_flag=True, help="Pin name=version only (portable across platforms).")
+@click.option("--from-history", is_flag=True, help="Only what was asked for (the spec envkit created it from, or conda's history).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@handle_errors
+def export(name: str | None, prefix: Path | None, no_builds: bool, from_history: bool, output: Path | None) -> None:
+    """Write an environment.yml (no `prefix:`) that installs this environment elsewhere."""
+    from envkit.conda.export import export_spec
+    from envkit.conda.prefixes import resolve_prefix
+
+    text = export_spec(resolve_prefix(name, prefix), no_builds=no_builds, from_history=from_history)
+    if output is not None:
+        _write_text_atomically(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.option("-n", "--name", help="Environment name.")
+@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder (default: the active one).")
+@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock to compare with (default: the one it was created from).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def doctor(name: str | None, prefix: Path | None, lockfile: Path | None, as_json: bool) -> None:
+    """Missing, extra and changed packages against the lock; a stale lock. Exit 1 on drift."""
+    from envkit.conda.doctor import doctor as run_doctor
+    from envkit.conda.prefixes import resolve_prefix
+
+    if name is None and prefix is None:
+        prefix = Path(os.environ.get("CONDA_PREFIX") or sys.prefix)
+    report = run_doctor(resolve_prefix(name, prefix), lockfile)
+    if as_json:
+        _emit_json(report.to_json())
+    elif report.ok:
+        click.echo(f"{report.prefix}: matches {report.lockfile} ({report.platform})")
+    else:
+        click.echo(f"{report.prefix}: {len(report.drift)} difference(s) from {report.lockfile} ({report.platform})")
+        for d in report.drift:
+            click.echo(f"  {d.line()}")
+    sys.exit(EXIT_OK if report.ok else EXIT_REFUSED)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), help="Folder for the files (default: here).")
+@handle_errors
+def recreate(checkpoint: Path, out_dir: Path) -> None:
+    """Write an @EXPLICIT list and environment.yml that rebuild the environment that wrote CHECKPOINT."""
+    from envkit.conda.recreate import recreate as run_recreate
+
+    result = run_recreate(checkpoint, out_dir)
+    click.echo(f"wrote {result.explicit} ({result.conda_packages} conda packages, {result.platform})")
+    click.echo(f"wrote {result.environment}" + (f" ({result.pip_packages} pip packages)" if result.pip_packages else ""))
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")

@@ -10,6 +10,9 @@ level or under ``[tool.envkit]``::
     [tool.envkit.policy]
     "torch.cuda" = "refuse"
     "packages.*" = "info"
+
+    [tool.envkit.mirrors]        # channel name or URL -> the URL to fetch it from
+    "conda-forge" = "https://mirror.example/conda-forge"
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Config:
     preset: str | None = None
     policy_overrides: tuple[tuple[str, str], ...] = ()
     source: Path | None = None
+    mirrors: tuple[tuple[str, str], ...] = ()
 
     def policy(self, preset: str | None = None) -> Policy:
         """The policy to apply; an explicit preset (from a flag or argument) beats the file's."""
@@ -86,7 +90,10 @@ def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Conf
     overrides = section.get("policy", {})
     if not isinstance(overrides, Mapping) or not all(isinstance(v, str) for v in overrides.values()):
         raise ConfigError(f'{where}[tool.envkit.policy] must map field names to severities, e.g. "torch.cuda" = "refuse"')
-    config = Config(preset, tuple(sorted(overrides.items())), source)
+    mirrors = section.get("mirrors", {})
+    if not isinstance(mirrors, Mapping) or not all(isinstance(v, str) for v in mirrors.values()):
+        raise ConfigError(f'{where}[tool.envkit.mirrors] must map channel names or URLs to mirror URLs, e.g. "conda-forge" = "https://mirror/conda-forge"')
+    config = Config(preset, tuple(sorted(overrides.items())), source, tuple(sorted(mirrors.items())))
     try:
         config.policy()
     except ConfigError as exc:

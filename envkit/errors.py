@@ -100,3 +100,31 @@ def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
 
 def warn_drift(message: str) -> None:
     warnings.warn(message, EnvironmentDriftWarning, stacklevel=3)
+
+
+class SpecError(BadInput):
+    """An environment.yml cannot be used: malformed YAML, a bad dependency line, a missing file."""
+
+
+class LockError(BadInput):
+    """A conda-lock.yml is missing, malformed, or does not cover the platform asked for."""
+
+
+class ChannelError(BadInput):
+    """A channel named by the spec cannot be reached or does not exist."""
+
+
+class EngineError(BadInput):
+    """The requested install engine is not available here."""
+
+
+class StaleLock(CheckFailed):
+    """The lock file no longer matches its spec."""
+
+
+class SolveError(CheckFailed):
+    """The spec cannot be satisfied from its channels for a platform."""
+
+
+class InstallError(CheckFailed):
+    """Creating an environment failed; nothing was left under the target name."""

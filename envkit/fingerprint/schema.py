@@ -73,8 +73,15 @@ class Package:
     version: str
     source: str
     build: str | None = None
+    # Where a conda package came from, so that `envkit recreate` can list it exactly.
+    # Optional and left out of the JSON when unknown: old fingerprints keep their digest.
+    url: str | None = field(default=None, compare=False)
+    md5: str | None = field(default=None, compare=False)
 
-    def to_json(self) -> list[str | None]:
+    def to_json(self) -> list[Any]:
+        origin = {k: v for k, v in (("url", self.url), ("md5", self.md5)) if v is not None}
+        if origin:
+            return [self.name, self.version, self.source, self.build, origin]
         return [self.name, self.version, self.source, self.build]
 
 
@@ -219,9 +226,12 @@ def _load(kind: type, value: JSONValue) -> Any:
 
 
 def _load_package(item: JSONValue) -> Package:
-    if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 4:
-        raise ValueError("a package entry must be [name, version, source, build]")
+    if not isinstance(item, (list, tuple)) or not 2 <= len(item) <= 5:
+        raise ValueError("a package entry must be [name, version, source, build, {url, md5}]")
     name, version, *rest = item
     source = rest[0] if rest else "unknown"
     build = rest[1] if len(rest) > 1 else None
-    return Package(str(name), str(version), str(source), _opt_str(build))
+    origin = rest[2] if len(rest) > 2 else {}
+    if not isinstance(origin, Mapping):
+        raise ValueError("the fifth item of a package entry must be an object {url, md5}")
+    return Package(str(name), str(version), str(source), _opt_str(build), _opt_str(origin.get("url")), _opt_str(origin.get("md5")))

@@ -343,8 +343,22 @@ def parse_nvidia_smi(text: str) -> tuple[GpuDevice, ...]:
     return tuple(devices)
 
 
+_RECORD_URL = re.compile(rb'"url": *"([^"]+)"')
+_RECORD_MD5 = re.compile(rb'"md5": *"([0-9a-f]{32})"')
+
+
+def conda_origin(path: Path) -> tuple[str | None, str | None]:
+    """The url and md5 of a conda-meta record; a regex, because a record can hold megabytes of paths."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None, None
+    url, md5 = _RECORD_URL.search(data), _RECORD_MD5.search(data)
+    return (url.group(1).decode() if url else None), (md5.group(1).decode() if md5 else None)
+
+
 def packages_of(dists: dict[str, Dist], conda: dict[str, CondaRecord]) -> tuple[Package, ...]:
-    items = {name: Package(name, rec.version, "conda", rec.build) for name, rec in conda.items()}
+    items = {name: Package(name, rec.version, "conda", rec.build, *conda_origin(rec.path)) for name, rec in conda.items()}
     conda_python_names = {canonical_name(n) for n in conda}
     for name, dist in dists.items():
         if name in conda_python_names and conda:

@@ -1,0 +1,232 @@
+"""Create an environment exactly from a fresh lock (or from a spec, locked on the fly).
+
+Nothing half-made is ever left under the target name: the embedded engine installs
+into a hidden sibling folder with the final prefix patched into the files, and the
+folder is renamed into place at the end. The ``pip:`` part then runs with the new
+environment's own python; if it fails, the environment is removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from envkit.conda.engines import Engine, explicit_install_command, pick_engine
+from envkit.conda.explicit import render_explicit
+from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
+from envkit.conda.platforms import current_platform
+from envkit.conda.prefixes import ENVKIT_META, pip_dists, resolve_prefix
+from envkit.conda.specfile import SpecFile, read_spec
+from envkit.errors import BadInput, InstallError, StaleLock
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    prefix: Path
+    platform: str
+    engine: Engine
+    lock: LockDocument
+    spec: SpecFile | None
+    packages: tuple[LockedPackage, ...]
+    pip_specs: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        out = [
+            f"prefix:   {self.prefix}",
+            f"platform: {self.platform}",
+            f"engine:   {self.engine.name}",
+            f"lock:     {self.lock.path} ({self.lock.hash_for(self.platform)})",
+            f"conda packages ({len(self.packages)}):",
+        ]
+        out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
+        if self.pip_specs:
+            out.append(f"pip ({len(self.pip_specs)}):")
+            out += [f"  {s}" for s in self.pip_specs]
+        return out
+
+
+def plan_create(
+    spec_path: Path | None,
+    lockfile: Path | None,
+    *,
+    name: str | None = None,
+    prefix: Path | None = None,
+    engine: str = "auto",
+    with_cuda: str | None = None,
+    mirrors: tuple[tuple[str, str], ...] = (),
+    cache_dir: Path | None = None,
+    scratch: Path | None = None,
+) -> CreatePlan:
+    platform = current_platform()
+    spec = read_spec(spec_path) if spec_path is not None else None
+    lock_path = lockfile
+    if lock_path is None and spec is not None and (spec.path.parent / DEFAULT_LOCKFILE).is_file():
+        lock_path = spec.path.parent / DEFAULT_LOCKFILE
+    if lock_path is not None:
+        lock = read_lock(lock_path)
+        lock.require_platform(platform)
+        if spec is None:
+            sources = [p for p in lock.spec_paths() if p.is_file()]
+            spec = read_spec(sources[0]) if sources else None
+        if spec is not None:
+            verdict = check_lock((spec.path,), lock.path, platforms=(platform,))
+            if not verdict.fresh:
+                raise StaleLock(f"{lock.path}: stale for {spec.path} ({'; '.join(verdict.changes)}); run `envkit lock` first")
+    elif spec is not None:
+        assert scratch is not None
+        lock = read_lock(make_lock((spec.path,), scratch / DEFAULT_LOCKFILE, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir).path)
+    else:
+        raise BadInput("nothing to create from; pass an environment file or --lockfile")
+    target = resolve_prefix(name, prefix, spec.name if spec else None)
+    if target.exists() and any(target.iterdir()):
+        raise BadInput(f"{target}: already exists; remove it, or choose another -n/-p")
+    return CreatePlan(
+        prefix=target,
+        platform=platform,
+        engine=pick_engine(engine),
+        lock=lock,
+        spec=spec,
+        packages=lock.packages_for(platform),
+        pip_specs=spec.pip_specs if spec else (),
+    )
+
+
+def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: None) -> Path:
+    target = plan.prefix
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.envkit-tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if plan.engine.embedded:
+            progress(f"installing {len(plan.packages)} conda packages with rattler")
+            _install_rattler(plan, staging, cache_dir)
+        else:
+            progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name}")
+            _install_external(plan, staging)
+        _write_meta(plan, staging, pip=())
+        if target.exists():
+            target.rmdir()  # an empty folder left by the user; anything more was refused in plan
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if plan.pip_specs:
+        try:
+            progress(f"installing {len(plan.pip_specs)} pip packages with the environment's pip")
+            install_pip(target, plan.pip_specs)
+            _write_meta(plan, target, pip=tuple(sorted(pip_dists(target).items())))
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+    progress(f"created {target}")
+    return target
+
+
+def _records(packages: tuple[LockedPackage, ...]) -> list:
+    from rattler import BuildString, PackageRecord, RepoDataRecord
+
+    records = []
+    for p in packages:
+        base, subdir, _ = p.url.rsplit("/", 2)
+        number = re.search(r"_(\d+)$", p.build)
+        record = PackageRecord(
+            p.name,
+            p.version,
+            BuildString(p.build),
+            int(number.group(1)) if number else 0,
+            subdir,
+            depends=[f"{k} {v}".strip() for k, v in p.depends],
+            sha256=bytes.fromhex(p.sha256) if p.sha256 else None,
+            md5=bytes.fromhex(p.md5) if p.md5 else None,
+        )
+        records.append(RepoDataRecord(record, p.filename, p.url, base + "/"))
+    return records
+
+
+def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:
+    import rattler
+
+    try:
+        asyncio.run(
+            rattler.install(
+                _records(plan.packages),
+                staging,
+                cache_dir=cache_dir / "pkgs",
+                show_progress=False,
+                alternative_target_prefix=plan.prefix,
+                execute_link_scripts=False,
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - rattler's install errors are many types
+        raise InstallError(f"{plan.lock.path}: installing into {plan.prefix} failed ({' '.join(str(exc).split())[:300]}); nothing was created") from None
+    (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
+
+
+def _install_external(plan: CreatePlan, staging: Path) -> None:
+    # conda, mamba and micromamba install an @EXPLICIT list without solving; staging first
+    # keeps a failure from leaving anything under the real name.
+    text = render_explicit(plan.platform, ((p.url, p.md5, p.sha256) for p in plan.packages))
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write(text)
+    try:
+        done = subprocess.run(explicit_install_command(plan.engine, staging, Path(fh.name)), capture_output=True, text=True, check=False)
+    finally:
+        os.unlink(fh.name)
+    if done.returncode != 0:
+        tail = " ".join((done.stderr or done.stdout).split())[-300:]
+        raise InstallError(f"{plan.engine.name} failed to create {plan.prefix} ({tail}); nothing was created")
+
+
+def python_of(prefix: Path) -> Path:
+    for candidate in (prefix / "bin" / "python", prefix / "python.exe"):
+        if candidate.exists():
+            return candidate
+    raise InstallError(f"{prefix}: has no python, so the `pip:` part cannot be installed; add python to the dependencies")
+
+
+def install_pip(prefix: Path, specs: tuple[str, ...]) -> None:
+    python = python_of(prefix)
+    cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", *specs]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = " ".join((done.stderr or done.stdout).split())[-300:]
+        raise InstallError(f"pip install into {prefix} failed ({tail}); fix the `pip:` entries")
+
+
+def _write_meta(plan: CreatePlan, prefix: Path, *, pip: tuple[tuple[str, str], ...]) -> None:
+    spec = plan.spec
+    doc = {
+        "name": plan.prefix.name,
+        "prefix": str(plan.prefix),
+        "lock_hash": plan.lock.hash_for(plan.platform),
+        "lockfile": str(plan.lock.path.resolve()) if plan.lock.path.exists() else None,
+        "platform": plan.platform,
+        "with_cuda": plan.lock.with_cuda,
+        "engine": plan.engine.name,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "spec": {
+            "path": str(spec.path.resolve()),
+            "name": spec.name,
+            "channels": list(spec.channels),
+            "dependencies": list(spec.conda_specs),
+            "pip": list(spec.pip_specs),
+        }
+        if spec
+        else None,
+        "pip": [list(p) for p in pip],
+    }
+    meta = prefix / "conda-meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / ENVKIT_META).write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,50 @@
+"""An installed environment as an environment.yml without `prefix:`, installable elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from envkit.conda.prefixes import installed_packages, pip_dists, read_envkit_meta, require_env
+
+
+def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = False) -> str:
+    import yaml
+
+    require_env(prefix)
+    meta = read_envkit_meta(prefix)
+    packages = installed_packages(prefix)
+    spec = meta.get("spec") or {}
+    channels = list(spec.get("channels") or [])
+    if not channels:
+        channels = sorted({p.channel.rstrip("/") for p in packages if p.channel})
+    pip: list[str] = []
+    if from_history:
+        deps = list(spec.get("dependencies") or [])
+        if not deps:
+            requested = [s for p in packages for s in p.requested_specs] or _history_specs(prefix)
+            deps = sorted(dict.fromkeys(requested))
+        pip = list(spec.get("pip") or [])
+    else:
+        deps = [f"{p.name}={p.version}" if no_builds else f"{p.name}={p.version}={p.build}" for p in sorted(packages, key=lambda p: p.name)]
+        pip = [f"{n}=={v}" for n, v in sorted(pip_dists(prefix).items())]
+    doc: dict[str, object] = {"name": meta.get("name") or prefix.name, "channels": channels, "dependencies": deps + ([{"pip": pip}] if pip else [])}
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def _history_specs(prefix: Path) -> list[str]:
+    """`# update specs: [...]` lines of conda-meta/history (what conda users asked for)."""
+    import ast
+
+    specs: list[str] = []
+    try:
+        text = (prefix / "conda-meta" / "history").read_text(errors="replace")
+    except OSError:
+        return specs
+    for line in text.splitlines():
+        if line.startswith("# update specs:") or line.startswith("# install specs:"):
+            try:
+                value = ast.literal_eval(line.split(":", 1)[1].strip())
+            except (ValueError, SyntaxError):
+                continue
+            specs.extend(str(s) for s in value if isinstance(s, str))
+    return specs

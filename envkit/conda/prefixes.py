@@ -1,0 +1,114 @@
+"""Where environments live, and what an installed one holds (its conda-meta records)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envkit.errors import BadInput
+
+ENVKIT_META = "envkit.json"
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    name: str
+    version: str
+    build: str
+    url: str | None
+    md5: str | None
+    sha256: str | None
+    channel: str | None
+    subdir: str | None
+    requested_specs: tuple[str, ...] = ()
+
+
+def envs_dir() -> Path:
+    explicit = os.environ.get("ENVKIT_ENVS_DIR")
+    if explicit:
+        return Path(explicit)
+    conda_prefix = os.environ.get("CONDA_PREFIX")
+    if conda_prefix and shutil.which("conda"):
+        base = Path(conda_prefix)
+        # inside an activated env, CONDA_PREFIX is <base>/envs/<name>
+        return base.parent if base.parent.name == "envs" else base / "envs"
+    return Path.home() / ".envkit" / "envs"
+
+
+def resolve_prefix(name: str | None, prefix: Path | None, default_name: str | None = None) -> Path:
+    if name and prefix:
+        raise BadInput("use -n NAME or -p PREFIX, not both")
+    if prefix is not None:
+        return prefix.absolute()
+    chosen = name or default_name
+    if not chosen:
+        raise BadInput("no environment named; pass -n NAME or -p PREFIX (or add `name:` to the spec)")
+    if "/" in chosen or chosen in (".", ".."):
+        raise BadInput(f"-n {chosen!r}: a name cannot contain '/'; use -p PREFIX for a path")
+    return envs_dir() / chosen
+
+
+def require_env(prefix: Path) -> Path:
+    if not (prefix / "conda-meta").is_dir():
+        raise BadInput(f"{prefix}: not a conda environment (no conda-meta/); pass the prefix of one made by `envkit create`")
+    return prefix
+
+
+def installed_packages(prefix: Path) -> tuple[InstalledPackage, ...]:
+    found = []
+    for path in sorted((prefix / "conda-meta").glob("*.json")):
+        if path.name == ENVKIT_META:
+            continue
+        doc = _read_json(path)
+        if not doc.get("name") or not doc.get("version"):
+            continue
+        found.append(
+            InstalledPackage(
+                name=str(doc["name"]),
+                version=str(doc["version"]),
+                build=str(doc.get("build", "")),
+                url=doc.get("url"),
+                md5=doc.get("md5"),
+                sha256=doc.get("sha256"),
+                channel=doc.get("channel"),
+                subdir=doc.get("subdir"),
+                requested_specs=tuple(doc.get("requested_specs") or ()),
+            )
+        )
+    return tuple(found)
+
+
+def read_envkit_meta(prefix: Path) -> dict[str, Any]:
+    return _read_json(prefix / "conda-meta" / ENVKIT_META)
+
+
+def conda_owned_files(prefix: Path) -> set[str]:
+    owned: set[str] = set()
+    for path in (prefix / "conda-meta").glob("*.json"):
+        owned.update(str(f) for f in _read_json(path).get("files") or ())
+    return owned
+
+
+def pip_dists(prefix: Path) -> dict[str, str]:
+    """Distributions in site-packages that no conda record owns: what pip put there."""
+    from envkit.fingerprint.sources import scan_dists, site_dirs_of
+
+    owned = conda_owned_files(prefix)
+    dists = {}
+    for dist in scan_dists(site_dirs_of(prefix)).values():
+        rel = os.path.relpath(dist.path, prefix)
+        if not any(f.startswith(rel + "/") for f in owned):
+            dists[dist.name] = dist.version
+    return dists
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
