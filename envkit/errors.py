@@ -50,6 +50,10 @@ class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 
 
+class SpecError(BadInput):
+    """An environment.yml cannot be read or parsed; the message is `FILE:LINE: problem; fix`."""
+
+
 class CheckFailed(EnvkitError):
     """A check ran and said no: policy refused, a digest did not match."""
 
