@@ -243,6 +243,8 @@ def test_cudatoolkit_next_to_the_pytorch_channels_pytorch_2(tmp_path: Path) -> N
     assert "`pytorch-cuda=11.7`" in error.message and "add the `nvidia` channel" not in error.message
     unpinned = lint_text(tmp_path, deps("- pytorch", "- cudatoolkit", head=head))
     assert "an unpinned `pytorch`" in unpinned.errors[0].message and "`pytorch-cuda=X.Y`" in unpinned.errors[0].message
+    below_2_1 = lint_text(tmp_path, deps("- pytorch>=1.12,<2.1", "- cudatoolkit=11.8", head=head))  # admits 2.0.x
+    assert [f.code for f in below_2_1.errors] == ["cudatoolkit-pytorch2"]
     explicit = lint_text(tmp_path, deps("- pytorch::pytorch>=2", "- cudatoolkit=11.8"))  # conda-forge listed, pytorch:: wins
     assert [f.code for f in explicit.errors] == ["cudatoolkit-pytorch2"]
 
