@@ -299,6 +299,22 @@ def recreate(checkpoint: Path, out_dir: Path) -> None:
     click.echo(f"wrote {result.environment}" + (f" ({result.pip_packages} pip packages)" if result.pip_packages else ""))
 
 
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON document.")
+@handle_errors
+def lint(file: Path, as_json: bool) -> None:
+    """Check an environment.yml; exit 1 on errors, 0 with warnings only, 2 if it cannot be read."""
+    from envkit.conda.lint import lint as run_lint
+
+    report = run_lint(file)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(report.to_text())
+    sys.exit(report.exit_code)
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")

@@ -50,6 +50,10 @@ class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 
 
+class SpecError(BadInput):
+    """An environment.yml cannot be used (unreadable, malformed YAML, a bad dependency line); `FILE:LINE: problem; fix`."""
+
+
 class CheckFailed(EnvkitError):
     """A check ran and said no: policy refused, a digest did not match."""
 
@@ -100,10 +104,6 @@ def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
 
 def warn_drift(message: str) -> None:
     warnings.warn(message, EnvironmentDriftWarning, stacklevel=3)
-
-
-class SpecError(BadInput):
-    """An environment.yml cannot be used: malformed YAML, a bad dependency line, a missing file."""
 
 
 class LockError(BadInput):

@@ -26,7 +26,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     spec = tmp_path / "environment.yml"
     spec.write_text("name: x\nchannels:\n  - a\ndependencies:\n  - python\n   - bad: [\n")
     line = fails("lock", "-f", str(spec), code=2)
-    assert f"{spec}:" in line and "malformed YAML" in line
+    assert f"{spec}:6:" in line and "not valid YAML" in line
     assert not (tmp_path / "conda-lock.yml").exists()
 
 

@@ -1,0 +1,382 @@
+"""Lint an environment.yml: pure checks over its EnvironmentSpec, each finding with file and line.
+
+Errors are what makes conda fail, or silently build something other than what the file
+says; warnings are what still works but will not reproduce or surprises later.
+
+| code                   | severity | finding                                                                 |
+| ---------------------- | -------- | ----------------------------------------------------------------------- |
+| `file-extension`       | error    | not `.yml`/`.yaml`: `conda env create -f` and conda-lock do not read it  |
+| `unknown-key`          | error    | a top-level key conda does not know (`dependecies`); its content is ignored |
+| `duplicate-key`        | error    | a top-level key twice: YAML keeps the last, the first is dropped         |
+| `unknown-installer`    | error    | a `npm:`-style section in dependencies; only `pip:` exists               |
+| `duplicate-pip`        | error    | two `pip:` sections: conda keeps the last                                |
+| `invalid-spec`         | error    | a dependency conda's MatchSpec grammar rejects (`numpy=>1.2`)            |
+| `duplicate-package`    | error    | one package with two different constraints (conda keeps one)           |
+|                        | warning  | one package listed twice the same way                                    |
+| `cudatoolkit-pytorch2` | error    | `cudatoolkit` with the pytorch channel's pytorch >= 2.0, whose CUDA builds need `pytorch-cuda`: the solve quietly picks the CPU build |
+| `cuda-needs-nvidia`    | error    | `pytorch-cuda` (or a CUDA build from the pytorch channel) without the `nvidia` channel its CUDA libraries come from |
+| `cuda-unpinned`        | warning  | a CUDA build (`*cuda*`, `cu118`, `pytorch-cuda`) and no CUDA version pinned |
+| `unpinned-pytorch`     | warning  | `pytorch` (or pip's `torch`) without a version                           |
+| `pip-without-pip`      | warning  | a `pip:` list but no `pip` in dependencies (conda adds some pip itself)  |
+| `conda-and-pip`        | warning  | one package from both conda and pip (pip's `torch` over conda's `pytorch` too) |
+| `build-string`         | warning  | an exact build string: it exists on one platform only                    |
+| `channel-env-var`      | warning  | `${VAR}` in a channel: filled in from the environment at create time     |
+| `selector`             | warning  | a `# [linux]` selector: conda env files ignore it (only conda-lock reads it) |
+| `prefix`               | warning  | `prefix:` left in the file: a folder on the machine that exported it     |
+| `no-dependencies`      | warning  | nothing to install                                                       |
+| `no-channels`          | warning  | no channels: the result depends on each user's .condarc                  |
+| `no-name`              | warning  | no name: `conda env create` then needs `-n`                              |
+
+Which channel a package comes from is judged as conda does with strict channel priority:
+an explicit ``channel::`` wins, else the first listed channel that carries it. A file that
+cannot be read or parsed raises SpecError (exit 2) from ``load_spec`` instead of a finding.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+from envkit.conda.matchspec import InvalidMatchSpec, MatchSpec, parse_match_spec, version_clauses
+from envkit.conda.spec import KNOWN_KEYS, EnvironmentSpec, Item, load_spec
+from envkit.errors import EXIT_OK, EXIT_REFUSED
+
+Severity = Literal["error", "warning"]
+
+# Misnamed keys difflib cannot connect to the right one.
+_KEY_ALIASES = {"requirements": "dependencies", "packages": "dependencies", "deps": "dependencies", "env": "variables"}
+# Channels that carry pytorch, for judging where an unqualified `pytorch` comes from.
+_PYTORCH_CARRIERS = ("pytorch", "conda-forge", "defaults", "anaconda", "main")
+_CUDA_PINS = frozenset({"pytorch-cuda", "cudatoolkit", "cuda-version", "cuda-toolkit", "cuda-runtime", "cuda", "cuda-cudart"})
+_CUDA_BUILD = re.compile(r"cuda|cu\d{2,3}", re.I)
+_CUDA_BUILD_VERSION = re.compile(r"cuda_?\d|cu\d{3}", re.I)
+_SELECTOR = re.compile(r"#\s*\[[^\]]+\]")
+_ENV_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?")
+_PIP_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)")
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    severity: Severity
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "line": self.line, "severity": self.severity, "code": self.code, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LintReport:
+    path: str
+    findings: tuple[Finding, ...]
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "warning")
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_REFUSED if self.errors else EXIT_OK
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.path,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+    def to_text(self) -> str:
+        """One `FILE:LINE: severity: message` line per finding, then a summary line."""
+        lines = [str(f) for f in self.findings]
+        if not self.findings:
+            lines.append(f"{self.path}: ok")
+        else:
+            lines.append(f"{self.path}: {_count(len(self.errors), 'error')}, {_count(len(self.warnings), 'warning')}")
+        return "\n".join(lines)
+
+
+def lint(path: str | os.PathLike[str]) -> LintReport:
+    """Lint the environment file at `path`; SpecError (exit 2) when it cannot be read or parsed."""
+    return lint_spec(load_spec(path))
+
+
+def lint_spec(spec: EnvironmentSpec) -> LintReport:
+    findings = list(_Linter(spec).run())
+    findings.sort(key=lambda f: (f.line, f.severity != "error"))
+    return LintReport(str(spec.path), tuple(findings))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _channel_name(channel: str) -> str:
+    """`https://conda.anaconda.org/nvidia/` -> `nvidia`; `nvidia/label/cuda-11.8.0` -> `nvidia`."""
+    channel = channel.rstrip("/")
+    if "://" in channel:
+        parts = channel.split("://", 1)[1].split("/")
+        return (parts[1] if len(parts) > 1 else parts[0]).lower()
+    return channel.split("/")[0].lower()
+
+
+def _pip_name(text: str) -> tuple[str, str] | None:
+    """`Torch >= 2.0` -> ('torch', '>= 2.0'); None for options, URLs and paths (`-e ./x`, `git+https://...`)."""
+    if text.startswith(("-", ".", "/")) or "://" in text or "@" in text:
+        return None
+    m = _PIP_NAME.fullmatch(text.strip())
+    if not m:
+        return None
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower(), m.group(3).split(";")[0].strip()
+
+
+def _may_be_2_or_newer(version: str | None) -> bool:
+    """Could this pytorch version constraint admit 2.0 or later? Unpinned: yes (the newest is 2.x)."""
+    if version is None:
+        return True
+    return any(not any(_caps_below_2(op, v) for op, v in clause) for clause in version_clauses(version))
+
+
+def _caps_below_2(op: str, version: str) -> bool:
+    numbers = [int(n) for n in re.findall(r"\d+", version.split("*")[0])][:3]
+    if not numbers:
+        return False
+    release = tuple(numbers + [0] * (3 - len(numbers)))
+    if op == "<":
+        return release <= (2, 0, 0)
+    if op == "<=":
+        return release < (2, 0, 0)
+    if op in ("", "=", "==", "~="):
+        return release[0] < 2
+    return False
+
+
+class _Linter:
+    def __init__(self, spec: EnvironmentSpec) -> None:
+        self.spec = spec
+        self.path = str(spec.path)
+        self.channels = [_channel_name(c) for c in spec.channels]
+        self.parsed: list[tuple[Item, MatchSpec]] = []
+        self.invalid: list[tuple[Item, str]] = []
+        for item in spec.conda_items:
+            try:
+                self.parsed.append((item, parse_match_spec(item.text)))
+            except InvalidMatchSpec as exc:
+                self.invalid.append((item, str(exc)))
+
+    def finding(self, line: int, severity: Severity, code: str, message: str) -> Finding:
+        return Finding(self.path, line, severity, code, message)
+
+    def named(self, *names: str) -> list[tuple[Item, MatchSpec]]:
+        return [(i, m) for i, m in self.parsed if m.name.lower() in names]
+
+    def run(self) -> Iterator[Finding]:
+        for rule in (
+            self.file_extension, self.keys, self.sections, self.specs, self.duplicates,
+            self.cudatoolkit_with_pytorch2, self.cuda, self.unpinned_pytorch, self.pip,
+            self.build_strings, self.channel_env_vars, self.selectors, self.prefix, self.missing,
+        ):
+            yield from rule()
+
+    def file_extension(self) -> Iterator[Finding]:
+        suffix = self.spec.path.suffix
+        if suffix.lower() not in (".yml", ".yaml"):
+            what = f"a {suffix} file" if suffix else "a file without an extension"
+            yield self.finding(1, "error", "file-extension",
+                               f"conda env create and conda-lock read an environment file only when it ends in .yml or .yaml, "
+                               f"not {what}; rename it to {self.spec.path.stem}.yml")
+
+    def keys(self) -> Iterator[Finding]:
+        first: dict[str, int] = {}
+        for key in self.spec.keys:
+            if key.text in first:
+                yield self.finding(key.line, "error", "duplicate-key",
+                                   f"`{key.text}:` again (first at line {first[key.text]}); YAML keeps only the last one, "
+                                   f"so everything under line {first[key.text]} is ignored; merge them into one `{key.text}:`")
+                continue
+            first[key.text] = key.line
+            if key.text in KNOWN_KEYS:
+                continue
+            guess = _KEY_ALIASES.get(key.text.lower()) or next(iter(difflib.get_close_matches(key.text.lower(), KNOWN_KEYS, n=1, cutoff=0.6)), None)
+            fix = f"did you mean `{guess}`?" if guess else f"the keys are {', '.join(KNOWN_KEYS)}; rename or remove it"
+            yield self.finding(key.line, "error", "unknown-key",
+                               f"unknown key `{key.text}`: conda ignores it and everything under it; {fix}")
+
+    def sections(self) -> Iterator[Finding]:
+        pip_line = None
+        for section in self.spec.sections:
+            if section.text != "pip":
+                yield self.finding(section.line, "error", "unknown-installer",
+                                   f"`{section.text}:` is not an installer conda knows (only `pip:` is) and conda env create "
+                                   f"fails on it; install those packages outside the environment file")
+            elif pip_line is not None:
+                yield self.finding(section.line, "error", "duplicate-pip",
+                                   f"a second `pip:` section (first at line {pip_line}); conda keeps only the last one, so the "
+                                   f"packages under line {pip_line} are not installed; merge them into one `pip:` list")
+            else:
+                pip_line = section.line
+
+    def specs(self) -> Iterator[Finding]:
+        for item, reason in self.invalid:
+            yield self.finding(item.line, "error", "invalid-spec", f"`{item.text}` is not a valid conda package spec: {reason}")
+
+    def duplicates(self) -> Iterator[Finding]:
+        def report(entries: list[tuple[Item, str, str]], where: str) -> Iterator[Finding]:
+            seen: dict[str, tuple[Item, str]] = {}
+            for item, name, constraint in entries:
+                if name not in seen:
+                    seen[name] = (item, constraint)
+                    continue
+                first, first_constraint = seen[name]
+                if constraint == first_constraint:
+                    yield self.finding(item.line, "warning", "duplicate-package",
+                                       f"`{item.text}` is listed twice in {where} (also line {first.line}); remove one")
+                else:
+                    yield self.finding(item.line, "error", "duplicate-package",
+                                       f"`{item.text}` and `{first.text}` (line {first.line}) both constrain {name} in {where}; "
+                                       "only one of them takes effect; keep one line with the constraint you mean")
+
+        conda = [(i, m.name.lower(), f"{m.version or ''}={m.build or ''}") for i, m in self.parsed]
+        yield from report(conda, "the conda dependencies")
+        pip = []
+        for item in self.spec.pip_items:
+            parsed = _pip_name(item.text)
+            if parsed:
+                pip.append((item, parsed[0], re.sub(r"\s+", "", parsed[1])))
+        yield from report(pip, "the pip list")
+
+    def pytorch_channel_provides(self, spec: MatchSpec) -> bool:
+        """Does the pytorch channel supply this package, under strict channel priority?"""
+        if spec.channel:
+            return _channel_name(spec.channel) == "pytorch"
+        carriers = [c for c in self.channels if c in _PYTORCH_CARRIERS]
+        return bool(carriers) and carriers[0] == "pytorch"
+
+    def cudatoolkit_with_pytorch2(self) -> Iterator[Finding]:
+        pytorch = [(i, m) for i, m in self.named("pytorch") if self.pytorch_channel_provides(m) and _may_be_2_or_newer(m.version)]
+        if not pytorch:
+            return
+        torch_item, torch_spec = pytorch[0]
+        which = f"`{torch_item.text}`" if torch_spec.version else "an unpinned `pytorch` (the newest is 2.x)"
+        nvidia = "" if "nvidia" in self.channels else " and add the `nvidia` channel"
+        for item, spec in self.named("cudatoolkit"):
+            cuda = re.search(r"\d+\.\d+", spec.version or "")
+            replacement = f"`pytorch-cuda={cuda.group(0)}`" if cuda else "`pytorch-cuda=X.Y` (11.7 or 11.8 for pytorch 2.0)"
+            yield self.finding(item.line, "error", "cudatoolkit-pytorch2",
+                               f"`{item.text}` does nothing for {which} from the pytorch channel (line {torch_item.line}): "
+                               f"since 2.0 its CUDA builds depend on `pytorch-cuda`, not cudatoolkit, so the solver quietly "
+                               f"installs the CPU build; replace this line with {replacement}{nvidia}")
+
+    def cuda(self) -> Iterator[Finding]:
+        requests = [(i, m) for i, m in self.parsed
+                    if m.name.lower() == "pytorch-cuda" or (m.build and _CUDA_BUILD.search(m.build))]
+        if not requests:
+            return
+        pinned = any((m.name.lower() in _CUDA_PINS and m.version and m.version.strip("=*") != "")
+                     or (m.build and _CUDA_BUILD_VERSION.search(m.build)) for _, m in self.parsed)
+        item = requests[0][0]
+        if not pinned:
+            yield self.finding(item.line, "warning", "cuda-unpinned",
+                               f"`{item.text}` asks for a CUDA build but nothing pins the CUDA version, so each solve may pick "
+                               f"another one (and it must suit the driver); pin it: `pytorch-cuda=11.8` (pytorch channel) or "
+                               f"`cuda-version=11.8` (conda-forge)")
+        needs_nvidia = [(i, m) for i, m in requests
+                        if m.name.lower() == "pytorch-cuda" or (m.name.lower() == "pytorch" and self.pytorch_channel_provides(m))]
+        uses_nvidia = "nvidia" in self.channels or any(m.channel and _channel_name(m.channel) == "nvidia" for _, m in self.parsed)
+        if needs_nvidia and not uses_nvidia:
+            item = needs_nvidia[0][0]
+            yield self.finding(item.line, "error", "cuda-needs-nvidia",
+                               f"`{item.text}`: the pytorch channel's CUDA builds depend on CUDA libraries published only on the "
+                               f"nvidia channel, so this does not solve; add `- nvidia` to channels after `pytorch`")
+
+    def unpinned_pytorch(self) -> Iterator[Finding]:
+        why = ("otherwise every lock or create may pick another release, and a checkpoint written by a newer "
+               "torch does not load on an older one")
+        for item, spec in self.named("pytorch"):
+            if spec.version is None or spec.version.strip("=*") == "":
+                yield self.finding(item.line, "warning", "unpinned-pytorch",
+                                   f"`{item.text}` has no version; pin it (e.g. `pytorch=2.0.1`): {why}")
+        for item in self.spec.pip_items:
+            parsed = _pip_name(item.text)
+            if parsed and parsed[0] == "torch" and not parsed[1]:
+                yield self.finding(item.line, "warning", "unpinned-pytorch",
+                                   f"pip's `{item.text}` has no version; pin it (e.g. `torch==2.0.1`): {why}")
+
+    def pip(self) -> Iterator[Finding]:
+        pip_sections = [s for s in self.spec.sections if s.text == "pip"]
+        if self.spec.pip_items and not self.named("pip"):
+            yield self.finding(pip_sections[-1].line, "warning", "pip-without-pip",
+                               "a `pip:` list but no `pip` in dependencies: conda adds a pip of its own choosing; "
+                               "add `- pip` to dependencies")
+        conda_names = {re.sub(r"[-_.]+", "-", m.name.lower()): i for i, m in self.parsed}
+        for item in self.spec.pip_items:
+            parsed = _pip_name(item.text)
+            if not parsed or parsed[0] == "pip":
+                continue
+            name = parsed[0]
+            if name == "torch" and "pytorch" in conda_names:
+                yield self.finding(item.line, "warning", "conda-and-pip",
+                                   f"pip's `{item.text}` installs over conda's `{conda_names['pytorch'].text}` (line "
+                                   f"{conda_names['pytorch'].line}), with the CUDA of the wheel rather than the one pinned here; "
+                                   "keep one of them")
+            elif name in conda_names:
+                yield self.finding(item.line, "warning", "conda-and-pip",
+                                   f"`{name}` comes from conda (line {conda_names[name].line}) and again from pip; pip's copy "
+                                   "overwrites conda's files behind conda's back; keep one (usually the conda one)")
+
+    def build_strings(self) -> Iterator[Finding]:
+        for item, spec in self.parsed:
+            if spec.build and "*" not in spec.build:
+                yield self.finding(item.line, "warning", "build-string",
+                                   f"`{item.text}` pins the exact build `{spec.build}`, which exists for one platform only; "
+                                   "drop it (conda env export --no-builds) or use a pattern such as `*cuda*`")
+
+    def channel_env_vars(self) -> Iterator[Finding]:
+        for item in self.spec.channel_items:
+            variables = _ENV_VAR.findall(item.text)
+            if variables:
+                yield self.finding(item.line, "warning", "channel-env-var",
+                                   f"channel `{item.text}` uses {', '.join(variables)}, which conda fills in from the environment "
+                                   "when it runs; lock and create fail (or reach another URL) wherever it is unset, so set it "
+                                   "there, or configure the channel's token with `conda config` instead")
+
+    def selectors(self) -> Iterator[Finding]:
+        for item in (*self.spec.channel_items, *self.spec.conda_items, *self.spec.pip_items):
+            selector = _SELECTOR.search(item.comment)
+            if selector:
+                yield self.finding(item.line, "warning", "selector",
+                                   f"`{selector.group(0)}` is a conda-build selector; conda env create ignores it and installs "
+                                   f"`{item.text}` on every platform (only conda-lock reads selectors); use one file per "
+                                   "platform, or lock the file with `envkit lock`")
+
+    def prefix(self) -> Iterator[Finding]:
+        line = self.spec.key_line("prefix")
+        if line is not None and self.spec.prefix:
+            yield self.finding(line, "warning", "prefix",
+                               f"`prefix: {self.spec.prefix}` is a folder on the machine that exported this file; remove the "
+                               "line (conda env export --no-builds | grep -v '^prefix:')")
+
+    def missing(self) -> Iterator[Finding]:
+        spec = self.spec
+        if not spec.conda_items and not spec.pip_items:
+            line = spec.key_line("dependencies") or 1
+            yield self.finding(line, "warning", "no-dependencies",
+                               "no packages: conda creates an empty environment; list them under `dependencies:`")
+        if not spec.channel_items:
+            yield self.finding(1, "warning", "no-channels",
+                               "no `channels:`, so what gets installed depends on each user's .condarc; "
+                               "list the channels, e.g. `- conda-forge`")
+        if spec.name is None:
+            yield self.finding(1, "warning", "no-name", "no `name:`; conda env create then needs -n NAME; add `name: ...`")

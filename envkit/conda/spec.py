@@ -1,0 +1,251 @@
+"""environment.yml -> EnvironmentSpec, keeping the line of every item.
+
+The file is read with PyYAML's node API (``yaml.compose``) rather than ``safe_load`` so
+that every channel, package and key keeps the line it was written on, for messages of
+the form ``FILE:LINE: problem; fix``. Values are taken as written (``- 3.10`` stays the
+text ``3.10``), and when a top-level key repeats, the last one wins as in ``safe_load``
+and conda.
+
+This module checks the structure only (a list where a list belongs) and raises
+SpecError when the file cannot be used at all. Whether the content makes sense (package
+specs, unknown keys, CUDA) is ``envkit.conda.lint``'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import yaml
+
+from envkit.errors import SpecError, describe_os_error
+
+KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
+"""The top-level keys of conda's environment.yml, plus conda-lock's ``platforms``."""
+
+_NULL = "tag:yaml.org,2002:null"
+# The line breaks PyYAML counts, so that mark.line indexes into the same list.
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+_TRAILING_COMMENT = re.compile(r"\s+(#.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One value as written in the file: its text, its 1-based line and any `# comment` after it."""
+
+    text: str
+    line: int
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    path: Path
+    name: str | None
+    channel_items: tuple[Item, ...]
+    conda_items: tuple[Item, ...]
+    pip_items: tuple[Item, ...]
+    variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    prefix: str | None = None
+    platforms: tuple[str, ...] = ()
+    keys: tuple[Item, ...] = ()
+    """Every top-level key in file order, repeats included."""
+    sections: tuple[Item, ...] = ()
+    """Every `installer:` mapping inside dependencies (`pip:`, and any other such as `npm:`)."""
+
+    @property
+    def channels(self) -> list[str]:
+        return [i.text for i in self.channel_items]
+
+    @property
+    def conda_specs(self) -> list[str]:
+        return [i.text for i in self.conda_items]
+
+    @property
+    def pip_specs(self) -> list[str]:
+        return [i.text for i in self.pip_items]
+
+    def key_line(self, key: str) -> int | None:
+        """Line of the top-level key that counts (the last one), or None when it is absent."""
+        lines = [k.line for k in self.keys if k.text == key]
+        return lines[-1] if lines else None
+
+    def source_line(self, item: str) -> int | None:
+        """Line where a conda spec, pip spec, channel or top-level key is written; None if absent."""
+        for group in (self.conda_items, self.pip_items, self.channel_items, self.keys):
+            for i in group:
+                if i.text == item:
+                    return i.line
+        return None
+
+
+def load_spec(path: str | os.PathLike[str]) -> EnvironmentSpec:
+    """Read and parse an environment.yml; SpecError (exit 2) when it cannot be used."""
+    path = Path(path)
+    text = _read_text(path)
+    root = _compose(path, text)
+    return _Builder(path, _LINE_BREAK.split(text)).build(root)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; give the path of the environment.yml file") from None
+    except OSError as exc:
+        raise SpecError(f"{describe_os_error(path, exc)}; check the path and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+
+
+def _compose(path: Path, text: str) -> yaml.Node:
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+        if line.strip() == "@EXPLICIT":
+            raise SpecError(
+                f"{path}:{number}: an @EXPLICIT package list, not an environment.yml; "
+                "lint the environment.yml it was made from (`conda create --file` takes this file as it is)"
+            )
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        column = f" at column {mark.column + 1}" if mark else ""
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+        if "\\t" in problem:
+            fix = "indent with spaces, not tabs"
+        elif "another document" in problem:
+            fix = "keep one document per file (remove the second `---`)"
+        else:
+            fix = f"fix the YAML{column}"
+        raise SpecError(f"{where}: not valid YAML: {problem}; {fix}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise SpecError(
+            f"{path}:{line}: not valid YAML: control character U+{exc.character:04X} is not allowed; remove it"
+        ) from None
+    if root is None:
+        raise SpecError(f"{path}:1: the file is empty; an environment.yml needs at least `dependencies:`")
+    if not isinstance(root, yaml.MappingNode):
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else f"the single value {root.value!r}"
+        raise SpecError(
+            f"{path}:{_line(root)}: the top level is {kind}, not a mapping; an environment.yml has "
+            "`name:`, `channels:` and `dependencies:` keys (a requirements .txt is not an environment.yml)"
+        )
+    return root
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+
+class _Builder:
+    """Walks the composed tree; raises SpecError on the first structural problem."""
+
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def fail(self, node: yaml.Node, problem: str) -> SpecError:
+        return SpecError(f"{self.path}:{_line(node)}: {problem}")
+
+    def build(self, root: yaml.MappingNode) -> EnvironmentSpec:
+        keys: list[Item] = []
+        values: dict[str, yaml.Node] = {}
+        for key_node, value_node in root.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, "a top-level key must be a plain word such as `dependencies`; fix the key")
+            keys.append(Item(key_node.value, _line(key_node)))
+            values[key_node.value] = value_node  # the last repeat wins, as with safe_load
+        conda, pip, sections = self.dependencies(values.get("dependencies"))
+        return EnvironmentSpec(
+            path=self.path,
+            name=self.scalar("name", values.get("name")),
+            channel_items=self.scalar_list("channels", values.get("channels")),
+            conda_items=conda,
+            pip_items=pip,
+            variables=self.variables(values.get("variables")),
+            prefix=self.scalar("prefix", values.get("prefix")),
+            platforms=tuple(i.text for i in self.scalar_list("platforms", values.get("platforms"))),
+            keys=tuple(keys),
+            sections=sections,
+        )
+
+    def item(self, node: yaml.ScalarNode) -> Item:
+        comment = ""
+        start, end = node.start_mark, node.end_mark
+        if start.line == end.line < len(self.lines):
+            m = _TRAILING_COMMENT.match(self.lines[end.line][end.column :])
+            comment = m.group(1) if m else ""
+        return Item(node.value, _line(node), comment)
+
+    def scalar(self, key: str, node: yaml.Node | None) -> str | None:
+        if node is None or _is_null(node):
+            return None
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"`{key}` must be a single value, not a list or mapping; write `{key}: VALUE`")
+        return node.value
+
+    def scalar_list(self, key: str, node: yaml.Node | None) -> tuple[Item, ...]:
+        if node is None or _is_null(node):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"`{key}` must be a list; write each entry on its own `  - ` line under `{key}:`")
+        items = []
+        for child in node.value:
+            if not isinstance(child, yaml.ScalarNode):
+                raise self.fail(child, f"each entry of `{key}` must be a single value, not a list or mapping; write one `- VALUE` per line")
+            if _is_null(child):
+                raise self.fail(child, f"an empty `-` entry in `{key}`; remove it or write a value")
+            items.append(self.item(child))
+        return tuple(items)
+
+    def dependencies(self, node: yaml.Node | None) -> tuple[tuple[Item, ...], tuple[Item, ...], tuple[Item, ...]]:
+        if node is None or _is_null(node):
+            return (), (), ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "`dependencies` must be a list; write each package on its own `  - ` line")
+        conda: list[Item] = []
+        pip: tuple[Item, ...] = ()
+        sections: list[Item] = []
+        for child in node.value:
+            if isinstance(child, yaml.MappingNode):
+                for key_node, value_node in child.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        raise self.fail(key_node, "a mapping in `dependencies` needs a plain key; write `- pip:` followed by a list")
+                    sections.append(Item(key_node.value, _line(key_node)))
+                    packages = self.scalar_list(key_node.value, value_node)
+                    if key_node.value == "pip":
+                        pip = packages  # conda keeps the last `pip:` section; lint reports the repeat
+            elif isinstance(child, yaml.SequenceNode):
+                raise self.fail(child, "a nested list in `dependencies`; write one package per `  - ` line")
+            elif _is_null(child):
+                raise self.fail(child, "an empty `-` entry in `dependencies`; remove it or write a package")
+            else:
+                conda.append(self.item(child))
+        return tuple(conda), pip, tuple(sections)
+
+    def variables(self, node: yaml.Node | None) -> Mapping[str, str]:
+        if node is None or _is_null(node):
+            return MappingProxyType({})
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, "`variables` must be a mapping; write `  NAME: value` lines under it")
+        out: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or not isinstance(value_node, yaml.ScalarNode):
+                raise self.fail(key_node, "each entry of `variables` must be `NAME: value` with a single value; quote the value if needed")
+            out[key_node.value] = "" if _is_null(value_node) else value_node.value
+        return MappingProxyType(out)
