@@ -1,0 +1,96 @@
+"""One rank of a multi-process test: ``worker.py RANK WORLD PORT FOLDER SCENARIO...``.
+
+Joins the others through a TCP store on 127.0.0.1:PORT (gloo), runs each scenario in
+order and prints one JSON line per scenario: ``{"scenario": ..., "rank": ..., ...}``.
+Started with plain subprocess by tests/distributed/test_*.py, from any Python that can
+import torch and envkit (PYTHONPATH names the repository).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+import envkit
+from envkit.distributed import check_consistency
+from envkit.errors import EnvkitError
+
+warnings.simplefilter("ignore")
+
+
+def report(scenario: str, **fields: Any) -> None:
+    print(json.dumps({"scenario": scenario, "rank": dist.get_rank(), **fields}), flush=True)
+
+
+def outcome(scenario: str, action: Callable[[], Any]) -> None:
+    try:
+        value = action()
+    except EnvkitError as exc:
+        report(scenario, ok=False, error=type(exc).__name__, message=exc.message, exit_code=exc.exit_code)
+    else:
+        report(scenario, ok=True, value=value)
+
+
+def consistency(folder: Path) -> None:
+    outcome("consistency", lambda: check_consistency().to_json()["world_size"])
+
+
+def manager_resume(folder: Path) -> None:
+    def run() -> Any:
+        with envkit.CheckpointManager(folder, project="m") as mgr:
+            return repr(mgr.resume(model=torch.nn.Linear(2, 2)))
+
+    outcome("manager_resume", run)
+
+
+def save_error(folder: Path) -> None:
+    """Rank 0's disk fills up mid-save: every rank raises, none waits forever."""
+    import envkit.checkpoint.manager as manager_module
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise envkit.errors.CheckpointWriteError(f"{args[1]}: save failed ({os.strerror(errno.ENOSPC)})")
+
+    real = manager_module.write_stamped
+    if dist.get_rank() == 0:
+        manager_module.write_stamped = full_disk
+    try:
+        with envkit.CheckpointManager(folder / "full", project="e") as mgr:
+            outcome("save_error", lambda: str(mgr.save(epoch=0, step=1, model=torch.nn.Linear(2, 2))))
+    finally:
+        manager_module.write_stamped = real
+
+
+def slurm(folder: Path) -> None:
+    """SIGUSR1 reaches rank 1 only; both save, only rank 0 requeues, both exit 138."""
+    with envkit.CheckpointManager(folder / "slurm", project="s", requeue=True) as mgr:
+        mgr.handle_signals()
+        if dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        path = mgr.save(epoch=0, step=3, model=torch.nn.Linear(2, 2))
+        report("slurm", ok=True, stop=mgr.should_stop, exit_code=mgr.exit_code, saved=path.name, requeued=mgr.requeued,
+               latest=mgr.latest().path.name if dist.get_rank() == 0 else None)
+
+
+SCENARIOS = {f.__name__: f for f in (consistency, manager_resume, save_error, slurm)}
+
+
+def main() -> int:
+    rank, world, port, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    for name in sys.argv[5:]:
+        SCENARIOS[name](folder)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
