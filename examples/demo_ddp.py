@@ -60,7 +60,7 @@ def main() -> int:
     b = torch.load(RUNS / "resumed.pt", weights_only=True)
     same = a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     same = same and all(
-        torch.equal(x[n], y[n]) for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()) for n in x
+        torch.equal(x[n], b["optimizer"]["state"][k][n]) for k, x in a["optimizer"]["state"].items() for n in x
     )
     print(f"\nfinal weights equal to the uninterrupted run: {same} (step {b['step']})")
     return 0 if same else 1

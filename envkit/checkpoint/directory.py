@@ -22,7 +22,7 @@ INDEX_NAME = ".envkit-index.json"
 ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when nothing changed
 LOCK_NAME = ".envkit.lock"
 INDEX_VERSION = 1
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".dcp")  # .dcp: a sharded checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,16 @@ def info_from_stamp(path: Path) -> CheckpointInfo:
     )
 
 
+def _sharded_size(folder: str) -> int | None:
+    """A committed sharded folder's size key: its stamp's size (the stamp is written last)."""
+    from envkit.checkpoint.dcp_format import STAMP_NAME
+
+    try:
+        return os.stat(os.path.join(folder, STAMP_NAME)).st_size
+    except OSError:
+        return None
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -131,9 +141,14 @@ def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]
         if name.startswith(".") or not name.endswith(CHECKPOINT_SUFFIXES):
             continue
         try:
-            if not entry.is_file():
+            if entry.is_dir():
+                size = _sharded_size(entry.path)  # None: no commit marker yet, not a checkpoint
+                if size is None:
+                    continue
+            elif not entry.is_file():
                 continue
-            size = entry.stat().st_size
+            else:
+                size = entry.stat().st_size
         except OSError:
             continue
         cached = index.get(name)
@@ -207,7 +222,10 @@ def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInf
     try:
         doc = json.loads((folder / ORDER_NAME).read_bytes())
         order = doc["order"] if doc.get("version") == INDEX_VERSION else None
-        names = {n for n in os.listdir(folder) if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".")}
+        names = {
+            n for n in os.listdir(folder)
+            if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".") and (not n.endswith(".dcp") or _sharded_size(str(folder / n)) is not None)
+        }
         if not isinstance(order, list) or len(order) != len(names) or {row[0] for row in order} != names:
             return None
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):

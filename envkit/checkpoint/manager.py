@@ -188,7 +188,12 @@ class CheckpointManager:
             if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
                 continue
             try:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):  # a sharded save's folder
+                    import shutil
+
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(Path(entry.path))
             except OSError:
                 pass
@@ -342,7 +347,7 @@ class CheckpointManager:
         if self.sharded:
             from envkit.checkpoint.sharded import save_sharded
 
-            save_sharded(self, path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
+            path = save_sharded(self, path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
         elif self.rank == 0:
             error = None
             try:
@@ -427,7 +432,13 @@ class CheckpointManager:
         )
         for path in delete:
             try:
-                path.unlink()
+                if path.is_dir():  # a sharded checkpoint: its stamp first, so it stops being one at once
+                    import shutil
+
+                    (path / "envkit.json").unlink(missing_ok=True)
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
             except FileNotFoundError:
                 pass
         if delete:

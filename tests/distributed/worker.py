@@ -80,7 +80,70 @@ def slurm(folder: Path) -> None:
                latest=mgr.latest().path.name if dist.get_rank() == 0 else None)
 
 
-SCENARIOS = {f.__name__: f for f in (consistency, manager_resume, save_error, slurm)}
+def _trained(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def sharded_round_trip(folder: Path) -> None:
+    """Save twice sharded, resume into fresh objects: equal state, and every rank its own RNG."""
+    model, opt = _trained(0)
+    torch.manual_seed(100 + dist.get_rank())  # rank-local RNG, as with per-rank seeds
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True, keep_last=1) as mgr:
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        path = mgr.save(epoch=0, step=2, model=model, optimizer=opt)
+        expected_draw = torch.rand(3).tolist()
+    fresh, fresh_opt = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)), None
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True) as mgr:
+        info = mgr.resume(model=fresh, optimizer=fresh_opt)
+        names = sorted(p.name for p in (folder / "sh").iterdir() if not p.name.startswith("."))
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    same_opt = len(opt.state_dict()["state"]) == len(fresh_opt.state_dict()["state"]) == 4 and all(
+        torch.equal(x[n], fresh_opt.state_dict()["state"][k][n]) for k, x in opt.state_dict()["state"].items() for n in x
+    ) and opt.state_dict()["param_groups"] == fresh_opt.state_dict()["param_groups"]
+    report("sharded_round_trip", ok=True, path=path.name, step=info.step, model=same, optimizer=same_opt,
+           rng=torch.rand(3).tolist() == expected_draw, names=names)
+
+
+def sharded_other_world(folder: Path) -> None:
+    """Ranks 0 and 1 alone (a 2-rank group) try to resume what 4 ranks saved."""
+    sub = dist.new_group([0, 1])
+    if dist.get_rank() > 1:
+        return
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True, group=sub) as mgr:
+        outcome("sharded_other_world", lambda: repr(mgr.resume(model=torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)))))
+
+
+def sharded_kill(folder: Path) -> None:
+    """A good save at step 1; at step 2 rank 1 dies by SIGKILL halfway through writing its shard."""
+    model, opt = _trained(0)
+    with envkit.CheckpointManager(folder / "k", project="k", sharded=True) as mgr:
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        report("sharded_kill", ok=True, saved=1)
+        if dist.get_rank() == 1:
+            import torch.distributed.checkpoint as dcp
+
+            def die(self: Any, plan: Any, planner: Any) -> Any:
+                target = Path(self.path if hasattr(self, "path") else self.checkpoint_id) / "__1_0.distcp"
+                with open(target, "wb") as fh:
+                    fh.write(b"\0" * 4096)  # a partial shard on disk
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            dcp.FileSystemWriter.write_data = die
+        mgr.save(epoch=0, step=2, model=model, optimizer=opt)
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (consistency, manager_resume, save_error, slurm, sharded_round_trip, sharded_other_world, sharded_kill)
+}
 
 
 def main() -> int:
