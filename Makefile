@@ -10,7 +10,7 @@ TORCH20_SPEC ?= torch==2.0.1
 BIN20       := $(VENV20)/bin
 READY20     := $(VENV20)/.envkit-ready
 
-.PHONY: all venv test demo bench bench-8g test-torch20 clean
+.PHONY: all venv test demo demo-ddp bench bench-8g test-torch20 clean
 
 all: test
 
@@ -29,6 +29,10 @@ test: $(READY)
 
 demo: $(READY)
 	$(BIN)/python examples/demo.py
+
+# 2 CPU ranks under torchrun, SIGTERM to one rank, resumed by the same command: bit-identical.
+demo-ddp: $(READY)
+	$(BIN)/python examples/demo_ddp.py
 
 bench: $(READY)
 	$(BIN)/python benchmarks/run.py

@@ -24,7 +24,7 @@ ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when
 LOCK_NAME = ".envkit.lock"
 INDEX_VERSION = 1
 ORDER_VERSION = 2  # 2: names and rows as newline-joined strings, so a reader parses two JSON strings, not 40,000 values
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".dcp")  # .dcp: a sharded checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,16 @@ def info_from_stamp(path: Path) -> CheckpointInfo:
         size=file.size,
         saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
     )
+
+
+def _sharded_size(folder: str) -> int | None:
+    """A committed sharded folder's size key: its stamp's size (the stamp is written last)."""
+    from envkit.checkpoint.dcp_format import STAMP_NAME
+
+    try:
+        return os.stat(os.path.join(folder, STAMP_NAME)).st_size
+    except OSError:
+        return None
 
 
 def _size(path: Path) -> int:
@@ -143,9 +153,14 @@ def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]
         if name.startswith(".") or not name.endswith(CHECKPOINT_SUFFIXES):
             continue
         try:
-            if not entry.is_file():
+            if entry.is_dir():
+                size = _sharded_size(entry.path)  # None: no commit marker yet, not a checkpoint
+                if size is None:
+                    continue
+            elif not entry.is_file():
                 continue
-            size = entry.stat().st_size
+            else:
+                size = entry.stat().st_size
         except OSError:
             continue
         cached = index.get(name)
@@ -224,7 +239,7 @@ def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInf
         expected, listed = set(names), set(os.listdir(folder))
         if len(rows) != len(names) or len(expected) != len(names) or not expected <= listed:
             return None
-        if any(_is_checkpoint_name(n) for n in listed - expected):
+        if any(_is_checkpoint_name(n) and _committed(folder, n) for n in listed - expected):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -263,6 +278,11 @@ _UNSAFE_IN_ORDER = re.compile(r"[\t\n]")
 
 def _is_checkpoint_name(name: str) -> bool:
     return name.endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
+
+
+def _committed(folder: Path, name: str) -> bool:
+    """A sharded folder is a checkpoint once its stamp is written; a file always is."""
+    return not name.endswith(".dcp") or _sharded_size(str(folder / name)) is not None
 
 
 def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:

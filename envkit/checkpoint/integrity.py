@@ -38,6 +38,14 @@ def verify(path: str | os.PathLike[str], info: CheckpointFile | None = None) -> 
     except EnvkitError as exc:
         return VerifyResult(p, False, exc.message)
     stamp = info.stamp
+    if info.format == "dcp" and stamp is not None:
+        from envkit.checkpoint.dcp_format import read_dir_stamp, verify_files
+
+        try:
+            problem = verify_files(p, *read_dir_stamp(p))
+        except EnvkitError as exc:
+            problem = exc.message
+        return VerifyResult(p, problem is None, problem, info)
     if stamp is None or stamp.payload is None:
         return VerifyResult(p, False, f"{p}: has no envkit stamp, so there is no digest to verify against", info)
     payload = stamp.payload

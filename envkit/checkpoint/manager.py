@@ -15,6 +15,15 @@ A checkpoint is the state right after the step given to ``save``. Saves are atom
 stamped; old checkpoints are deleted only once the new one is durable, and the newest
 and the best never are. Signals only set a flag: the save happens at the next step
 boundary, never inside the handler.
+
+Under torch.distributed (a process group initialised before the manager is made), every
+rank makes a manager on the same folder and calls the same methods in the same order:
+``save``, ``resume`` and ``should_stop`` are then collectives. Only rank 0 takes the lock,
+writes replicated (DDP) state and applies retention; each save ends when every rank knows
+it is durable (or every rank raises its error). ``save`` and ``should_stop`` agree on a
+stop across ranks, so a SIGTERM that reaches one rank stops all of them after the same
+step. ``resume`` loads, on every rank, the checkpoint rank 0 chose. The ranks' environments
+are compared (``envkit.distributed.check_consistency``) on resume and before the first save.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from envkit.checkpoint.directory import (
 from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
 from envkit.checkpoint.paths import TEMP_MARK, is_temp_name
 from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
-from envkit.errors import BadInput, CheckpointDirLocked, EphemeralDirectoryWarning
+from envkit import distributed as dist_util
+from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EphemeralDirectoryWarning
 from envkit.policy import Policy
 
 DEFAULT_FILENAME = "{project}_{epoch:04d}_{step:08d}.pth"
@@ -74,7 +84,15 @@ class CheckpointManager:
         filename: str = DEFAULT_FILENAME,
         policy: Policy | str | None = None,
         digest: str = "xxh3_128",
+        group: Any = None,
+        sharded: bool = False,
+        requeue: bool = False,
     ) -> None:
+        """``group``: the process group of the ranks that share this folder (default: the world).
+        ``sharded``: every rank saves its own shards through torch.distributed.checkpoint
+        into a folder per checkpoint. ``requeue``: under SLURM, a SIGUSR1 stop requeues
+        the job (``scontrol requeue``) once its checkpoint is durable.
+        """
         if mode not in ("min", "max"):
             raise BadInput(f"mode must be 'min' or 'max', not {mode!r}")
         if digest not in DIGEST_ALGORITHMS:
@@ -93,17 +111,31 @@ class CheckpointManager:
         self.filename = filename
         self.policy = policy
         self.digest = digest
+        self.group = group
+        self.sharded = sharded
+        self.requeue = requeue
         self._check_template()
         self._fingerprint: Any = None
         self._stop_signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"{self.directory}: cannot create the checkpoint folder ({exc.strerror}); choose another") from None
-        self._lock_fd = self._acquire_lock()
-        self.removed_temp_files = self._remove_stale_temp_files()
-        self._warn_if_ephemeral()
+        self.distributed = dist_util.is_distributed()
+        self.rank = dist_util.rank(group) if self.distributed else 0
+        self._consistent = False
+        self._agreed_stop: int | None = None  # the signal every rank agreed to stop on
+        self._agreement_fresh = False  # save() agreed; the next should_stop reads that answer
+        self.requeued = False
+        if sharded and not self.distributed:
+            raise BadInput("sharded=True needs an initialised torch.distributed process group; call init_process_group first")
+        self._lock_fd: int | None = None
+        self.removed_temp_files: list[Path] = []
+        if self.rank == 0:  # the other ranks only read; a second flock on the folder would fail
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BadInput(f"{self.directory}: cannot create the checkpoint folder ({exc.strerror}); choose another") from None
+            self._lock_fd = self._acquire_lock()
+            self.removed_temp_files = self._remove_stale_temp_files()
+            self._warn_if_ephemeral()
 
     # -- life cycle ------------------------------------------------------------------
     def close(self) -> None:
@@ -156,7 +188,12 @@ class CheckpointManager:
             if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
                 continue
             try:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):  # a sharded save's folder
+                    import shutil
+
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(Path(entry.path))
             except OSError:
                 pass
@@ -200,16 +237,40 @@ class CheckpointManager:
 
     @property
     def should_stop(self) -> bool:
-        return self._stop_signal is not None
+        """True once a stop signal arrived (SIGTERM, SIGUSR1).
+
+        Distributed: a collective that every rank must read at the same step boundary; it
+        is True on every rank as soon as one rank got a signal. Read right after ``save``
+        it costs nothing more: it returns what that save agreed (so a stop is always saved
+        first; a signal that arrives later is acted on at the next step's save).
+        """
+        if not self.distributed:
+            return self._stop_signal is not None
+        if self._agreement_fresh:
+            self._agreement_fresh = False
+        else:
+            self._agree_stop()
+        return self._agreed_stop is not None
+
+    def _agree_stop(self) -> None:
+        if self._agreed_stop is not None:
+            return  # every rank knows already; no collective, on every rank alike
+        agreed = dist_util.all_max(self._stop_signal or 0, self.group)
+        if agreed:
+            self._agreed_stop = agreed
 
     @property
     def stop_signal(self) -> int | None:
-        return self._stop_signal
+        return self._agreed_stop if self.distributed and self._agreed_stop else self._stop_signal
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal number (143 for SIGTERM), the shell's convention for a run a signal ended."""
-        return 128 + self._stop_signal if self._stop_signal is not None else 0
+        """128 + the signal number (143 for SIGTERM), the shell's convention for a run a signal ended.
+
+        Distributed: the agreed signal's, the same on every rank.
+        """
+        signum = self.stop_signal
+        return 128 + signum if signum is not None else 0
 
     # -- listing ---------------------------------------------------------------------
     def _ours(self, *, with_unreadable: bool = False) -> list[CheckpointInfo]:
@@ -241,7 +302,8 @@ class CheckpointManager:
 
     # -- saving ----------------------------------------------------------------------
     def is_due(self, epoch: int, step: int) -> bool:
-        if self.should_stop or (self.every_n_epochs is None and self.every_n_steps is None):
+        stopping = self._agreed_stop is not None if self.distributed else self.should_stop
+        if stopping or (self.every_n_epochs is None and self.every_n_steps is None):
             return True
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             return True
@@ -261,10 +323,15 @@ class CheckpointManager:
         extra: Mapping[str, Any] | None = None,
         force: bool = False,
     ) -> Path | None:
-        """Save the state right after ``step``; returns the path, or None when not due."""
+        """Save the state right after ``step``; returns the path, or None when not due.
+
+        Distributed: call it on every rank at every step boundary (``force`` alike on all).
+        """
+        if self.distributed:
+            self._agree_stop()
+            self._agreement_fresh = True
         if not force and not self.is_due(epoch, step):
             return None
-        from envkit.checkpoint import training_state as ts
         from envkit.fingerprint import collect
 
         metrics = dict(metrics or {})
@@ -273,6 +340,68 @@ class CheckpointManager:
         meta = build_meta({"epoch": epoch, "step": step, "metrics": metrics, "project": self.project}, path)
         if self._fingerprint is None:
             self._fingerprint = collect()
+        if self.distributed and not self._consistent:
+            dist_util.check_consistency(self.group, self.policy, fingerprint=self._fingerprint)
+            self._consistent = True
+        parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
+        if self.sharded:
+            from envkit.checkpoint.sharded import save_sharded
+
+            path = save_sharded(self, path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
+        elif self.rank == 0:
+            error = None
+            try:
+                self._write(path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
+            except Exception as exc:  # the other ranks must hear of it, or they wait forever
+                error = exc
+            self._end_save(error)
+        else:
+            self._end_save(None)
+        self._after_stop_save()
+        return path
+
+    def _end_save(self, error: Exception | None) -> None:
+        """The barrier that ends a distributed save; rank 0's error is raised on every rank."""
+        if self.distributed:
+            text = (str(error) or type(error).__name__) if error is not None else None
+            message = dist_util.broadcast_object(text, src=self._rank0(), group=self.group)
+            if message is not None and error is None:
+                error = CheckpointWriteError(f"rank 0 could not save: {message}")
+        if error is not None:
+            raise error
+
+    def _rank0(self) -> int:
+        return dist_util._global_rank(self.group, 0) if self.distributed else 0
+
+    def _after_stop_save(self) -> None:
+        """Under SLURM, with requeue on, a SIGUSR1 stop requeues the job once its checkpoint is durable."""
+        if not self.requeue or self.requeued or self.stop_signal != getattr(signal, "SIGUSR1", None):
+            return
+        from envkit.checkpoint.slurm import requeue_job, slurm_job_id
+
+        if slurm_job_id() is None:
+            return
+        if self.rank == 0:
+            requeue_job()
+        self.requeued = True
+
+    def _write(
+        self,
+        path: Path,
+        meta: Mapping[str, Any],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, Any],
+        extra: Mapping[str, Any] | None,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        sampler: Any,
+    ) -> None:
+        from envkit.checkpoint import training_state as ts
+
         fingerprint = self._fingerprint
         state = {
             "format": STATE_FORMAT,
@@ -290,7 +419,6 @@ class CheckpointManager:
         }
         write_stamped(state, path, stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
         self._apply_retention(path)
-        return path
 
     def _apply_retention(self, just_saved: Path) -> None:
         everything = scan(self.directory)
@@ -304,7 +432,13 @@ class CheckpointManager:
         )
         for path in delete:
             try:
-                path.unlink()
+                if path.is_dir():  # a sharded checkpoint: its stamp first, so it stops being one at once
+                    import shutil
+
+                    (path / "envkit.json").unlink(missing_ok=True)
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
             except FileNotFoundError:
                 pass
         if delete:
@@ -326,13 +460,33 @@ class CheckpointManager:
 
         Runs the guard first (the manager's policy, else the project's), so a checkpoint
         this environment must not resume raises EnvironmentMismatch before unpickling.
+        Distributed: the ranks' environments are compared first, then rank 0 picks the
+        checkpoint and every rank loads that one.
         """
-        latest = self.latest()
+        if self.distributed:
+            from envkit.fingerprint import collect
+
+            if self._fingerprint is None:
+                self._fingerprint = collect()
+            dist_util.check_consistency(self.group, self.policy, fingerprint=self._fingerprint)
+            self._consistent = True
+            chosen = self.latest() if self.rank == 0 else None
+            name = dist_util.broadcast_object(chosen.path.name if chosen is not None else None, src=self._rank0(), group=self.group)
+            if name is None:
+                return None
+            latest = chosen if chosen is not None else CheckpointInfo(self.directory / name, None, None)
+        else:
+            latest = self.latest()
         if latest is None:
             return None
         from envkit.checkpoint import training_state as ts
         from envkit.checkpoint.compat import load
 
+        if self.sharded or latest.path.is_dir():
+            from envkit.checkpoint.sharded import load_sharded
+
+            parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
+            return load_sharded(self, latest.path, **parts)
         state = load(latest.path, map_location=map_location, policy=self.policy, verify=False)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise BadInput(f"{latest.path}: not a CheckpointManager checkpoint; load it with envkit.load")

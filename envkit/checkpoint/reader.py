@@ -300,11 +300,23 @@ def _read_legacy(path: Path, size: int) -> Inspection:
     return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
 
 
+def _read_sharded(path: Path) -> Inspection:
+    """A folder written by a sharded CheckpointManager save (see dcp_format)."""
+    from envkit.checkpoint.dcp_format import FORMAT, read_dir_stamp
+
+    stamp, files = read_dir_stamp(path)
+    records = tuple((name, int(files[name]["size"])) for name in sorted(files))
+    info = CheckpointFile(path, FORMAT, sum(size for _, size in records), stamp, "file")
+    return Inspection(info, records)
+
+
 # -- entry points -------------------------------------------------------------------
 
 
 def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
     p = Path(path)
+    if p.is_dir():
+        return _read_sharded(p)
     size = _check_regular_file(p)
     with _open(p) as fh:
         head = fh.read(len(LEGACY_MAGIC))

@@ -1,0 +1,159 @@
+"""One rank of a multi-process test: ``worker.py RANK WORLD PORT FOLDER SCENARIO...``.
+
+Joins the others through a TCP store on 127.0.0.1:PORT (gloo), runs each scenario in
+order and prints one JSON line per scenario: ``{"scenario": ..., "rank": ..., ...}``.
+Started with plain subprocess by tests/distributed/test_*.py, from any Python that can
+import torch and envkit (PYTHONPATH names the repository).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+import envkit
+from envkit.distributed import check_consistency
+from envkit.errors import EnvkitError
+
+warnings.simplefilter("ignore")
+
+
+def report(scenario: str, **fields: Any) -> None:
+    print(json.dumps({"scenario": scenario, "rank": dist.get_rank(), **fields}), flush=True)
+
+
+def outcome(scenario: str, action: Callable[[], Any]) -> None:
+    try:
+        value = action()
+    except EnvkitError as exc:
+        report(scenario, ok=False, error=type(exc).__name__, message=exc.message, exit_code=exc.exit_code)
+    else:
+        report(scenario, ok=True, value=value)
+
+
+def consistency(folder: Path) -> None:
+    outcome("consistency", lambda: check_consistency().to_json()["world_size"])
+
+
+def manager_resume(folder: Path) -> None:
+    def run() -> Any:
+        with envkit.CheckpointManager(folder, project="m") as mgr:
+            return repr(mgr.resume(model=torch.nn.Linear(2, 2)))
+
+    outcome("manager_resume", run)
+
+
+def save_error(folder: Path) -> None:
+    """Rank 0's disk fills up mid-save: every rank raises, none waits forever."""
+    import envkit.checkpoint.manager as manager_module
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise envkit.errors.CheckpointWriteError(f"{args[1]}: save failed ({os.strerror(errno.ENOSPC)})")
+
+    real = manager_module.write_stamped
+    if dist.get_rank() == 0:
+        manager_module.write_stamped = full_disk
+    try:
+        with envkit.CheckpointManager(folder / "full", project="e") as mgr:
+            outcome("save_error", lambda: str(mgr.save(epoch=0, step=1, model=torch.nn.Linear(2, 2))))
+    finally:
+        manager_module.write_stamped = real
+
+
+def slurm(folder: Path) -> None:
+    """SIGUSR1 reaches rank 1 only; both save, only rank 0 requeues, both exit 138."""
+    with envkit.CheckpointManager(folder / "slurm", project="s", requeue=True) as mgr:
+        mgr.handle_signals()
+        if dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        path = mgr.save(epoch=0, step=3, model=torch.nn.Linear(2, 2))
+        report("slurm", ok=True, stop=mgr.should_stop, exit_code=mgr.exit_code, saved=path.name, requeued=mgr.requeued,
+               latest=mgr.latest().path.name if dist.get_rank() == 0 else None)
+
+
+def _trained(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def sharded_round_trip(folder: Path) -> None:
+    """Save twice sharded, resume into fresh objects: equal state, and every rank its own RNG."""
+    model, opt = _trained(0)
+    torch.manual_seed(100 + dist.get_rank())  # rank-local RNG, as with per-rank seeds
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True, keep_last=1) as mgr:
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        path = mgr.save(epoch=0, step=2, model=model, optimizer=opt)
+        expected_draw = torch.rand(3).tolist()
+    fresh, fresh_opt = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)), None
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True) as mgr:
+        info = mgr.resume(model=fresh, optimizer=fresh_opt)
+        names = sorted(p.name for p in (folder / "sh").iterdir() if not p.name.startswith("."))
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    same_opt = len(opt.state_dict()["state"]) == len(fresh_opt.state_dict()["state"]) == 4 and all(
+        torch.equal(x[n], fresh_opt.state_dict()["state"][k][n]) for k, x in opt.state_dict()["state"].items() for n in x
+    ) and opt.state_dict()["param_groups"] == fresh_opt.state_dict()["param_groups"]
+    report("sharded_round_trip", ok=True, path=path.name, step=info.step, model=same, optimizer=same_opt,
+           rng=torch.rand(3).tolist() == expected_draw, names=names)
+
+
+def sharded_other_world(folder: Path) -> None:
+    """Ranks 0 and 1 alone (a 2-rank group) try to resume what 4 ranks saved."""
+    sub = dist.new_group([0, 1])
+    if dist.get_rank() > 1:
+        return
+    with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True, group=sub) as mgr:
+        outcome("sharded_other_world", lambda: repr(mgr.resume(model=torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)))))
+
+
+def sharded_kill(folder: Path) -> None:
+    """A good save at step 1; at step 2 rank 1 dies by SIGKILL halfway through writing its shard."""
+    model, opt = _trained(0)
+    with envkit.CheckpointManager(folder / "k", project="k", sharded=True) as mgr:
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        report("sharded_kill", ok=True, saved=1)
+        if dist.get_rank() == 1:
+            import torch.distributed.checkpoint as dcp
+
+            def die(self: Any, plan: Any, planner: Any) -> Any:
+                target = Path(self.path if hasattr(self, "path") else self.checkpoint_id) / "__1_0.distcp"
+                with open(target, "wb") as fh:
+                    fh.write(b"\0" * 4096)  # a partial shard on disk
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            dcp.FileSystemWriter.write_data = die
+        mgr.save(epoch=0, step=2, model=model, optimizer=opt)
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (consistency, manager_resume, save_error, slurm, sharded_round_trip, sharded_other_world, sharded_kill)
+}
+
+
+def main() -> int:
+    rank, world, port, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    for name in sys.argv[5:]:
+        SCENARIOS[name](folder)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
