@@ -69,6 +69,7 @@ def plan_create(
     scratch: Path | None = None,
 ) -> CreatePlan:
     platform = current_platform()
+    chosen_engine = pick_engine(engine)  # before any solving: a missing executable is a usage error
     spec = read_spec(spec_path) if spec_path is not None else None
     lock_path = lockfile
     if lock_path is None and spec is not None and (spec.path.parent / DEFAULT_LOCKFILE).is_file():
@@ -94,7 +95,7 @@ def plan_create(
     return CreatePlan(
         prefix=target,
         platform=platform,
-        engine=pick_engine(engine),
+        engine=chosen_engine,
         lock=lock,
         spec=spec,
         packages=lock.packages_for(platform),
@@ -106,22 +107,12 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
     target = plan.prefix
     if not target.parent.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.envkit-tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        if plan.engine.embedded:
-            progress(f"installing {len(plan.packages)} conda packages with rattler")
-            _install_rattler(plan, staging, cache_dir)
-        else:
-            progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name}")
-            _install_external(plan, staging)
-        _write_meta(plan, staging, pip=())
-        if target.exists():
-            target.rmdir()  # an empty folder left by the user; anything more was refused in plan
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if plan.engine.embedded:
+        progress(f"installing {len(plan.packages)} conda packages with rattler")
+        _create_staged(plan, cache_dir)
+    else:
+        progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name} ({plan.engine.executable})")
+        _create_external(plan)
     if plan.pip_specs:
         try:
             progress(f"installing {len(plan.pip_specs)} pip packages with the environment's pip")
@@ -132,6 +123,40 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
             raise
     progress(f"created {target}")
     return target
+
+
+def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
+    # rattler patches the final prefix into the files (alternative_target_prefix), so it
+    # can install into a hidden sibling that is renamed into place only when complete
+    target = plan.prefix
+    staging = target.with_name(f".{target.name}.envkit-tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _install_rattler(plan, staging, cache_dir)
+        _write_meta(plan, staging, pip=())
+        if target.exists():
+            target.rmdir()  # an empty folder left by the user; anything more was refused in plan
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _create_external(plan: CreatePlan) -> None:
+    # conda, mamba and micromamba write the prefix into files and into their own list of
+    # environments, so they must install at the final path; a failure removes it again
+    target = plan.prefix
+    was_empty_dir = target.is_dir()
+    if was_empty_dir:
+        target.rmdir()  # conda refuses an existing folder that is not an environment
+    try:
+        _install_external(plan, target)
+        _write_meta(plan, target, pip=())
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if was_empty_dir:
+            target.mkdir()
+        raise
 
 
 def _records(packages: tuple[LockedPackage, ...]) -> list:
@@ -174,19 +199,22 @@ def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
 
 
-def _install_external(plan: CreatePlan, staging: Path) -> None:
-    # conda, mamba and micromamba install an @EXPLICIT list without solving; staging first
-    # keeps a failure from leaving anything under the real name.
+def _install_external(plan: CreatePlan, prefix: Path) -> None:
     text = render_explicit(plan.platform, ((p.url, p.md5, p.sha256) for p in plan.packages))
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-        fh.write(text)
-    try:
-        done = subprocess.run(explicit_install_command(plan.engine, staging, Path(fh.name)), capture_output=True, text=True, check=False)
-    finally:
-        os.unlink(fh.name)
+    offline = all(p.url.startswith("file:") for p in plan.packages)
+    with tempfile.TemporaryDirectory(prefix="envkit-explicit-") as folder:
+        explicit = Path(folder) / "explicit.txt"
+        explicit.write_text(text)
+        cmd = explicit_install_command(plan.engine, prefix, explicit, offline=offline)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise InstallError(f"{plan.engine.executable}: cannot run ({exc.strerror}); fix it, or use --engine rattler (built in)") from None
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).split())[-300:]
         raise InstallError(f"{plan.engine.name} failed to create {plan.prefix} ({tail}); nothing was created")
+    if not (prefix / "conda-meta").is_dir():
+        raise InstallError(f"{plan.engine.name} exited 0 but made no environment at {plan.prefix} (no conda-meta/); nothing was created")
 
 
 def python_of(prefix: Path) -> Path:
