@@ -159,7 +159,7 @@ def make_lock(
     for platform in chosen:
         wanted = tuple(_match_spec(d) for d in lock_spec.dependencies[platform] if d.manager == "conda")
         if progress:
-            progress(f"solving {len(wanted)} specs for {platform}")
+            progress(f"solving {len(wanted)} specs for {platform} with rattler")
         records = solve(wanted, channels, platform, virtual_packages(repo, platform), cache_dir=cache, source=specs[0].path)
         for record in records:
             packages.append(

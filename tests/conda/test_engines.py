@@ -203,3 +203,27 @@ def test_engine_failure_removes_the_prefix_stand_in(tmp_path: Path, channel: Pat
     assert len(calls(log)) == 1
     assert prefix.is_dir() and not any(prefix.iterdir())
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["x"]
+
+
+@pytest.mark.parametrize("on_path", [(), ("micromamba", "mamba", "conda")])
+def test_lock_always_solves_with_rattler_whatever_engine_stand_in(tmp_path: Path, channel: Path, stand_ins, no_downloads, on_path) -> None:
+    """`lock --engine X` needs no X on PATH, never runs one, and writes the same lock as rattler."""
+    from envkit.conda.lock import read_lock
+
+    log = stand_ins(*on_path)
+    spec = write_spec(tmp_path, channel, DEPS)
+    run("lock", "-f", str(spec), "-p", "linux-64", "--engine", "rattler", "--lockfile", str(tmp_path / "rattler.yml"))
+    for engine in ("auto", "micromamba", "mamba", "conda"):
+        result = CliRunner().invoke(main, ["lock", "-f", str(spec), "-p", "linux-64", "--engine", engine, "--lockfile", str(tmp_path / f"{engine}.yml")])
+        assert result.exit_code == 0, result.output
+        assert "with rattler" in result.output
+        if engine != "auto":
+            assert f"--engine {engine} applies to `envkit create`" in result.output
+        a, b = read_lock(tmp_path / "rattler.yml"), read_lock(tmp_path / f"{engine}.yml")
+        assert (a.content_hash, a.packages) == (b.content_hash, b.packages)
+    assert calls(log) == []
+
+
+def test_lock_help_says_the_solver_is_always_rattler() -> None:
+    out = run("lock", "--help")
+    assert "always solved by the embedded rattler solver" in " ".join(out.split())
