@@ -24,7 +24,7 @@ from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
 from envkit.conda.platforms import current_platform
-from envkit.conda.prefixes import ENVKIT_META, pip_dists, resolve_prefix
+from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
 
@@ -40,13 +40,21 @@ class CreatePlan:
     spec: SpecFile | None
     packages: tuple[LockedPackage, ...]
     pip_specs: tuple[str, ...]
+    kept_lock: Path | None = None
+    """Where the lock solved from the spec goes (None when installing an existing lock)."""
+
+    @property
+    def lockfile(self) -> Path:
+        """The lock the environment records: the kept one, else the one it was installed from."""
+        return self.kept_lock or self.lock.path.resolve()
 
     def lines(self) -> list[str]:
         out = [
             f"prefix:   {self.prefix}",
             f"platform: {self.platform}",
             f"engine:   {self.engine.name}",
-            f"lock:     {self.lock.path} ({self.lock.hash_for(self.platform)})",
+            f"lock:     {self.lockfile} ({self.lock.hash_for(self.platform)})"
+            + (", solved from the spec now" if self.kept_lock else ""),
             f"conda packages ({len(self.packages)}):",
         ]
         out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
@@ -74,6 +82,7 @@ def plan_create(
     lock_path = lockfile
     if lock_path is None and spec is not None and (spec.path.parent / DEFAULT_LOCKFILE).is_file():
         lock_path = spec.path.parent / DEFAULT_LOCKFILE
+    kept_lock: Path | None = None
     if lock_path is not None:
         lock = read_lock(lock_path)
         lock.require_platform(platform)
@@ -84,14 +93,18 @@ def plan_create(
             verdict = check_lock((spec.path,), lock.path, platforms=(platform,))
             if not verdict.fresh:
                 raise StaleLock(f"{lock.path}: stale for {spec.path} ({'; '.join(verdict.changes)}); run `envkit lock` first")
+        target = _free_target(name, prefix, spec.name if spec else None)
     elif spec is not None:
-        assert scratch is not None
-        lock = read_lock(make_lock((spec.path,), scratch / DEFAULT_LOCKFILE, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir).path)
+        if scratch is None:
+            raise ValueError("plan_create needs a scratch folder to solve a spec without a lock")
+        target = _free_target(name, prefix, spec.name)  # before solving, which takes the longest
+        # the lock solved here is kept in the environment, so doctor finds it later; its
+        # `sources` are written relative to where it will live, not to the scratch folder
+        kept_lock = target / "conda-meta" / KEPT_LOCK
+        made = make_lock((spec.path,), scratch / KEPT_LOCK, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir, sources_from=kept_lock.parent)
+        lock = read_lock(made.path)
     else:
         raise BadInput("nothing to create from; pass an environment file or --lockfile")
-    target = resolve_prefix(name, prefix, spec.name if spec else None)
-    if target.exists() and any(target.iterdir()):
-        raise BadInput(f"{target}: already exists; remove it, or choose another -n/-p")
     return CreatePlan(
         prefix=target,
         platform=platform,
@@ -100,7 +113,15 @@ def plan_create(
         spec=spec,
         packages=lock.packages_for(platform),
         pip_specs=spec.pip_specs if spec else (),
+        kept_lock=kept_lock,
     )
+
+
+def _free_target(name: str | None, prefix: Path | None, default_name: str | None) -> Path:
+    target = resolve_prefix(name, prefix, default_name)
+    if target.exists() and any(target.iterdir()):
+        raise BadInput(f"{target}: already exists; remove it, or choose another -n/-p")
+    return target
 
 
 def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: None) -> Path:
@@ -133,6 +154,7 @@ def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _install_rattler(plan, staging, cache_dir)
+        _keep_lock(plan, staging)
         _write_meta(plan, staging, pip=())
         if target.exists():
             target.rmdir()  # an empty folder left by the user; anything more was refused in plan
@@ -151,6 +173,7 @@ def _create_external(plan: CreatePlan) -> None:
         target.rmdir()  # conda refuses an existing folder that is not an environment
     try:
         _install_external(plan, target)
+        _keep_lock(plan, target)
         _write_meta(plan, target, pip=())
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
@@ -233,13 +256,20 @@ def install_pip(prefix: Path, specs: tuple[str, ...]) -> None:
         raise InstallError(f"pip install into {prefix} failed ({tail}); fix the `pip:` entries")
 
 
+def _keep_lock(plan: CreatePlan, prefix: Path) -> None:
+    if plan.kept_lock is not None:
+        meta = prefix / "conda-meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan.lock.path, meta / KEPT_LOCK)
+
+
 def _write_meta(plan: CreatePlan, prefix: Path, *, pip: tuple[tuple[str, str], ...]) -> None:
     spec = plan.spec
     doc = {
         "name": plan.prefix.name,
         "prefix": str(plan.prefix),
         "lock_hash": plan.lock.hash_for(plan.platform),
-        "lockfile": str(plan.lock.path.resolve()) if plan.lock.path.exists() else None,
+        "lockfile": str(plan.lockfile),
         "platform": plan.platform,
         "with_cuda": plan.lock.with_cuda,
         "engine": plan.engine.name,

@@ -12,6 +12,8 @@ from typing import Any
 from envkit.errors import BadInput
 
 ENVKIT_META = "envkit.json"
+KEPT_LOCK = "envkit-lock.yml"
+"""The lock `create` solved from a spec, kept in conda-meta/ beside envkit.json."""
 
 
 @dataclass(frozen=True)
