@@ -24,7 +24,7 @@ from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
 from envkit.conda.platforms import current_platform
-from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, pip_dists, resolve_prefix
+from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
 
@@ -58,6 +58,9 @@ class CreatePlan:
             f"conda packages ({len(self.packages)}):",
         ]
         out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
+        if self.spec is not None and self.spec.variables:
+            out.append(f"variables ({len(self.spec.variables)}):")
+            out += [f"  {k}={v}" for k, v in self.spec.variables]
         if self.pip_specs:
             out.append(f"pip ({len(self.pip_specs)}):")
             out += [f"  {s}" for s in self.pip_specs]
@@ -155,6 +158,7 @@ def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
     try:
         _install_rattler(plan, staging, cache_dir)
         _keep_lock(plan, staging)
+        _write_variables(plan, staging)
         _write_meta(plan, staging, pip=())
         if target.exists():
             target.rmdir()  # an empty folder left by the user; anything more was refused in plan
@@ -174,6 +178,7 @@ def _create_external(plan: CreatePlan) -> None:
     try:
         _install_external(plan, target)
         _keep_lock(plan, target)
+        _write_variables(plan, target)
         _write_meta(plan, target, pip=())
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
@@ -261,6 +266,23 @@ def _keep_lock(plan: CreatePlan, prefix: Path) -> None:
         meta = prefix / "conda-meta"
         meta.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plan.lock.path, meta / KEPT_LOCK)
+
+
+def _write_variables(plan: CreatePlan, prefix: Path) -> None:
+    """The spec's ``variables:`` where conda keeps them (``conda env config vars``), so that
+    ``conda activate`` and ``micromamba activate`` set them."""
+    if plan.spec is None or not plan.spec.variables:
+        return
+    state_path = prefix / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())  # keep what an external engine wrote there
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    state["env_vars"] = {**(state.get("env_vars") or {}), **dict(plan.spec.variables)}
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, ensure_ascii=False))
 
 
 def _write_meta(plan: CreatePlan, prefix: Path, *, pip: tuple[tuple[str, str], ...]) -> None:

@@ -70,3 +70,28 @@ def test_dry_run_solves_but_writes_nothing(tmp_path: Path, channel: Path) -> Non
     out = run("create", str(spec), "-p", str(prefix), "--dry-run")
     assert f"lock:     {prefix / 'conda-meta' / 'envkit-lock.yml'}" in out and "solved from the spec now" in out
     assert not prefix.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["environment.yml"]
+
+
+def test_variables_go_to_conda_meta_state_as_conda_writes_them(tmp_path: Path, channel: Path, engine: str) -> None:
+    spec = write_spec(tmp_path, channel, DEPS)
+    spec.write_text(spec.read_text() + "variables:\n  OMP_NUM_THREADS: 4\n  DATA_DIR: /data/my runs\n  EMPTY: ''\n")
+    prefix = tmp_path / "envs" / "vars"
+    assert "OMP_NUM_THREADS=4" in run("create", str(spec), "-p", str(prefix), "--engine", engine, "--dry-run")
+    run("create", str(spec), "-p", str(prefix), "--engine", engine)
+    state = json.loads((prefix / "conda-meta" / "state").read_text())
+    assert state == {"env_vars": {"DATA_DIR": "/data/my runs", "EMPTY": "", "OMP_NUM_THREADS": "4"}}
+    run("doctor", "-p", str(prefix))  # the state file is not mistaken for a package record
+
+    exported = tmp_path / "exported.yml"
+    run("export", "-p", str(prefix), "-o", str(exported))
+    from envkit.conda.spec import load_spec
+
+    assert dict(load_spec(exported).variables) == state["env_vars"]
+
+
+def test_no_variables_no_state_file(tmp_path: Path, channel: Path) -> None:
+    spec = write_spec(tmp_path, channel, DEPS)
+    prefix = tmp_path / "env"
+    run("create", str(spec), "-p", str(prefix))
+    assert not (prefix / "conda-meta" / "state").exists()
+    assert "variables" not in run("export", "-p", str(prefix))
