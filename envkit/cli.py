@@ -188,10 +188,20 @@ def _mirrors() -> tuple[tuple[str, str], ...]:
 @click.option("--with-cuda", metavar="VER", help="Assume this CUDA (the __cuda virtual package) when solving, e.g. 11.8.")
 @click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock file to write or check (default conda-lock.yml next to the spec).")
 @click.option("--check", is_flag=True, help="Only check that the lock matches the spec; exit 1 when it is stale.")
-@click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True, help="Solver (locking always uses the embedded rattler solver).")
+@click.option(
+    "--engine",
+    type=ENGINE_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Accepted so that lock and create take the same options; it does not change the solver. "
+    "Locks are always solved by the embedded rattler solver (any platform, no conda needed), "
+    "so the lock is the same file whichever engine later installs it with `envkit create`.",
+)
 @handle_errors
 def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | None, lockfile: Path | None, check: bool, engine: str) -> None:
-    """Solve environment.yml for several platforms and write conda-lock.yml."""
+    """Solve environment.yml for several platforms and write conda-lock.yml.
+
+    The solve is always the embedded rattler solver's; --engine matters to `create` only."""
     specs = files or (Path("environment.yml"),)
     target = lockfile or specs[0].parent / "conda-lock.yml"
     if check:
@@ -205,10 +215,10 @@ def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | N
         for change in result.changes:
             click.echo(f"  {change}", err=True)
         sys.exit(EXIT_REFUSED)
-    from envkit.conda.engines import pick_engine
     from envkit.conda.lock import make_lock
 
-    pick_engine(engine)
+    if engine not in ("auto", "rattler"):
+        _progress(f"--engine {engine} applies to `envkit create`; the lock is solved by the embedded rattler solver")
     result = make_lock(specs, target, platforms=platforms, with_cuda=with_cuda, mirrors=_mirrors(), progress=_progress)
     click.echo(f"wrote {result.path} ({', '.join(result.platforms)}; {result.packages} packages)")
 

@@ -24,7 +24,7 @@ from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
 from envkit.conda.platforms import current_platform
-from envkit.conda.prefixes import ENVKIT_META, pip_dists, resolve_prefix
+from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
 
@@ -40,16 +40,27 @@ class CreatePlan:
     spec: SpecFile | None
     packages: tuple[LockedPackage, ...]
     pip_specs: tuple[str, ...]
+    kept_lock: Path | None = None
+    """Where the lock solved from the spec goes (None when installing an existing lock)."""
+
+    @property
+    def lockfile(self) -> Path:
+        """The lock the environment records: the kept one, else the one it was installed from."""
+        return self.kept_lock or self.lock.path.resolve()
 
     def lines(self) -> list[str]:
         out = [
             f"prefix:   {self.prefix}",
             f"platform: {self.platform}",
             f"engine:   {self.engine.name}",
-            f"lock:     {self.lock.path} ({self.lock.hash_for(self.platform)})",
+            f"lock:     {self.lockfile} ({self.lock.hash_for(self.platform)})"
+            + (", solved from the spec now" if self.kept_lock else ""),
             f"conda packages ({len(self.packages)}):",
         ]
         out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
+        if self.spec is not None and self.spec.variables:
+            out.append(f"variables ({len(self.spec.variables)}):")
+            out += [f"  {k}={v}" for k, v in self.spec.variables]
         if self.pip_specs:
             out.append(f"pip ({len(self.pip_specs)}):")
             out += [f"  {s}" for s in self.pip_specs]
@@ -69,10 +80,12 @@ def plan_create(
     scratch: Path | None = None,
 ) -> CreatePlan:
     platform = current_platform()
+    chosen_engine = pick_engine(engine)  # before any solving: a missing executable is a usage error
     spec = read_spec(spec_path) if spec_path is not None else None
     lock_path = lockfile
     if lock_path is None and spec is not None and (spec.path.parent / DEFAULT_LOCKFILE).is_file():
         lock_path = spec.path.parent / DEFAULT_LOCKFILE
+    kept_lock: Path | None = None
     if lock_path is not None:
         lock = read_lock(lock_path)
         lock.require_platform(platform)
@@ -83,45 +96,47 @@ def plan_create(
             verdict = check_lock((spec.path,), lock.path, platforms=(platform,))
             if not verdict.fresh:
                 raise StaleLock(f"{lock.path}: stale for {spec.path} ({'; '.join(verdict.changes)}); run `envkit lock` first")
+        target = _free_target(name, prefix, spec.name if spec else None)
     elif spec is not None:
-        assert scratch is not None
-        lock = read_lock(make_lock((spec.path,), scratch / DEFAULT_LOCKFILE, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir).path)
+        if scratch is None:
+            raise ValueError("plan_create needs a scratch folder to solve a spec without a lock")
+        target = _free_target(name, prefix, spec.name)  # before solving, which takes the longest
+        # the lock solved here is kept in the environment, so doctor finds it later; its
+        # `sources` are written relative to where it will live, not to the scratch folder
+        kept_lock = target / "conda-meta" / KEPT_LOCK
+        made = make_lock((spec.path,), scratch / KEPT_LOCK, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir, sources_from=kept_lock.parent)
+        lock = read_lock(made.path)
     else:
         raise BadInput("nothing to create from; pass an environment file or --lockfile")
-    target = resolve_prefix(name, prefix, spec.name if spec else None)
-    if target.exists() and any(target.iterdir()):
-        raise BadInput(f"{target}: already exists; remove it, or choose another -n/-p")
     return CreatePlan(
         prefix=target,
         platform=platform,
-        engine=pick_engine(engine),
+        engine=chosen_engine,
         lock=lock,
         spec=spec,
         packages=lock.packages_for(platform),
         pip_specs=spec.pip_specs if spec else (),
+        kept_lock=kept_lock,
     )
+
+
+def _free_target(name: str | None, prefix: Path | None, default_name: str | None) -> Path:
+    target = resolve_prefix(name, prefix, default_name)
+    if target.exists() and any(target.iterdir()):
+        raise BadInput(f"{target}: already exists; remove it, or choose another -n/-p")
+    return target
 
 
 def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: None) -> Path:
     target = plan.prefix
     if not target.parent.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.envkit-tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        if plan.engine.embedded:
-            progress(f"installing {len(plan.packages)} conda packages with rattler")
-            _install_rattler(plan, staging, cache_dir)
-        else:
-            progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name}")
-            _install_external(plan, staging)
-        _write_meta(plan, staging, pip=())
-        if target.exists():
-            target.rmdir()  # an empty folder left by the user; anything more was refused in plan
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if plan.engine.embedded:
+        progress(f"installing {len(plan.packages)} conda packages with rattler")
+        _create_staged(plan, cache_dir)
+    else:
+        progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name} ({plan.engine.executable})")
+        _create_external(plan)
     if plan.pip_specs:
         try:
             progress(f"installing {len(plan.pip_specs)} pip packages with the environment's pip")
@@ -132,6 +147,44 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
             raise
     progress(f"created {target}")
     return target
+
+
+def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
+    # rattler patches the final prefix into the files (alternative_target_prefix), so it
+    # can install into a hidden sibling that is renamed into place only when complete
+    target = plan.prefix
+    staging = target.with_name(f".{target.name}.envkit-tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _install_rattler(plan, staging, cache_dir)
+        _keep_lock(plan, staging)
+        _write_variables(plan, staging)
+        _write_meta(plan, staging, pip=())
+        if target.exists():
+            target.rmdir()  # an empty folder left by the user; anything more was refused in plan
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _create_external(plan: CreatePlan) -> None:
+    # conda, mamba and micromamba write the prefix into files and into their own list of
+    # environments, so they must install at the final path; a failure removes it again
+    target = plan.prefix
+    was_empty_dir = target.is_dir()
+    if was_empty_dir:
+        target.rmdir()  # conda refuses an existing folder that is not an environment
+    try:
+        _install_external(plan, target)
+        _keep_lock(plan, target)
+        _write_variables(plan, target)
+        _write_meta(plan, target, pip=())
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if was_empty_dir:
+            target.mkdir()
+        raise
 
 
 def _records(packages: tuple[LockedPackage, ...]) -> list:
@@ -174,19 +227,22 @@ def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
 
 
-def _install_external(plan: CreatePlan, staging: Path) -> None:
-    # conda, mamba and micromamba install an @EXPLICIT list without solving; staging first
-    # keeps a failure from leaving anything under the real name.
+def _install_external(plan: CreatePlan, prefix: Path) -> None:
     text = render_explicit(plan.platform, ((p.url, p.md5, p.sha256) for p in plan.packages))
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-        fh.write(text)
-    try:
-        done = subprocess.run(explicit_install_command(plan.engine, staging, Path(fh.name)), capture_output=True, text=True, check=False)
-    finally:
-        os.unlink(fh.name)
+    offline = all(p.url.startswith("file:") for p in plan.packages)
+    with tempfile.TemporaryDirectory(prefix="envkit-explicit-") as folder:
+        explicit = Path(folder) / "explicit.txt"
+        explicit.write_text(text)
+        cmd = explicit_install_command(plan.engine, prefix, explicit, offline=offline)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise InstallError(f"{plan.engine.executable}: cannot run ({exc.strerror}); fix it, or use --engine rattler (built in)") from None
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).split())[-300:]
         raise InstallError(f"{plan.engine.name} failed to create {plan.prefix} ({tail}); nothing was created")
+    if not (prefix / "conda-meta").is_dir():
+        raise InstallError(f"{plan.engine.name} exited 0 but made no environment at {plan.prefix} (no conda-meta/); nothing was created")
 
 
 def python_of(prefix: Path) -> Path:
@@ -205,13 +261,37 @@ def install_pip(prefix: Path, specs: tuple[str, ...]) -> None:
         raise InstallError(f"pip install into {prefix} failed ({tail}); fix the `pip:` entries")
 
 
+def _keep_lock(plan: CreatePlan, prefix: Path) -> None:
+    if plan.kept_lock is not None:
+        meta = prefix / "conda-meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan.lock.path, meta / KEPT_LOCK)
+
+
+def _write_variables(plan: CreatePlan, prefix: Path) -> None:
+    """The spec's ``variables:`` where conda keeps them (``conda env config vars``), so that
+    ``conda activate`` and ``micromamba activate`` set them."""
+    if plan.spec is None or not plan.spec.variables:
+        return
+    state_path = prefix / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())  # keep what an external engine wrote there
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    state["env_vars"] = {**(state.get("env_vars") or {}), **dict(plan.spec.variables)}
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, ensure_ascii=False))
+
+
 def _write_meta(plan: CreatePlan, prefix: Path, *, pip: tuple[tuple[str, str], ...]) -> None:
     spec = plan.spec
     doc = {
         "name": plan.prefix.name,
         "prefix": str(plan.prefix),
         "lock_hash": plan.lock.hash_for(plan.platform),
-        "lockfile": str(plan.lock.path.resolve()) if plan.lock.path.exists() else None,
+        "lockfile": str(plan.lockfile),
         "platform": plan.platform,
         "with_cuda": plan.lock.with_cuda,
         "engine": plan.engine.name,

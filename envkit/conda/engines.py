@@ -1,6 +1,9 @@
 """Which installer runs: a real conda/mamba/micromamba on PATH, else the embedded py-rattler.
 
-Only ``shutil.which`` looks for them; nothing is ever downloaded (conda-lock's own
+``auto`` takes the first of micromamba, mamba, conda that ``shutil.which`` finds
+(micromamba first: a single static binary, no base environment whose state could
+leak into the install), and the embedded rattler when none is there. Only
+``shutil.which`` looks for them; nothing is ever downloaded (conda-lock's own
 fallback fetches micromamba from the internet, so envkit never calls that path).
 """
 
@@ -39,11 +42,18 @@ def pick_engine(requested: str = "auto") -> Engine:
         return Engine("rattler")
     found = shutil.which(requested)
     if found is None:
-        raise EngineError(f"--engine {requested}: not found on PATH; install it, or use --engine rattler (built in)")
+        raise EngineError(f"--engine {requested}: not found on PATH (envkit never downloads one); install it, or use --engine rattler (built in)")
     return Engine(requested, Path(found))
 
 
-def explicit_install_command(engine: Engine, prefix: Path, explicit_file: Path) -> list[str]:
-    """The command that installs an @EXPLICIT list exactly, without solving."""
-    assert engine.executable is not None
-    return [str(engine.executable), "create", "--yes", "--prefix", str(prefix), "--file", str(explicit_file)]
+def explicit_install_command(engine: Engine, prefix: Path, explicit_file: Path, *, offline: bool = False) -> list[str]:
+    """The command that installs an @EXPLICIT list exactly, without solving.
+
+    conda, mamba and micromamba all take ``create -y -p PREFIX --file LIST`` for such a
+    list. ``offline`` (every URL is a local file) adds ``--offline``, which all three
+    know, so none of them touches the network, not even for a channel notice.
+    """
+    if engine.executable is None:
+        raise EngineError(f"engine {engine.name} is embedded; it has no command line")
+    cmd = [str(engine.executable), "create", "-y", "-p", str(prefix), "--file", str(explicit_file)]
+    return cmd + ["--offline"] if offline else cmd

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envkit.conda.prefixes import installed_packages, pip_dists, read_envkit_meta, require_env
+from envkit.conda.prefixes import env_vars, installed_packages, pip_dists, read_envkit_meta, require_env
 
 
 def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = False) -> str:
@@ -28,6 +28,9 @@ def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = F
         deps = [f"{p.name}={p.version}" if no_builds else f"{p.name}={p.version}={p.build}" for p in sorted(packages, key=lambda p: p.name)]
         pip = [f"{n}=={v}" for n, v in sorted(pip_dists(prefix).items())]
     doc: dict[str, object] = {"name": meta.get("name") or prefix.name, "channels": channels, "dependencies": deps + ([{"pip": pip}] if pip else [])}
+    variables = env_vars(prefix)
+    if variables:
+        doc["variables"] = variables  # as `conda env export` does
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 

@@ -137,7 +137,10 @@ def make_lock(
     mirrors: tuple[tuple[str, str], ...] = (),
     cache_dir: Path | None = None,
     progress: Any = None,
+    sources_from: Path | None = None,
 ) -> LockResult:
+    """Solve and write the lock; ``sources_from`` is the folder the lock's spec paths are
+    relative to when it will be moved after writing (default: its own folder)."""
     from conda_lock.content_hash import compute_content_hashes
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
     from conda_lock.lockfile.v1.models import HashModel
@@ -159,7 +162,7 @@ def make_lock(
     for platform in chosen:
         wanted = tuple(_match_spec(d) for d in lock_spec.dependencies[platform] if d.manager == "conda")
         if progress:
-            progress(f"solving {len(wanted)} specs for {platform}")
+            progress(f"solving {len(wanted)} specs for {platform} with rattler")
         records = solve(wanted, channels, platform, virtual_packages(repo, platform), cache_dir=cache, source=specs[0].path)
         for record in records:
             packages.append(
@@ -176,9 +179,10 @@ def make_lock(
                 )
             )
     sources = []
+    base = (sources_from or target.parent).resolve()
     for spec in specs:
         try:
-            sources.append(os.path.relpath(spec.path.resolve(), target.resolve().parent))
+            sources.append(os.path.relpath(spec.path.resolve(), base))
         except ValueError:
             sources.append(str(spec.path.resolve()))
     requested = {p: list(requested_lines(lock_spec, p)) for p in chosen}

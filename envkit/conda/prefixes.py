@@ -12,6 +12,10 @@ from typing import Any
 from envkit.errors import BadInput
 
 ENVKIT_META = "envkit.json"
+KEPT_LOCK = "envkit-lock.yml"
+"""The lock `create` solved from a spec, kept in conda-meta/ beside envkit.json."""
+STATE_FILE = Path("conda-meta") / "state"
+"""conda's per-environment state, JSON; its ``env_vars`` are set on activation."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,12 @@ def installed_packages(prefix: Path) -> tuple[InstalledPackage, ...]:
 
 def read_envkit_meta(prefix: Path) -> dict[str, Any]:
     return _read_json(prefix / "conda-meta" / ENVKIT_META)
+
+
+def env_vars(prefix: Path) -> dict[str, str]:
+    """The environment's variables as conda keeps them (conda-meta/state ``env_vars``)."""
+    found = _read_json(prefix / STATE_FILE).get("env_vars")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def conda_owned_files(prefix: Path) -> set[str]:

@@ -90,7 +90,8 @@ def test_mirror_from_config_replaces_the_channel(tmp_path: Path, channel: Path, 
 
 
 def test_no_network_on_a_local_channel(tmp_path: Path, channel: Path) -> None:
-    """lock + create as whole processes with every proxy pointing at a closed port."""
+    """lock + create as whole processes with every proxy pointing at a closed port (cheap; the
+    real proof, a network namespace with no interface, is tests/conda/test_no_network.py)."""
     spec = write_spec(tmp_path, channel, "  - python=3.11\n  - pytorch\n")
     env = dict(os.environ, HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", ALL_PROXY="http://127.0.0.1:9")
     exe = [sys.executable, "-m", "envkit"]
