@@ -1,4 +1,4 @@
-"""The whole path on a real local channel: lock -> render -> create -> doctor -> tamper ->
+"""The whole path on a real local channel: lint -> lock -> render -> create -> doctor -> tamper ->
 export -> recreate -> create again. Real solver (py-rattler), real installs, real conda-lock."""
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def test_conda_lock_render_accepts_the_lock(tmp_path: Path, channel: Path) -> No
 @pytest.mark.torch
 def test_create_doctor_export_recreate_create_again(tmp_path: Path, channel: Path) -> None:
     spec = write_spec(tmp_path, channel, DEPS + "  - pip\n")
+    lint = json.loads(run("lint", str(spec), "--json"))  # the path starts where a user starts
+    assert lint["errors"] == 0, lint
     run("lock", "-f", str(spec), "-p", "linux-64", "-p", "osx-arm64", "--with-cuda", "11.8")
     prefix = tmp_path / "envs" / "train"
     out = run("create", str(spec), "-p", str(prefix), "--dry-run")
