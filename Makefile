@@ -10,7 +10,7 @@ TORCH20_SPEC ?= torch==2.0.1
 BIN20       := $(VENV20)/bin
 READY20     := $(VENV20)/.envkit-ready
 
-.PHONY: all venv test demo demo-ddp bench bench-8g test-torch20 clean
+.PHONY: all venv test demo demo-ddp bench bench-8g bench-conda test-torch20 clean
 
 all: test
 
@@ -39,6 +39,10 @@ bench: $(READY)
 
 bench-8g: $(READY)
 	$(BIN)/python benchmarks/run.py --size-gb 8
+
+# lock --check, lock on the local channel, a 10,000-record solve, envkit --help
+bench-conda: $(READY)
+	$(BIN)/python benchmarks/conda.py
 
 # torch 2.0.1 (the target runtime): its PyPI wheel is ~2.3 GB with its CUDA 11.7 deps. Not part of `make test`.
 $(READY20): pyproject.toml
