@@ -10,7 +10,7 @@ TORCH20_SPEC ?= torch==2.0.1
 BIN20       := $(VENV20)/bin
 READY20     := $(VENV20)/.envkit-ready
 
-.PHONY: all venv test demo demo-ddp bench bench-8g test-torch20 clean
+.PHONY: all venv test demo demo-ddp bench bench-8g bench-ddp test-torch20 clean
 
 all: test
 
@@ -39,6 +39,10 @@ bench: $(READY)
 
 bench-8g: $(READY)
 	$(BIN)/python benchmarks/run.py --size-gb 8
+
+# gloo on the CPU: check_consistency() at start-up (2 and 4 ranks), sharded vs single-file save (2 GB).
+bench-ddp: $(READY)
+	$(BIN)/python benchmarks/distributed.py
 
 # torch 2.0.1 (the target runtime): its PyPI wheel is ~2.3 GB with its CUDA 11.7 deps. Not part of `make test`.
 $(READY20): pyproject.toml
