@@ -52,7 +52,7 @@ $(READY20): pyproject.toml
 	@touch $@
 
 test-torch20: $(READY) $(READY20)
-	$(BIN20)/python -m pytest -q tests/checkpoint tests/test_cross_version.py
+	$(BIN20)/python -m pytest -q tests/checkpoint tests/distributed tests/test_cross_version.py
 	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py
 
 clean:
