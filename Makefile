@@ -10,7 +10,7 @@ TORCH20_SPEC ?= torch==2.0.1
 BIN20       := $(VENV20)/bin
 READY20     := $(VENV20)/.envkit-ready
 
-.PHONY: all venv test demo demo-ddp bench bench-8g bench-conda test-torch20 clean
+.PHONY: all venv test demo demo-ddp bench bench-8g bench-conda bench-ddp test-torch20 clean
 
 all: test
 
@@ -44,6 +44,10 @@ bench-8g: $(READY)
 bench-conda: $(READY)
 	$(BIN)/python benchmarks/conda.py
 
+# gloo on the CPU: check_consistency() at start-up (2 and 4 ranks), sharded vs single-file save (2 GB).
+bench-ddp: $(READY)
+	$(BIN)/python benchmarks/distributed.py
+
 # torch 2.0.1 (the target runtime): its PyPI wheel is ~2.3 GB with its CUDA 11.7 deps. Not part of `make test`.
 $(READY20): pyproject.toml
 	@test -x $(BIN20)/python || $(PYTHON) -m venv $(VENV20)
@@ -52,7 +56,7 @@ $(READY20): pyproject.toml
 	@touch $@
 
 test-torch20: $(READY) $(READY20)
-	$(BIN20)/python -m pytest -q tests/checkpoint tests/test_cross_version.py
+	$(BIN20)/python -m pytest -q tests/checkpoint tests/distributed tests/test_cross_version.py
 	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py
 
 clean:

@@ -22,6 +22,7 @@ from envkit.errors import (
     EnvironmentDriftWarning,
     EnvironmentMismatch,
     EnvkitError,
+    RankRngWarning,
 )
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "EnvironmentDriftWarning",
     "EnvironmentMismatch",
     "EnvkitError",
+    "RankRngWarning",
     "__version__",
     *_LAZY,
 ]

@@ -159,6 +159,20 @@ def all_gather(obj: Any, group: Any = None) -> list[Any]:
     return out
 
 
+def gather(obj: Any, group: Any = None) -> list[Any] | None:
+    """Every rank's obj, in group-rank order, on the group's rank 0; None on the others (a collective).
+
+    Pickled like any ``*_object`` collective: send plain data and CPU tensors.
+    """
+    dist = _dist()
+    if dist is None:
+        return [obj]
+    first = _global_rank(group, 0)
+    out: list[Any] | None = [None] * dist.get_world_size(group) if dist.get_rank() == first else None
+    dist.gather_object(obj, out, dst=first, group=group)
+    return out
+
+
 def barrier(group: Any = None) -> None:
     dist = _dist()
     if dist is not None:

@@ -96,6 +96,10 @@ class EphemeralDirectoryWarning(UserWarning):
     """Checkpoints are being written where they will not survive a reboot."""
 
 
+class RankRngWarning(UserWarning):
+    """A checkpoint saved by N ranks resumes on M != N ranks: every rank gets rank 0's random state."""
+
+
 def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
     """A short phrase for an OSError, without the repr noise."""
     reason = exc.strerror or exc.__class__.__name__

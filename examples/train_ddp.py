@@ -11,12 +11,16 @@ a run that was never interrupted. ``--sharded`` saves through torch.distributed.
 Data parallel over one shuffled order: each global batch of ``world * batch_size``
 samples comes from one ResumableRandomSampler (the same on every rank) and rank r trains
 on rows r, r + world, ... of it, so the sampler state is replicated like the model.
+With ``--seed-per-rank`` each rank seeds its random streams with ``seed + rank`` (as is
+common for dropout and augmentation); the checkpoint keeps every rank's random state and
+each rank resumes its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import sys
 import time
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (room for a signal)")
     parser.add_argument("--stop-at-step", type=int, help="send SIGTERM to one rank (--stop-rank) after this step")
     parser.add_argument("--stop-rank", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="rank 0 writes the final model and optimizer state here")
+    parser.add_argument("--seed-per-rank", type=int, help="seed python, numpy and torch with this + rank after building the model")
+    parser.add_argument("--out", type=Path, help="rank 0 writes the final model and optimizer state here; "
+                        "a path with {rank} in it: every rank writes its own, with its final random state")
     parser.add_argument("--backend", default="gloo")
     args = parser.parse_args(argv)
 
@@ -65,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     print(f"rank {rank} pid {os.getpid()}", flush=True)
     model, optimizer, scheduler, dataset = build(args.hidden)
+    if args.seed_per_rank is not None:  # DDP broadcasts rank 0's weights, so only the random streams differ
+        seed = args.seed_per_rank + rank
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed)
+        except ImportError:
+            pass
     ddp = DDP(model)
     sampler = envkit.ResumableRandomSampler(dataset, seed=0)
     loader = DataLoader(dataset, batch_size=args.batch_size * world, sampler=sampler, drop_last=True)
@@ -104,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.step_delay)
     mgr.save(epoch=args.epochs, step=step, metrics={"loss": loss.item()}, model=ddp, optimizer=optimizer,
              scheduler=scheduler, sampler=sampler, force=True)
-    if args.out and rank == 0:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, args.out)
+    per_rank = args.out is not None and "{rank}" in str(args.out)
+    if args.out and (rank == 0 or per_rank):
+        final = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        if per_rank:
+            from envkit.checkpoint.training_state import capture_rng
+
+            final["rng"] = capture_rng()
+        torch.save(final, str(args.out).replace("{rank}", str(rank)))
     print(f"rank {rank} done at step {step}", flush=True)
     mgr.close()
     dist.destroy_process_group()

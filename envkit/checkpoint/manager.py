@@ -51,7 +51,7 @@ from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
 from envkit.checkpoint.paths import TEMP_MARK, is_temp_name
 from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
 from envkit import distributed as dist_util
-from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EphemeralDirectoryWarning
+from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EphemeralDirectoryWarning, RankRngWarning
 from envkit.policy import Policy
 
 DEFAULT_FILENAME = "{project}_{epoch:04d}_{step:08d}.pth"
@@ -348,17 +348,45 @@ class CheckpointManager:
             from envkit.checkpoint.sharded import save_sharded
 
             path = save_sharded(self, path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
-        elif self.rank == 0:
-            error = None
-            try:
-                self._write(path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, **parts)
-            except Exception as exc:  # the other ranks must hear of it, or they wait forever
-                error = exc
-            self._end_save(error)
         else:
-            self._end_save(None)
+            error: Exception | None = None
+            try:
+                rng_ranks = self._gather_rng() if self.distributed else None
+            except CheckpointWriteError as exc:
+                rng_ranks, error = None, exc
+            if self.rank == 0:
+                try:
+                    if error is None:
+                        self._write(path, meta, epoch=epoch, step=step, metrics=metrics, extra=extra, rng_ranks=rng_ranks,
+                                    **parts)
+                except Exception as exc:  # the other ranks must hear of it, or they wait forever
+                    error = exc
+                self._end_save(error)
+            else:
+                self._end_save(None)
         self._after_stop_save()
         return path
+
+    def _gather_rng(self) -> list[dict[str, Any]] | None:
+        """Every rank's RNG state on rank 0, in group-rank order (a collective); None on the other ranks.
+
+        Ranks often seed differently (seed + rank for dropout or augmentation), so one rank's
+        state cannot stand for all. A rank that cannot capture its state sends the error instead
+        of leaving rank 0 waiting; rank 0 then fails the save on every rank.
+        """
+        from envkit.checkpoint import training_state as ts
+
+        try:
+            mine: Any = ts.capture_rng()
+        except Exception as exc:
+            mine = f"rank {self.rank}: cannot capture its RNG state ({exc})"
+        gathered = dist_util.gather(mine, self.group)
+        if gathered is None:
+            return None
+        failed = [g for g in gathered if isinstance(g, str)]
+        if failed:
+            raise CheckpointWriteError(failed[0])
+        return gathered
 
     def _end_save(self, error: Exception | None) -> None:
         """The barrier that ends a distributed save; rank 0's error is raised on every rank."""
@@ -399,6 +427,7 @@ class CheckpointManager:
         scheduler: Any,
         scaler: Any,
         sampler: Any,
+        rng_ranks: list[dict[str, Any]] | None = None,
     ) -> None:
         from envkit.checkpoint import training_state as ts
 
@@ -414,7 +443,8 @@ class CheckpointManager:
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "sampler": sampler.state_dict() if sampler is not None else None,
-            "rng": ts.capture_rng(),
+            "rng": rng_ranks[0] if rng_ranks else ts.capture_rng(),  # rank 0's: what older readers restore
+            **({"rng_ranks": rng_ranks, "world_size": len(rng_ranks)} if rng_ranks else {}),
             DICT_KEY: Stamp(fingerprint, None, meta).to_json(),
         }
         write_stamped(state, path, stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
@@ -495,10 +525,34 @@ class CheckpointManager:
         for target, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
             if target is not None and state.get(key) is not None:
                 target.load_state_dict(state[key])
-        ts.restore_rng(state["rng"])
+        rng = self._own_rng(state, latest.path)
+        ts.restore_rng(rng)
         if sampler is not None and hasattr(sampler, "restore_rng_when_iterated"):
-            sampler.restore_rng_when_iterated(state["rng"])
+            sampler.restore_rng_when_iterated(rng)
         return ResumeInfo(latest.path, int(state["epoch"]), int(state["step"]), state.get("metrics") or {}, state.get("extra") or {})
+
+
+    def _own_rng(self, state: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+        """This rank's saved RNG state: its own when the world size is the one saved, else rank 0's.
+
+        Checkpoints without ``rng_ranks`` (single-process saves, and those of envkit before
+        per-rank RNG) hold one state, which every rank restores.
+        """
+        ranks = state.get("rng_ranks")
+        if not ranks:
+            return state["rng"]
+        world = dist_util.world_size(self.group) if self.distributed else 1
+        if len(ranks) == world:
+            return ranks[self.rank]
+        if self.rank == 0:
+            warnings.warn(
+                f"{path.name} was saved by {len(ranks)} ranks and this job has {world}: every rank restores rank 0's "
+                "random state, so per-rank random streams (dropout, augmentation) do not continue as they would have; "
+                f"resume with {len(ranks)} ranks for an exact resume",
+                RankRngWarning,
+                stacklevel=3,
+            )
+        return state["rng"]
 
 
 class _TemplateProbe(dict):
