@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rank {rank} stopping at step {step} after saving (signal {mgr.stop_signal})", flush=True)
                 code = mgr.exit_code
                 mgr.close()
+                dist.barrier()  # leave together: a rank tearing down while another still writes can hang gloo
                 dist.destroy_process_group()
                 return code
             if args.step_delay:
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(final, str(args.out).replace("{rank}", str(rank)))
     print(f"rank {rank} done at step {step}", flush=True)
     mgr.close()
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
