@@ -36,7 +36,12 @@ def main() -> None:
     step("5. here, the same command resumes at epoch 3 and finishes", [*TRAIN, "--epochs", "5"], 0)
     step("6. what the checkpoint says about itself", [*ENVKIT, "inspect", last], 0)
     preemption()
-    print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit.")
+    environments = ROOT / "environments"
+    step("10. the environment.yml the blog post has users copy: lint explains what is wrong with it",
+         [*ENVKIT, "lint", str(environments / "blog-post.yml")], 1)
+    step("11. the reference environment, as envkit ships it", [*ENVKIT, "lint", str(environments / "environment.yml")], 0)
+    print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit;"
+          " environment files linted.")
 
 
 RESUMABLE = [sys.executable, str(ROOT / "examples" / "train_resumable.py"), "--epochs", "3", "--every-n-steps", "7"]
