@@ -11,7 +11,6 @@ Attributes are imported on first use, so ``import envkit`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from envkit.errors import (
     BadInput,
@@ -26,6 +25,10 @@ from envkit.errors import (
 )
 
 __version__ = "0.1.0"
+
+TYPE_CHECKING = False  # typing is not imported at run time: `import envkit` stays cheap
+if TYPE_CHECKING:
+    from typing import Any
 
 _LAZY = {
     "fingerprint": ("envkit.fingerprint", None),

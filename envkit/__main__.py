@@ -1,3 +1,3 @@
-from envkit.cli import main
+from envkit.entry import main
 
 main()

@@ -23,7 +23,9 @@ POLICY_CHOICE = click.Choice(["strict", "compatible", "warn"])
 
 
 def _emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+    from envkit.render import json_document
+
+    click.echo(json_document(doc))
 
 
 def handle_errors(fn: F) -> F:
@@ -80,21 +82,13 @@ def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None
 @handle_errors
 def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Path | None, fail_on: str, as_json: bool) -> None:
     """May this environment resume CHECKPOINT? Reads the stamp only; never unpickles."""
-    from envkit.checkpoint import check as run_check
-    from envkit.fingerprint import collect, read_fingerprint_file
-    from envkit.render import check_text
+    # Plain command lines take envkit.entry's click-free path; this one reads the rest.
+    from envkit.checkpoint.compat import check_against
+    from envkit.render import check_output
 
-    if against is not None and prefix is not None:
-        raise BadInput("use --against or --prefix, not both")
-    live = read_fingerprint_file(against) if against else collect(prefix) if prefix else None
-    report = run_check(checkpoint, policy=policy, live=live)
-    if as_json:
-        _emit_json(report.to_json())
-    else:
-        label = "against" if against else "prefix" if prefix else "here"
-        click.echo(check_text(report, label))
-    failing = {"refuse": ("refuse",), "warn": ("refuse", "warn")}[fail_on]
-    sys.exit(EXIT_REFUSED if report.verdict in failing else EXIT_OK)
+    report = check_against(checkpoint, policy=policy, against=against, prefix=prefix)
+    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix))
+    sys.exit(report.exit_code(fail_on))
 
 
 @main.command()

@@ -21,16 +21,22 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from envkit.errors import ConfigError
 from envkit.policy import Policy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_FILES = ("envkit.toml", "pyproject.toml")
 
 
 @dataclass(frozen=True)
 class Config:
+    """The ``[tool.envkit]`` settings found for the current project."""
+
     preset: str | None = None
     policy_overrides: tuple[tuple[str, str], ...] = ()
     source: Path | None = None

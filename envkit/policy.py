@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from envkit.errors import ConfigError
 from envkit.fingerprint.schema import Fingerprint, Package
@@ -28,6 +28,8 @@ Value = object
 
 @dataclass(frozen=True)
 class Change:
+    """One field that differs between two fingerprints, before a policy grades it."""
+
     field: str
     stored: Value
     live: Value
@@ -35,6 +37,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Difference:
+    """A graded change: its severity under the policy and a reason a person can act on."""
+
     field: str
     stored: Value
     live: Value
@@ -53,6 +57,8 @@ class Difference:
 
 @dataclass(frozen=True)
 class Policy:
+    """A preset (strict, compatible, warn) with per-field overrides."""
+
     preset: str = DEFAULT_PRESET
     overrides: tuple[tuple[str, str], ...] = ()
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
@@ -58,6 +59,20 @@ def difference_lines(rows: Iterable[Difference]) -> list[str]:
     if len(packages) > MAX_PACKAGE_ROWS:
         lines.append(f"  ... and {len(packages) - MAX_PACKAGE_ROWS} more package changes (--json lists all)")
     return lines
+
+
+def json_document(doc: object) -> str:
+    """How every ``--json`` option prints: one indented document."""
+    import json
+
+    return json.dumps(doc, indent=2, sort_keys=False, default=str)
+
+
+def check_output(report: CheckReport, *, as_json: bool, against: object = None, prefix: object = None) -> str:
+    """What ``envkit check`` prints (without the final newline), whichever path parsed the command line."""
+    if as_json:
+        return json_document(report.to_json())
+    return check_text(report, "against" if against is not None else "prefix" if prefix is not None else "here")
 
 
 def check_text(report: CheckReport, against: str) -> str:

@@ -6,7 +6,10 @@ Names are imported on first use, so that ``envkit check`` loads only what it run
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _LAZY = {
     "CheckReport": "envkit.checkpoint.compat",

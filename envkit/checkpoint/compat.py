@@ -6,17 +6,23 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
 
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.config import load_config
-from envkit.errors import CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
+from envkit.errors import EXIT_OK, EXIT_REFUSED, BadInput, CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
 from envkit.fingerprint import Fingerprint, collect
 from envkit.policy import Difference, Policy, diff, evaluate, unstamped_change, verdict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)
 class CheckReport:
+    """What ``envkit check`` and the guard decide: the differences, graded, and the verdict."""
+
     checkpoint: Path
     info: CheckpointFile
     live: Fingerprint
@@ -43,6 +49,11 @@ class CheckReport:
             "meta": dict(self.info.stamp.meta) if self.info.stamp else None,
             "differences": [d.to_json() for d in self.differences],
         }
+
+    def exit_code(self, fail_on: str = "refuse") -> int:
+        """What ``envkit check --fail-on`` exits with: 1 at or above ``fail_on`` ("refuse" or "warn"), else 0."""
+        failing = {"refuse": ("refuse",), "warn": ("refuse", "warn")}[fail_on]
+        return EXIT_REFUSED if self.verdict in failing else EXIT_OK
 
     def summary(self) -> str:
         refused = self.rows("refuse")
@@ -72,6 +83,24 @@ def check(
     changes = diff(info.stamp.fingerprint, current) if info.stamp else (unstamped_change(),)
     rows = evaluate(changes, active)
     return CheckReport(Path(path), info, current, rows, verdict(rows), active)
+
+
+def check_against(
+    path: str | os.PathLike[str],
+    *,
+    policy: Policy | str | None = None,
+    against: str | os.PathLike[str] | None = None,
+    prefix: str | os.PathLike[str] | None = None,
+) -> CheckReport:
+    """``envkit check``: compare with the live environment, a fingerprint file (``against``)
+    or the environment installed at ``prefix``, read from its files."""
+    if against is not None and prefix is not None:
+        raise BadInput("use --against or --prefix, not both")
+    if against is not None:
+        from envkit.fingerprint import read_fingerprint_file
+
+        return check(path, policy=policy, live=read_fingerprint_file(Path(against)))
+    return check(path, policy=policy, live=collect(prefix) if prefix is not None else None)
 
 
 def guard(
@@ -140,6 +169,8 @@ def load(
 
 @dataclass(frozen=True)
 class DiffReport:
+    """What ``envkit diff`` shows: the differences between two environments."""
+
     a: str
     b: str
     stored: Fingerprint | None

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
 
 from envkit.checkpoint.reader import read_stamp
 from envkit.checkpoint.integrity import verify
 from envkit.errors import EnvkitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 INDEX_NAME = ".envkit-index.json"
 ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when nothing changed

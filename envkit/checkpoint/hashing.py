@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS
 from envkit.errors import BadInput
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Protocol
+
+    class Hasher(Protocol):
+        def update(self, data: Any) -> None: ...
+        def hexdigest(self) -> str: ...
+        def copy(self) -> Hasher: ...
+
 CHUNK = 8 * 1024 * 1024
 _SNAPSHOTS = 16
 PARALLEL_MIN_BYTES = 1 << 20
-
-
-class Hasher(Protocol):
-    def update(self, data: Any) -> None: ...
-    def hexdigest(self) -> str: ...
-    def copy(self) -> Hasher: ...
 
 
 def new_hasher(algorithm: str) -> Hasher:

@@ -15,6 +15,8 @@ _LOCAL_HEADER = b"PK\x03\x04"
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """Whether a checkpoint is whole, and if not, what is wrong."""
+
     path: Path
     ok: bool
     problem: str | None = None

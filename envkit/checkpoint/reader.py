@@ -12,12 +12,15 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
-
 from contextlib import contextmanager
 
-if TYPE_CHECKING:  # the unpickler is imported only when a file has no stamp member
-    from envkit.checkpoint.safe_pickle import StorageRef
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, BinaryIO
+
+    from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
+
 from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
 
@@ -50,6 +53,8 @@ class CheckpointFile:
 
 @dataclass(frozen=True)
 class Inspection:
+    """What ``envkit inspect`` shows: the zip records, storages and top-level keys, without loading tensors."""
+
     info: CheckpointFile
     records: tuple[tuple[str, int], ...] = ()
     storages: tuple[StorageRef, ...] = ()

@@ -1,14 +1,25 @@
-"""The checkpoint stamp, schema ``envkit.stamp/1`` (DESIGN §3)."""
+"""The checkpoint stamp, schema ``envkit.stamp/1`` (DESIGN §3).
+
+A stamp read from a file keeps its fingerprint as the JSON it found and builds the
+``Fingerprint`` on first use: ``latest()`` and ``verify`` need only the payload record
+and the meta, and so never import the fingerprint schema.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from functools import cached_property
 
 from envkit.errors import MalformedStamp
-from envkit.fingerprint.schema import Fingerprint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envkit.fingerprint.schema import Fingerprint
 
 SCHEMA = "envkit.stamp/1"
 SUPPORTED_SCHEMAS = (SCHEMA,)
@@ -21,6 +32,8 @@ _DIGEST = re.compile(r"^(xxh3_128|sha256):([0-9a-f]+)$")
 
 @dataclass(frozen=True)
 class Payload:
+    """The digest and length of the bytes torch.save wrote, recorded in the stamp."""
+
     digest: str
     length: int
 
@@ -29,12 +42,32 @@ class Payload:
         return self.digest.split(":", 1)[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stamp:
-    fingerprint: Fingerprint
+    """``Stamp(fingerprint, payload, meta)`` when writing; ``from_json`` when reading."""
+
+    fingerprint_doc: Fingerprint | Mapping[str, Any]  # a Fingerprint, or its JSON as read from a file
     payload: Payload | None
     meta: Mapping[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
+    source: str = field(default="stamp", compare=False)  # names the file in errors raised on first use
+
+    @cached_property
+    def fingerprint(self) -> Fingerprint:
+        """The environment that wrote the checkpoint; MalformedStamp (naming the file) when it is not one."""
+        from envkit.fingerprint.schema import Fingerprint
+
+        if isinstance(self.fingerprint_doc, Fingerprint):
+            return self.fingerprint_doc
+        return Fingerprint.from_json(self.fingerprint_doc, source=self.source)
+
+    def __eq__(self, other: object) -> bool:  # a stamp read back equals the one written
+        if not isinstance(other, Stamp):
+            return NotImplemented
+        mine = (self.schema, self.payload, dict(self.meta), self.fingerprint)
+        return mine == (other.schema, other.payload, dict(other.meta), other.fingerprint)
+
+    __hash__ = None  # type: ignore[assignment]  # meta is a dict
 
     @property
     def epoch(self) -> Any:
@@ -84,12 +117,10 @@ class Stamp:
         meta = doc.get("meta") or {}
         if not isinstance(meta, Mapping):
             raise MalformedStamp(f"{source}: the stamp's meta record is not an object; re-save the checkpoint")
-        return cls(
-            fingerprint=Fingerprint.from_json(doc.get("fingerprint"), source=source),
-            payload=payload,
-            meta=dict(meta),
-            schema=schema,
-        )
+        fingerprint = doc.get("fingerprint")
+        if not isinstance(fingerprint, Mapping):
+            raise MalformedStamp(f"{source}: the fingerprint is not a JSON object; re-save the checkpoint")
+        return cls(fingerprint, payload, dict(meta), schema, source)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str) -> Stamp:

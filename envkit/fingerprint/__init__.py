@@ -6,10 +6,12 @@ import json
 import os
 from pathlib import Path
 
-from typing import Any
-
 from envkit.errors import BadInput, MalformedStamp, describe_os_error
 from envkit.fingerprint.schema import SCHEMA, Fingerprint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_FINGERPRINT_BYTES = 16 * 1024 * 1024
 

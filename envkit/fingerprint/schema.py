@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from functools import cached_property
+from collections.abc import Mapping
 
 from envkit.errors import MalformedStamp
 
 SCHEMA = "envkit.fingerprint/1"
 SUPPORTED_SCHEMAS = (SCHEMA,)
 
-JSONValue = Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    JSONValue = Any
 
 
 def canonical_json(value: JSONValue) -> bytes:
@@ -32,12 +37,16 @@ def sha256_of(value: JSONValue) -> str:
 
 @dataclass(frozen=True)
 class PythonInfo:
+    """The interpreter: version and implementation."""
+
     version: str | None = None
     implementation: str | None = None
 
 
 @dataclass(frozen=True)
 class PlatformInfo:
+    """Operating system, machine, libc and the conda subdir they make."""
+
     system: str | None = None
     machine: str | None = None
     libc: str | None = None
@@ -46,6 +55,8 @@ class PlatformInfo:
 
 @dataclass(frozen=True)
 class TorchInfo:
+    """The torch build: version, the CUDA and cuDNN it uses, git revision, conda build string."""
+
     version: str | None = None
     cuda: str | None = None
     cudnn: str | None = None
@@ -55,6 +66,8 @@ class TorchInfo:
 
 @dataclass(frozen=True)
 class GpuDevice:
+    """One GPU as the driver reports it."""
+
     name: str | None = None
     capability: str | None = None
     memory_mib: int | None = None
@@ -62,6 +75,8 @@ class GpuDevice:
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """The driver, the devices and the NCCL version."""
+
     driver: str | None = None
     devices: tuple[GpuDevice, ...] = ()
     nccl: str | None = None
@@ -69,6 +84,8 @@ class GpuInfo:
 
 @dataclass(frozen=True, order=True)
 class Package:
+    """One installed distribution: name, version, where it came from (pypi, conda, ...), build."""
+
     name: str
     version: str
     source: str
@@ -87,6 +104,8 @@ class Package:
 
 @dataclass(frozen=True)
 class EnvironmentInfo:
+    """The conda environment and the lock it was created from, when known."""
+
     name: str | None = None
     lock_hash: str | None = None
     lock_platform: str | None = None
@@ -103,6 +122,8 @@ class HostInfo:
 
 @dataclass(frozen=True)
 class Fingerprint:
+    """Everything about an environment that decides whether a checkpoint resumes the same way."""
+
     python: PythonInfo = field(default_factory=PythonInfo)
     platform: PlatformInfo = field(default_factory=PlatformInfo)
     torch: TorchInfo = field(default_factory=TorchInfo)
@@ -114,11 +135,11 @@ class Fingerprint:
     schema: str = SCHEMA
 
     # -- derived -----------------------------------------------------------------
-    @property
+    @cached_property  # frozen: computed once per object
     def packages_digest(self) -> str:
         return sha256_of([p.to_json() for p in self.packages])
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return sha256_of(self._content())
 

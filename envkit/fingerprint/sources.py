@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from envkit.errors import BadInput
 from envkit.fingerprint.schema import (
@@ -47,6 +47,8 @@ def canonical_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Dist:
+    """A Python distribution found in a site directory."""
+
     name: str
     version: str
     path: Path
@@ -54,6 +56,8 @@ class Dist:
 
 @dataclass(frozen=True)
 class CondaRecord:
+    """A package record from a prefix's conda-meta."""
+
     name: str
     version: str
     build: str

@@ -521,6 +521,30 @@ def test_stamped_file_with_hostile_pickle(tmp_path: Path, canary: Path) -> None:
     assert not canary.exists()
 
 
+BAD_FINGERPRINTS = {
+    "unknown_schema": ({"schema": "envkit.fingerprint/99"}, "unknown fingerprint schema"),
+    "package_not_a_list": ({"schema": "envkit.fingerprint/1", "packages": {"items": ["numpy"]}}, "malformed"),
+    "section_not_an_object": ({"schema": "envkit.fingerprint/1", "torch": "2.0.1"}, "malformed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FINGERPRINTS)
+def test_malformed_fingerprint_inside_a_good_stamp(tmp_path: Path, case: str) -> None:
+    """The fingerprint is parsed on first use, so read_stamp (what latest() and verify read)
+    accepts the stamp, and everything that looks at the environment refuses it cleanly."""
+    fingerprint, fragment = BAD_FINGERPRINTS[case]
+    path = tmp_path / "bad-fingerprint.pt"
+    path.write_bytes(H.zip_checkpoint(BENIGN_PKL, stamp=_stamp(fingerprint=fingerprint, meta={"step": 3})))
+    stamp = envkit.read_stamp(path).stamp
+    assert stamp is not None and stamp.step == 3
+    with pytest.raises(MalformedStamp) as info:
+        stamp.fingerprint  # noqa: B018
+    assert str(path) in str(info.value) and fragment in str(info.value)
+    for command in ("check", "inspect", "diff"):
+        args = (command, path, "live") if command == "diff" else (command, path)
+        assert fragment in assert_one_error_line(cli(*args), path)
+
+
 def test_build_cannot_reach_the_readers_own_objects(tmp_path: Path) -> None:
     """BUILD sets attributes on whatever find_class returned. Nothing it returns may be
     shared between loads: a poisoned load must leave the next one as it would have been."""

@@ -1,0 +1,126 @@
+"""envkit.entry: `envkit check` without click, and the same answers as the click command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from envkit.cli import main as click_main
+from envkit.entry import parse_check, run_check
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "examples" / "reference-torch20-cu118.fingerprint.json"
+
+
+@pytest.fixture
+def files(stamped: Path, tmp_path: Path, data_dir: Path) -> dict[str, str]:
+    (tmp_path / "prefix").mkdir()
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    return {
+        "ck": str(stamped),
+        "old": str(data_dir / "stamp-v1.pth"),
+        "ref": str(REFERENCE),
+        "prefix": str(tmp_path / "prefix"),
+        "missing": str(tmp_path / "missing.pth"),
+        "garbage": str(tmp_path / "garbage.pth"),
+    }
+
+
+FAST = {
+    "plain": ["{ck}"],
+    "json": ["--json", "{ck}"],
+    "strict": ["{ck}", "--policy", "strict"],
+    "equals-forms": ["--policy=warn", "{ck}", "--json"],
+    "against-refuses": ["--against", "{ref}", "{ck}"],
+    "against-json-fail-on-warn": ["--against={ref}", "--fail-on", "warn", "--json", "{ck}"],
+    "prefix": ["--prefix", "{prefix}", "{ck}"],
+    "fail-on-warn": ["--fail-on=warn", "{old}"],
+    "old-fixture": ["{old}", "--json"],
+    "missing-file": ["{missing}"],
+    "not-a-checkpoint": ["--json", "{garbage}"],
+    "against-and-prefix": ["--against", "{ref}", "--prefix", "{prefix}", "{ck}"],
+    "against-missing": ["--against", "{missing}", "{ck}"],
+}
+
+CLICK_ONLY = {
+    "help": ["--help"],
+    "short-help": ["-h"],
+    "nothing": [],
+    "bad-choice": ["--policy", "bogus", "{ck}"],
+    "repeated-flag": ["--json", "--json", "{ck}"],
+    "repeated-option": ["--policy", "warn", "--policy", "strict", "{ck}"],
+    "missing-value": ["{ck}", "--policy"],
+    "two-checkpoints": ["{ck}", "{old}"],
+    "double-dash": ["--", "{ck}"],
+    "empty-value": ["--against=", "{ck}"],
+    "unknown-option": ["--verbose", "{ck}"],
+    "flag-with-value": ["--json=1", "{ck}"],
+}
+
+
+def _args(template: list[str], files: dict[str, str]) -> list[str]:
+    return [a.format(**files) for a in template]
+
+
+def _comparable(stdout: str) -> str:
+    """The live fingerprint's collection time differs between two runs; nothing else may."""
+    if not stdout.lstrip().startswith("{"):
+        return stdout
+    doc = json.loads(stdout)
+    for side in ("live", "stored"):
+        if isinstance(doc.get(side), dict):
+            doc[side]["host"].pop("collected_at", None)
+    return json.dumps(doc, sort_keys=True)
+
+
+@pytest.mark.parametrize("case", FAST)
+def test_fast_path_answers_exactly_as_click_does(case: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(FAST[case], files)
+    options = parse_check(args)
+    assert options is not None, "this command line should take the fast path"
+    code = run_check(options)
+    fast = capsys.readouterr()
+    slow = CliRunner().invoke(click_main, ["check", *args])
+    assert slow.exception is None or isinstance(slow.exception, SystemExit), slow.exception  # no escaped error
+    assert (code, _comparable(fast.out), fast.err) == (slow.exit_code, _comparable(slow.stdout), slow.stderr)
+
+
+def test_the_matrix_covers_every_outcome(files: dict[str, str]) -> None:
+    codes = {case: CliRunner().invoke(click_main, ["check", *_args(args, files)]).exit_code for case, args in FAST.items()}
+    assert {0, 1, 2} <= set(codes.values()), codes
+    assert codes["plain"] == 0 and codes["against-refuses"] == 1 and codes["missing-file"] == 2
+
+
+@pytest.mark.parametrize("case", CLICK_ONLY)
+def test_anything_unusual_is_left_to_click(case: str, files: dict[str, str]) -> None:
+    assert parse_check(_args(CLICK_ONLY[case], files)) is None
+
+
+def _console(args: list[str], probe: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"import sys\nfrom envkit.entry import main\nsys.argv = ['envkit', *sys.argv[1:]]\ntry:\n    main()\nfinally:\n    {probe or 'pass'}\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_console_script_never_imports_click_or_torch_for_check(files: dict[str, str]) -> None:
+    done = _console(["check", "--json", files["ck"]], probe="print('MODULES', 'click' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verdict"] == "ok"
+    assert "MODULES False False" in done.stderr
+
+
+def test_console_script_hands_other_command_lines_to_click(files: dict[str, str]) -> None:
+    bad = _console(["check", "--policy", "bogus", files["ck"]])
+    assert bad.returncode == 2 and "Invalid value for '--policy'" in bad.stderr and "Traceback" not in bad.stderr
+    version = _console(["--version"])
+    assert version.returncode == 0 and version.stdout.startswith("envkit, version ")
+
+
+def test_python_dash_m_envkit_takes_the_same_entry(files: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "envkit", "check", files["missing"]], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"envkit: error: {files['missing']}: no such file; pass the path of a checkpoint written by torch.save or envkit.save\n"
