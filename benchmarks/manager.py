@@ -8,7 +8,9 @@
   alternating order, each timed inside a fresh process after its imports.
 - latest: a whole ``python`` process that finds the newest valid checkpoint among 10,000
   small stamped ones, without importing torch; with the index the manager keeps, and
-  cold (index deleted: every stamp is read).
+  cold (index deleted: every stamp is read). Also the call alone, timed inside that
+  process after its imports (what a training script that already imported envkit pays),
+  and the ratio to DESIGN §9's floor, a standard-library process reading one stamp.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_results  # noqa: E402
+from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results  # noqa: E402
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +48,12 @@ print(time.perf_counter() - t)
 """
 
 LATEST = (
-    "import sys; sys.path.insert(0, {root!r})\n"
+    "import sys, time; sys.path.insert(0, {root!r})\n"
+    "from pathlib import Path\n"
     "from envkit.checkpoint.directory import find_latest\n"
-    "info = find_latest(__import__('pathlib').Path(sys.argv[1]), 'many')  # what CheckpointManager.latest() runs\n"
+    "t = time.perf_counter()\n"
+    "info = find_latest(Path(sys.argv[1]), 'many')  # what CheckpointManager.latest() runs\n"
+    "print(time.perf_counter() - t)\n"
     "assert info.step == int(sys.argv[2]) and 'torch' not in sys.modules\n"
 )
 
@@ -98,24 +103,35 @@ def bench_latest(count: int, runs: int) -> dict[str, float]:
         folder = Path(tmp)
         print(f"writing {count} small stamped checkpoints ...", flush=True)
         make_many(folder, count)
-        cmd = [PY, "-c", code, str(folder), str(count)]
-        warm: list[float] = []
-        base: list[float] = []
-        for _ in range(runs + 1):
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            warm.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            subprocess.run([PY, "-c", "pass"], check=True)
-            base.append(time.perf_counter() - t)
+        newest = str(folder / f"many_{count:06d}.pth")
+        candidates = {
+            "whole process": [PY, "-c", code, str(folder), str(count)],
+            "floor": [PY, "-c", STDLIB_READER, newest],
+            "pass": [PY, "-c", "pass"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        calls: list[float] = []
+        for i in range(runs + 1):  # the first round warms the page cache and is dropped
+            for name, cmd in candidates.items():
+                t = time.perf_counter()
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                if i:
+                    times[name].append(time.perf_counter() - t)
+                    if name == "whole process":
+                        calls.append(float(out.stdout.split()[-1]))
         for cache in (".envkit-index.json", ".envkit-order.json"):
             (folder / cache).unlink()
         t = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(candidates["whole process"], check=True, capture_output=True)
         cold = time.perf_counter() - t
+    whole, floor = statistics.median(times["whole process"]), statistics.median(times["floor"])
     return {
-        f"latest() over {count} (index), whole process": statistics.median(warm[1:]),
-        "python -c pass": statistics.median(base[1:]),
+        f"latest() over {count} (index), whole process": whole,
+        "latest() call alone, after imports": statistics.median(calls),
+        "stdlib reader of one stamp (floor)": floor,
+        "python -c pass": statistics.median(times["pass"]),
+        "ratio latest/floor": whole / floor,
+        "latest at the reference machine's speed": whole / floor * REFERENCE_STDLIB_READER_S,
         f"latest() over {count} (index and order deleted: reads every stamp)": cold,
     }
 
@@ -124,16 +140,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--latest-runs", type=int, default=21, help="runs of the latest() process and its anchors")
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--only", choices=["save", "latest"])
     args = parser.parse_args()
     (ROOT / "bench-out").mkdir(exist_ok=True)
+    fresh_bytecode()
     results = {}
     if args.only in (None, "latest"):
-        results["latest"] = bench_latest(args.count, args.runs)
+        results["latest"] = bench_latest(args.count, args.latest_runs)
     if args.only in (None, "save"):
         results["save"] = bench_save(args.size_gb, args.runs)
-    print_results(f"medians of {args.runs} runs, {os.cpu_count()} cores", results, 52)
+    print_results(f"medians ({args.latest_runs} runs of latest, {args.runs} of save), {os.cpu_count()} cores, {sys.version.split()[0]}", results, 52)
 
 
 if __name__ == "__main__":

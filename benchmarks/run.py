@@ -5,7 +5,10 @@
     python benchmarks/run.py --only check    # one group: check | fingerprint | save
 
 Anchors (DESIGN §9): ``envkit check --json`` against a process that imports torch and
-``torch.load(mmap=True, weights_only=True)``s the file, and one that loads it fully;
+``torch.load(mmap=True, weights_only=True)``s the file, and one that loads it fully; also
+against the floor, a standard-library process that reads the stamp member and parses it
+(34 ms on the reference machine): the ratio to it says what check costs on a machine
+whose start-up is slower or faster than that one's;
 ``envkit fingerprint --json`` against ``python -m torch.utils.collect_env``;
 ``envkit.save`` against ``torch.save`` + fsync of the same state. Runs alternate
 between the candidates so that drift on a noisy machine hits both alike.
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_results  # noqa: E402
+from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results  # noqa: E402
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,22 +79,32 @@ def make_checkpoint(path: Path, size_gb: float) -> None:
     subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks")), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
 
 
-def bench_check(work: Path, size_gb: float, runs: int) -> dict[str, float]:
+def bench_check(work: Path, size_gb: float, runs: int, quick_runs: int) -> dict[str, float]:
+    """The torch anchors take seconds and vary little; the sub-second processes get more runs."""
     ckpt = work / f"bench-{size_gb:g}g.pth"
     make_checkpoint(ckpt, size_gb)
     p = str(ckpt)
     m = medians(
         {
-            "envkit check --json": [*ENVKIT, "check", "--json", p],
             "import torch + torch.load(mmap=True)": [PY, "-c", f"import torch; torch.load({p!r}, mmap=True, weights_only=True)"],
             "import torch + full torch.load": [PY, "-c", f"import torch; torch.load({p!r}, weights_only=True)"],
-            "python -c pass": [PY, "-c", "pass"],
         },
         runs,
     )
+    quick = medians(
+        {
+            "envkit check --json": [*ENVKIT, "check", "--json", p],
+            "stdlib reader of the stamp (floor)": [PY, "-c", STDLIB_READER, p],
+            "python -c pass": [PY, "-c", "pass"],
+        },
+        quick_runs,
+    )
+    m = {**quick, **m}
     check = m["envkit check --json"]
     m["ratio mmap/check"] = m["import torch + torch.load(mmap=True)"] / check
     m["ratio full/check"] = m["import torch + full torch.load"] / check
+    m["ratio check/floor"] = check / m["stdlib reader of the stamp (floor)"]
+    m["check at the reference machine's speed"] = m["ratio check/floor"] * REFERENCE_STDLIB_READER_S
     return m
 
 
@@ -127,18 +140,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick-runs", type=int, default=21, help="runs of the sub-second processes (check, the floor, python -c pass)")
     parser.add_argument("--only", choices=["check", "fingerprint", "save"])
+    parser.add_argument("--envkit", help="the envkit command to time (default: the console script next to this python)")
     parser.add_argument("--workdir", type=Path, help="where to write the large files (default: a temporary folder under the repo)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    if args.envkit:
+        ENVKIT[:] = [args.envkit]
     results: dict[str, dict[str, float]] = {}
+    fresh_bytecode()
     base = args.workdir or ROOT / "bench-out"
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         work = Path(tmp)
         if args.only in (None, "check"):
-            results["check"] = bench_check(work, args.size_gb, args.runs)
+            results["check"] = bench_check(work, args.size_gb, args.runs, args.quick_runs)
         if args.only in (None, "fingerprint"):
             results["fingerprint"] = bench_fingerprint(args.runs)
         if args.only in (None, "save"):
