@@ -8,10 +8,11 @@ keep a reader for the old one.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from collections.abc import Mapping
 
 from envkit.errors import MalformedStamp
 
@@ -30,9 +31,25 @@ def canonical_json(value: JSONValue) -> bytes:
 
 
 def sha256_of(value: JSONValue) -> str:
-    import hashlib  # here, not at the top: OpenSSL's start-up is paid only by callers that need a digest
+    return "sha256:" + _sha256(canonical_json(value)).hexdigest()
 
-    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+
+@functools.cache
+def _sha256_constructor() -> Any:
+    """CPython's built-in sha256 where it has one: importing hashlib starts OpenSSL, about a
+    twentieth of `envkit check`. The digest is the same (tests/fingerprint/test_schema.py)."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]  # CPython >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.10, 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256
+
+
+def _sha256(data: bytes) -> Any:
+    return _sha256_constructor()(data)
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,23 @@ def test_read_fingerprint_file_errors(tmp_path: Path) -> None:
         read_fingerprint_file(tmp_path / "missing.json")
     with pytest.raises(BadInput, match="is a directory"):
         read_fingerprint_file(tmp_path)
+
+
+def test_digest_is_the_sha256_hashlib_gives() -> None:
+    """sha256_of uses CPython's built-in sha256 to spare the OpenSSL start-up; same bytes, same digest."""
+    import hashlib
+
+    from envkit.fingerprint.schema import canonical_json, sha256_of
+
+    fp = collect()
+    content = fp._content()
+    assert fp.digest == sha256_of(content) == "sha256:" + hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+def test_digest_is_computed_once_and_survives_a_copy() -> None:
+    fp = collect()
+    assert fp.digest is fp.digest
+    moved = replace(fp, host=HostInfo(hostname="elsewhere"))
+    assert moved.digest == fp.digest and moved.to_json()["host"]["hostname"] == "elsewhere"
+    changed = replace(fp, torch=TorchInfo(version="0.0.1"))
+    assert changed.digest != fp.digest
