@@ -79,9 +79,8 @@ def make_checkpoint(path: Path, size_gb: float) -> None:
     subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks")), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
 
 
-def bench_check(work: Path, size_gb: float, runs: int, quick_runs: int) -> dict[str, float]:
+def bench_check(ckpt: Path, size_gb: float, runs: int, quick_runs: int) -> dict[str, float]:
     """The torch anchors take seconds and vary little; the sub-second processes get more runs."""
-    ckpt = work / f"bench-{size_gb:g}g.pth"
     make_checkpoint(ckpt, size_gb)
     p = str(ckpt)
     m = medians(
@@ -143,6 +142,7 @@ def main() -> None:
     parser.add_argument("--quick-runs", type=int, default=21, help="runs of the sub-second processes (check, the floor, python -c pass)")
     parser.add_argument("--only", choices=["check", "fingerprint", "save"])
     parser.add_argument("--envkit", help="the envkit command to time (default: the console script next to this python)")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint check reads: written there if missing, and kept (default: a temporary one)")
     parser.add_argument("--workdir", type=Path, help="where to write the large files (default: a temporary folder under the repo)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -156,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         work = Path(tmp)
         if args.only in (None, "check"):
-            results["check"] = bench_check(work, args.size_gb, args.runs, args.quick_runs)
+            results["check"] = bench_check(args.checkpoint or work / f"bench-{args.size_gb:g}g.pth", args.size_gb, args.runs, args.quick_runs)
         if args.only in (None, "fingerprint"):
             results["fingerprint"] = bench_fingerprint(args.runs)
         if args.only in (None, "save"):

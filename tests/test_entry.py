@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 
 from envkit.cli import main as click_main
 from envkit.entry import parse_check, run_check
+from envkit.fingerprint import collect
+from envkit.fingerprint.schema import TorchInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "examples" / "reference-torch20-cu118.fingerprint.json"
@@ -21,10 +24,14 @@ REFERENCE = ROOT / "examples" / "reference-torch20-cu118.fingerprint.json"
 def files(stamped: Path, tmp_path: Path, data_dir: Path) -> dict[str, str]:
     (tmp_path / "prefix").mkdir()
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    # this environment with an older torch: refuses whichever torch runs the tests
+    older = dataclasses.replace(collect(), torch=TorchInfo(version="1.13.1"))
+    (tmp_path / "older-torch.json").write_text(json.dumps(older.to_json()))
     return {
         "ck": str(stamped),
         "old": str(data_dir / "stamp-v1.pth"),
         "ref": str(REFERENCE),
+        "older": str(tmp_path / "older-torch.json"),
         "prefix": str(tmp_path / "prefix"),
         "missing": str(tmp_path / "missing.pth"),
         "garbage": str(tmp_path / "garbage.pth"),
@@ -36,7 +43,8 @@ FAST = {
     "json": ["--json", "{ck}"],
     "strict": ["{ck}", "--policy", "strict"],
     "equals-forms": ["--policy=warn", "{ck}", "--json"],
-    "against-refuses": ["--against", "{ref}", "{ck}"],
+    "against-refuses": ["--against", "{older}", "{ck}"],
+    "against-reference": ["--against", "{ref}", "{ck}"],
     "against-json-fail-on-warn": ["--against={ref}", "--fail-on", "warn", "--json", "{ck}"],
     "prefix": ["--prefix", "{prefix}", "{ck}"],
     "fail-on-warn": ["--fail-on=warn", "{old}"],
