@@ -1,7 +1,7 @@
 """The ``envkit`` console script.
 
 ``envkit check`` is what people run before every resume, so it has a path that does not
-import click (about a third of that command's start-up). It accepts only the plain forms
+import click (a quarter of that command's start-up). It accepts only the plain forms
 of the documented options and hands every other command line, including any it cannot
 read with certainty (``--help``, an unknown or repeated option, a missing value), to the
 click command line in ``envkit.cli``, which stays the one parser of record. Both paths
