@@ -90,6 +90,20 @@ def test_latest_works_without_the_index(tmp_path: Path) -> None:
         assert mgr.latest().step == 2
 
 
+
+def test_latest_in_a_fresh_process_imports_neither_torch_nor_the_fingerprint_schema(tmp_path: Path) -> None:
+    """What keeps a start-up latest() fast: the winner's stamp is verified, its fingerprint never parsed."""
+    with envkit.CheckpointManager(tmp_path, project="p", keep_last=None) as mgr:
+        save_steps(mgr, [1, 2, 3])
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom envkit.checkpoint.directory import find_latest\n"
+        "info = find_latest(Path(sys.argv[1]), 'p')\n"
+        "print(info.step, info.valid, *(m in sys.modules for m in ('torch', 'envkit.fingerprint.schema', 'typing', 'click')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "True", "False", "False", "False", "False"]
+
 def test_resume_restores_state_and_rng(tmp_path: Path) -> None:
     import random
 
