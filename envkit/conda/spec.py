@@ -13,6 +13,7 @@ specs, unknown keys, CUDA) is ``envkit.conda.lint``'s job.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class EnvironmentSpec:
     """Every top-level key in file order, repeats included."""
     sections: tuple[Item, ...] = ()
     """Every `installer:` mapping inside dependencies (`pip:`, and any other such as `npm:`)."""
+    sha256: str = ""
+    """Of the bytes that were parsed: the lock records it, so a later edit shows as stale."""
 
     @property
     def channels(self) -> list[str]:
@@ -86,20 +89,24 @@ class EnvironmentSpec:
 def load_spec(path: str | os.PathLike[str]) -> EnvironmentSpec:
     """Read and parse an environment.yml; SpecError (exit 2) when it cannot be used."""
     path = Path(path)
-    text = _read_text(path)
+    data = _read_bytes(path)
+    text = _decode(path, data)
     root = _compose(path, text)
-    return _Builder(path, _LINE_BREAK.split(text)).build(root)
+    return _Builder(path, _LINE_BREAK.split(text), hashlib.sha256(data).hexdigest()).build(root)
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file; check the path") from None
     except IsADirectoryError:
         raise SpecError(f"{path}: is a folder; give the path of the environment.yml file") from None
     except OSError as exc:
         raise SpecError(f"{describe_os_error(path, exc)}; check the path and its permissions") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -155,9 +162,10 @@ def _is_null(node: yaml.Node) -> bool:
 class _Builder:
     """Walks the composed tree; raises SpecError on the first structural problem."""
 
-    def __init__(self, path: Path, lines: list[str]) -> None:
+    def __init__(self, path: Path, lines: list[str], sha256: str) -> None:
         self.path = path
         self.lines = lines
+        self.sha256 = sha256
 
     def fail(self, node: yaml.Node, problem: str) -> SpecError:
         return SpecError(f"{self.path}:{_line(node)}: {problem}")
@@ -182,6 +190,7 @@ class _Builder:
             platforms=tuple(i.text for i in self.scalar_list("platforms", values.get("platforms"))),
             keys=tuple(keys),
             sections=sections,
+            sha256=self.sha256,
         )
 
     def item(self, node: yaml.ScalarNode) -> Item:

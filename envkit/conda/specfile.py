@@ -7,7 +7,6 @@ conda-lock's own parser (DESIGN §6), which is what its content hash is computed
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ def read_spec(path: str | os.PathLike[str]) -> SpecFile:
         raise SpecError(f"{p}:{spec.key_line('channels') or 1}: no channels; add `channels:` with at least one channel (envkit never guesses one)")
     return SpecFile(
         path=p,
-        sha256=hashlib.sha256(p.read_bytes()).hexdigest(),
+        sha256=spec.sha256,
         name=spec.name,
         channels=tuple(channels),
         conda_specs=tuple(s.strip() for s in spec.conda_specs),

@@ -99,6 +99,20 @@ def test_a_byte_order_mark_is_fine(tmp_path: Path) -> None:
     assert load_spec(path).source_line("numpy") == 3
 
 
+def test_the_hash_is_of_the_bytes_that_were_parsed(tmp_path: Path) -> None:
+    """lock records it; read_spec takes it from the one read, so an edit in between cannot split them."""
+    import hashlib
+
+    from envkit.conda.specfile import read_spec
+
+    path = write(tmp_path, "name: x\nchannels: [conda-forge]\ndependencies:\n  - numpy\n")
+    spec = load_spec(path)
+    assert spec.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_spec(path).sha256 == spec.sha256
+    path.write_text(path.read_text() + "  - scipy\n")
+    assert load_spec(path).sha256 != spec.sha256
+
+
 @pytest.mark.parametrize(
     ("text", "line", "says"),
     [
