@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.config import load_config

@@ -50,7 +50,7 @@ class Stamp:
     payload: Payload | None
     meta: Mapping[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
-    source: str = field(default="stamp", compare=False)  # names the file in errors raised on first use
+    source: str = "stamp"  # names the file in errors raised on first use
 
     @cached_property
     def fingerprint(self) -> Fingerprint:
