@@ -29,7 +29,7 @@ for i in range(n + 1):  # round 0 warms the caches and is dropped
 for c in cmds:
     v = sorted(ts[c]); print(f"median {statistics.median(v)*1000:7.1f} ms  p25 {v[len(v)//4]*1000:7.1f}  min {v[0]*1000:7.1f}  {c}")
 PYEOF
-printf 'import json, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z: json.loads(z.read(next(n for n in z.namelist() if n.endswith("/extra/envkit.json"))))\n' > "$W/bin/floor.py"
+python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from common import STDLIB_READER; print(STDLIB_READER)" > "$W/bin/floor.py"  # the floor run.py times
 printf 'import sys\nfrom pathlib import Path\nfrom envkit.checkpoint.directory import find_latest\ninfo = find_latest(Path(sys.argv[1]), "many")\nassert info.step == int(sys.argv[2]) and "torch" not in sys.modules\n' > "$W/bin/latest.py"
 python3 -m compileall -q -f envkit >/dev/null
 stamp "clean venv: envkit on a .pth, xxhash copied in"

@@ -16,10 +16,11 @@ from typing import Any, Callable, TypeVar
 import click
 
 from envkit import __version__
+from envkit.entry import FAIL_ON, POLICY_PRESETS
 from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, BadInput, EnvkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
-POLICY_CHOICE = click.Choice(["strict", "compatible", "warn"])
+POLICY_CHOICE = click.Choice(POLICY_PRESETS)
 
 
 def _emit_json(doc: Any) -> None:
@@ -77,7 +78,7 @@ def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None
 @click.option("--policy", type=POLICY_CHOICE, help="Policy preset (default: the project's, else compatible).")
 @click.option("--against", type=click.Path(path_type=Path), help="Compare with this fingerprint JSON instead of the live environment.")
 @click.option("--prefix", type=click.Path(path_type=Path), help="Compare with the environment installed at this prefix.")
-@click.option("--fail-on", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True, help="Lowest verdict that exits 1.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default="refuse", show_default=True, help="Lowest verdict that exits 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 @handle_errors
 def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Path | None, fail_on: str, as_json: bool) -> None:

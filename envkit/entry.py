@@ -17,7 +17,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-CHECK_CHOICES = {"--policy": ("strict", "compatible", "warn"), "--fail-on": ("refuse", "warn")}
+# The choices of both command lines (envkit.cli takes them from here; policy.PRESETS is the
+# source, repeated so that this module imports nothing: tests/test_entry.py holds them equal).
+POLICY_PRESETS = ("strict", "compatible", "warn")
+FAIL_ON = ("refuse", "warn")
+CHECK_CHOICES = {"--policy": POLICY_PRESETS, "--fail-on": FAIL_ON}
 CHECK_PATHS = ("--against", "--prefix")
 
 
@@ -61,16 +65,13 @@ def run_check(options: dict[str, str | bool]) -> int:
     from envkit.errors import EnvkitError
     from envkit.render import check_output
 
-    def path(name: str) -> Path | None:
-        value = options.get(name)
-        return Path(value) if isinstance(value, str) else None
-
+    against, prefix = (Path(str(options[n])) if isinstance(options.get(n), str) else None for n in CHECK_PATHS)
     try:
         report = check_against(
             Path(str(options["checkpoint"])),
             policy=options.get("--policy"),  # type: ignore[arg-type]
-            against=path("--against"),
-            prefix=path("--prefix"),
+            against=against,
+            prefix=prefix,
         )
     except EnvkitError as exc:
         sys.stderr.write(f"envkit: error: {exc.message}\n")
@@ -78,7 +79,7 @@ def run_check(options: dict[str, str | bool]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("envkit: interrupted\n")
         return 130
-    sys.stdout.write(check_output(report, as_json=bool(options.get("--json")), against=path("--against"), prefix=path("--prefix")) + "\n")
+    sys.stdout.write(check_output(report, as_json=bool(options.get("--json")), against=against, prefix=prefix) + "\n")
     return report.exit_code(str(options.get("--fail-on", "refuse")))
 
 

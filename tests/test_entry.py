@@ -104,6 +104,13 @@ def test_the_matrix_covers_every_outcome(files: dict[str, str]) -> None:
     assert codes["plain"] == 0 and codes["against-refuses"] == 1 and codes["missing-file"] == 2
 
 
+def test_the_fast_path_offers_the_policy_presets_the_library_has() -> None:
+    from envkit.entry import POLICY_PRESETS
+    from envkit.policy import PRESETS
+
+    assert POLICY_PRESETS == PRESETS
+
+
 @pytest.mark.parametrize("case", CLICK_ONLY)
 def test_anything_unusual_is_left_to_click(case: str, files: dict[str, str]) -> None:
     assert parse_check(_args(CLICK_ONLY[case], files)) is None

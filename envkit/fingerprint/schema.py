@@ -8,11 +8,10 @@ keep a reader for the old one.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 
 from envkit.errors import MalformedStamp
 
@@ -34,7 +33,7 @@ def sha256_of(value: JSONValue) -> str:
     return "sha256:" + _sha256(canonical_json(value)).hexdigest()
 
 
-@functools.cache
+@cache
 def _sha256_constructor() -> Any:
     """CPython's built-in sha256 where it has one: importing hashlib starts OpenSSL, about a
     twentieth of `envkit check`. The digest is the same (tests/fingerprint/test_schema.py)."""
