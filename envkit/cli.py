@@ -248,7 +248,7 @@ def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: P
 
 @main.command()
 @click.option("-n", "--name", help="Environment name.")
-@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder.")
+@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder (default: the active one, $CONDA_PREFIX).")
 @click.option("--no-builds", is_flag=True, help="Pin name=version only (portable across platforms).")
 @click.option("--from-history", is_flag=True, help="Only what was asked for (the spec envkit created it from, or conda's history).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
@@ -256,8 +256,11 @@ def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: P
 def export(name: str | None, prefix: Path | None, no_builds: bool, from_history: bool, output: Path | None) -> None:
     """Write an environment.yml (no `prefix:`) that installs this environment elsewhere."""
     from envkit.conda.export import export_spec
-    from envkit.conda.prefixes import resolve_prefix
+    from envkit.conda.prefixes import active_prefix, resolve_prefix
 
+    if name is None and prefix is None:  # as `conda env export`: the active environment
+        prefix = active_prefix("export")
+        _progress(f"exporting the active environment {prefix} ($CONDA_PREFIX); pass -n NAME or -p PREFIX for another")
     text = export_spec(resolve_prefix(name, prefix), no_builds=no_builds, from_history=from_history)
     if output is not None:
         _write_text_atomically(output, text)

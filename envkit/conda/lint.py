@@ -9,17 +9,20 @@ says; warnings are what still works but will not reproduce or surprises later.
 | `unknown-key`          | error    | a top-level key conda does not know (`dependecies`); its content is ignored |
 | `duplicate-key`        | error    | a top-level key twice: YAML keeps the last, the first is dropped         |
 | `unknown-installer`    | error    | a `npm:`-style section in dependencies; only `pip:` exists               |
+| `not-text`             | error    | a value YAML reads as a number, true/false or a date (`- 5`, `name: 3.10`) where conda needs text |
+| `invalid-pip`          | error    | a `pip:` line pip cannot read (`requests>>2`, `foo bar`, `numpy=1.2`, an unknown option) |
+| `invalid-name`         | error    | a `name:` conda refuses: '/', ':', '#' or a space in it, or `base`/`root` |
 | `duplicate-pip`        | error    | two `pip:` sections: conda keeps the last                                |
 | `invalid-spec`         | error    | a dependency conda's MatchSpec grammar rejects (`numpy=>1.2`)            |
 | `duplicate-package`    | error    | one package with two different constraints (conda keeps one)           |
 |                        | warning  | one package listed twice the same way                                    |
 | `cudatoolkit-pytorch2` | error    | `cudatoolkit` with the pytorch channel's pytorch >= 2.0, whose CUDA builds need `pytorch-cuda`: the solve quietly picks the CPU build |
-| `cuda-needs-nvidia`    | error    | `pytorch-cuda` (or a CUDA build from the pytorch channel) without the `nvidia` channel its CUDA libraries come from |
+| `cuda-needs-nvidia`    | error    | the public `pytorch` channel's `pytorch-cuda` (or CUDA build) without the `nvidia` channel its CUDA libraries come from (a local or mirror channel is not judged) |
 | `cuda-unpinned`        | warning  | a CUDA build (`*cuda*`, `cu118`, `pytorch-cuda`) and no CUDA version pinned |
 | `unpinned-pytorch`     | warning  | `pytorch` (or pip's `torch`) without a version                           |
 | `pip-without-pip`      | warning  | a `pip:` list but no `pip` in dependencies (conda adds some pip itself)  |
 | `conda-and-pip`        | warning  | one package from both conda and pip (pip's `torch` over conda's `pytorch` too) |
-| `build-string`         | warning  | an exact build string: it exists on one platform only                    |
+| `build-string`         | warning  | an exact build string: it exists on one platform only (the advice to keep `*cuda*` only where the build is a CUDA one) |
 | `channel-env-var`      | warning  | `${VAR}` in a channel: filled in from the environment at create time     |
 | `selector`             | warning  | a `# [linux]` selector: conda env files ignore it (only conda-lock reads it) |
 | `prefix`               | warning  | `prefix:` left in the file: a folder on the machine that exported it     |
@@ -30,6 +33,8 @@ says; warnings are what still works but will not reproduce or surprises later.
 Which channel a package comes from is judged as conda does with strict channel priority:
 an explicit ``channel::`` wins, else the first listed channel that carries it. A file that
 cannot be read or parsed raises SpecError (exit 2) from ``load_spec`` instead of a finding.
+The `not-text`, `invalid-pip` and `unknown-installer` errors come from ``spec.Problem``:
+lock and create refuse the same files (exit 2).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 from typing import Iterator, Literal
 
 from envkit.conda.matchspec import InvalidMatchSpec, MatchSpec, parse_match_spec, version_clauses
+from envkit.conda.prefixes import env_name_problem
 from envkit.conda.spec import KNOWN_KEYS, EnvironmentSpec, Item, load_spec
 from envkit.errors import EXIT_OK, EXIT_REFUSED
 
@@ -51,11 +57,15 @@ _KEY_ALIASES = {"requirements": "dependencies", "packages": "dependencies", "dep
 # Channels that carry pytorch, for judging where an unqualified `pytorch` comes from.
 _PYTORCH_CARRIERS = ("pytorch", "conda-forge", "defaults", "anaconda", "main")
 _CUDA_PINS = frozenset({"pytorch-cuda", "cudatoolkit", "cuda-version", "cuda-toolkit", "cuda-runtime", "cuda", "cuda-cudart"})
-_CUDA_BUILD = re.compile(r"cuda|cu\d{2,3}", re.I)
-_CUDA_BUILD_VERSION = re.compile(r"cuda_?\d|cu\d{3}", re.I)
+# A build string that picks a CUDA variant: `*cuda*`, `py3.11_cuda11.8*`, conda-forge's `cuda118py311h..`,
+# `cu118`; not `nocuda`, `cuda_none`, `*cpu*` or `py3.11_0` (the word must not be glued to letters before it).
+_CUDA_BUILD = re.compile(r"(?<![a-z])(?:cuda(?!_?none)(?=[0-9_.*-]|$)|cu\d{2,3}(?![0-9a-z]))", re.IGNORECASE)
+_CUDA_BUILD_VERSION = re.compile(r"(?<![a-z])(?:cuda_?\d|cu\d{3})", re.IGNORECASE)
+_CPU_BUILD = re.compile(r"(?<![a-z])cpu(?![a-z])", re.IGNORECASE)
+# The public pytorch channel: by name, or its anaconda.org URL (a mirror elsewhere is not it).
+_PUBLIC_PYTORCH = re.compile(r"(?:https?://(?:conda\.)?anaconda\.org/)?pytorch(?:-nightly)?(?:/label/[^/]+)?", re.IGNORECASE)
 _SELECTOR = re.compile(r"#\s*\[[^\]]+\]")
 _ENV_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?")
-_PIP_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)")
 
 
 @dataclass(frozen=True)
@@ -132,14 +142,30 @@ def _channel_name(channel: str) -> str:
     return channel.split("/")[0].lower()
 
 
+def _is_public_pytorch(channel: str) -> bool:
+    return bool(_PUBLIC_PYTORCH.fullmatch(channel.strip().rstrip("/")))
+
+
 def _pip_name(text: str) -> tuple[str, str] | None:
-    """`Torch >= 2.0` -> ('torch', '>= 2.0'); None for options, URLs and paths (`-e ./x`, `git+https://...`)."""
-    if text.startswith(("-", ".", "/")) or "://" in text or "@" in text:
+    """`Torch >= 2.0` -> ('torch', '>=2.0'), by packaging's own parser; None for options, URLs, paths
+    and lines that are not requirements (`-e ./x`, `git+https://...`; spec.pip_line_problem judges those)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    if text.lstrip().startswith("-"):
         return None
-    m = _PIP_NAME.fullmatch(text.strip())
-    if not m:
+    try:
+        req = Requirement(re.split(r"\s+(?=--)", text.strip())[0])
+    except InvalidRequirement:
         return None
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower(), m.group(3).split(";")[0].strip()
+    if req.url:
+        return None
+    return canonicalize_name(req.name), str(req.specifier)
+
+
+def _picks_cuda(build: str | None) -> bool:
+    """Does this build string (or pattern) select a CUDA variant? `*cuda*`, `py3.11_cuda11.8*`, `cu118`: yes."""
+    return bool(build) and bool(_CUDA_BUILD.search(build))  # type: ignore[arg-type]
 
 
 def _may_be_2_or_newer(version: str | None) -> bool:
@@ -150,16 +176,22 @@ def _may_be_2_or_newer(version: str | None) -> bool:
 
 
 def _caps_below_2(op: str, version: str) -> bool:
-    numbers = [int(n) for n in re.findall(r"\d+", version.split("*")[0])][:3]
-    if not numbers:
+    """Does `op version` exclude every 2.x release? Compared as conda does (rattler's Version:
+    `2` == `2.0.0`); 2.0 pre-releases are not counted as 2.x here."""
+    from rattler import Version
+    from rattler.exceptions import InvalidVersionError
+
+    try:
+        bound = Version(version.split("*")[0].rstrip(".") or "0")
+    except InvalidVersionError:
         return False
-    release = tuple(numbers + [0] * (3 - len(numbers)))
+    two = Version("2")
     if op == "<":
-        return release <= (2, 0, 0)
+        return bound <= two
     if op == "<=":
-        return release < (2, 0, 0)
+        return bound < two
     if op in ("", "=", "==", "~="):
-        return release[0] < 2
+        return bound < two
     return False
 
 
@@ -170,7 +202,9 @@ class _Linter:
         self.channels = [_channel_name(c) for c in spec.channels]
         self.parsed: list[tuple[Item, MatchSpec]] = []
         self.invalid: list[tuple[Item, str]] = []
-        for item in spec.conda_items:
+        unusable = {p.line for p in spec.problems}  # reported once, by the problems rule
+        self.pip_items = [i for i in spec.pip_items if i.line not in unusable]
+        for item in (i for i in spec.conda_items if i.line not in unusable):
             try:
                 self.parsed.append((item, parse_match_spec(item.text)))
             except InvalidMatchSpec as exc:
@@ -184,7 +218,7 @@ class _Linter:
 
     def run(self) -> Iterator[Finding]:
         for rule in (
-            self.file_extension, self.keys, self.sections, self.specs, self.duplicates,
+            self.file_extension, self.keys, self.problems, self.name, self.sections, self.specs, self.duplicates,
             self.cudatoolkit_with_pytorch2, self.cuda, self.unpinned_pytorch, self.pip,
             self.build_strings, self.channel_env_vars, self.selectors, self.prefix, self.missing,
         ):
@@ -214,13 +248,24 @@ class _Linter:
             yield self.finding(key.line, "error", "unknown-key",
                                f"unknown key `{key.text}`: conda ignores it and everything under it; {fix}")
 
+    def problems(self) -> Iterator[Finding]:
+        for problem in self.spec.problems:  # unknown-installer, not-text, invalid-pip: lock and create refuse these too
+            yield self.finding(problem.line, "error", problem.code, problem.message)
+
+    def name(self) -> Iterator[Finding]:
+        name, line = self.spec.name, self.spec.key_line("name")
+        if name is None or line is None or any(p.line == line for p in self.spec.problems):
+            return
+        problem = env_name_problem(name)
+        if problem:
+            yield self.finding(line, "error", "invalid-name",
+                               f"`name: {name}`: {problem}")
+
     def sections(self) -> Iterator[Finding]:
         pip_line = None
         for section in self.spec.sections:
             if section.text != "pip":
-                yield self.finding(section.line, "error", "unknown-installer",
-                                   f"`{section.text}:` is not an installer conda knows (only `pip:` is) and conda env create "
-                                   f"fails on it; install those packages outside the environment file")
+                continue  # unknown-installer: a spec Problem
             elif pip_line is not None:
                 yield self.finding(section.line, "error", "duplicate-pip",
                                    f"a second `pip:` section (first at line {pip_line}); conda keeps only the last one, so the "
@@ -251,7 +296,7 @@ class _Linter:
         conda = [(i, m.name.lower(), f"{m.version or ''}={m.build or ''}") for i, m in self.parsed]
         yield from report(conda, "the conda dependencies")
         pip = []
-        for item in self.spec.pip_items:
+        for item in self.pip_items:
             parsed = _pip_name(item.text)
             if parsed:
                 pip.append((item, parsed[0], re.sub(r"\s+", "", parsed[1])))
@@ -263,6 +308,15 @@ class _Linter:
             return _channel_name(spec.channel) == "pytorch"
         carriers = [c for c in self.channels if c in _PYTORCH_CARRIERS]
         return bool(carriers) and carriers[0] == "pytorch"
+
+    def public_pytorch_provides(self, spec: MatchSpec) -> bool:
+        """Does this package come from the public pytorch channel (not a local channel or a mirror)?"""
+        if spec.channel:
+            return _is_public_pytorch(spec.channel)
+        if spec.name.lower() == "pytorch-cuda":  # only the pytorch channel has it
+            return any(_is_public_pytorch(c) for c in self.spec.channels)
+        carriers = [c for c in self.spec.channels if _is_public_pytorch(c) or _channel_name(c) in _PYTORCH_CARRIERS]
+        return bool(carriers) and _is_public_pytorch(carriers[0])
 
     def cudatoolkit_with_pytorch2(self) -> Iterator[Finding]:
         pytorch = [(i, m) for i, m in self.named("pytorch") if self.pytorch_channel_provides(m) and _may_be_2_or_newer(m.version)]
@@ -280,8 +334,7 @@ class _Linter:
                                f"installs the CPU build; replace this line with {replacement}{nvidia}")
 
     def cuda(self) -> Iterator[Finding]:
-        requests = [(i, m) for i, m in self.parsed
-                    if m.name.lower() == "pytorch-cuda" or (m.build and _CUDA_BUILD.search(m.build))]
+        requests = [(i, m) for i, m in self.parsed if m.name.lower() == "pytorch-cuda" or _picks_cuda(m.build)]
         if not requests:
             return
         pinned = any((m.name.lower() in _CUDA_PINS and m.version and m.version.strip("=*") != "")
@@ -292,8 +345,9 @@ class _Linter:
                                f"`{item.text}` asks for a CUDA build but nothing pins the CUDA version, so each solve may pick "
                                f"another one (and it must suit the driver); pin it: `pytorch-cuda=11.8` (pytorch channel) or "
                                f"`cuda-version=11.8` (conda-forge)")
+        # Only the public pytorch channel is known to need nvidia's; a local channel or a mirror that solves is not judged.
         needs_nvidia = [(i, m) for i, m in requests
-                        if m.name.lower() == "pytorch-cuda" or (m.name.lower() == "pytorch" and self.pytorch_channel_provides(m))]
+                        if m.name.lower() in ("pytorch-cuda", "pytorch") and self.public_pytorch_provides(m)]
         uses_nvidia = "nvidia" in self.channels or any(m.channel and _channel_name(m.channel) == "nvidia" for _, m in self.parsed)
         if needs_nvidia and not uses_nvidia:
             item = needs_nvidia[0][0]
@@ -308,7 +362,7 @@ class _Linter:
             if spec.version is None or spec.version.strip("=*") == "":
                 yield self.finding(item.line, "warning", "unpinned-pytorch",
                                    f"`{item.text}` has no version; pin it (e.g. `pytorch=2.0.1`): {why}")
-        for item in self.spec.pip_items:
+        for item in self.pip_items:
             parsed = _pip_name(item.text)
             if parsed and parsed[0] == "torch" and not parsed[1]:
                 yield self.finding(item.line, "warning", "unpinned-pytorch",
@@ -316,12 +370,12 @@ class _Linter:
 
     def pip(self) -> Iterator[Finding]:
         pip_sections = [s for s in self.spec.sections if s.text == "pip"]
-        if self.spec.pip_items and not self.named("pip"):
+        if self.pip_items and not self.named("pip"):
             yield self.finding(pip_sections[-1].line, "warning", "pip-without-pip",
                                "a `pip:` list but no `pip` in dependencies: conda adds a pip of its own choosing; "
                                "add `- pip` to dependencies")
         conda_names = {re.sub(r"[-_.]+", "-", m.name.lower()): i for i, m in self.parsed}
-        for item in self.spec.pip_items:
+        for item in self.pip_items:
             parsed = _pip_name(item.text)
             if not parsed or parsed[0] == "pip":
                 continue
@@ -339,9 +393,15 @@ class _Linter:
     def build_strings(self) -> Iterator[Finding]:
         for item, spec in self.parsed:
             if spec.build and "*" not in spec.build:
+                if _picks_cuda(spec.build):
+                    keep = "; to keep the CUDA variant, use a pattern such as `*cuda*`"
+                elif _CPU_BUILD.search(spec.build):
+                    keep = "; to keep the CPU variant, use a pattern such as `*cpu*`"
+                else:
+                    keep = ""
                 yield self.finding(item.line, "warning", "build-string",
                                    f"`{item.text}` pins the exact build `{spec.build}`, which exists for one platform only; "
-                                   "drop it (conda env export --no-builds) or use a pattern such as `*cuda*`")
+                                   f"drop it (conda env export --no-builds){keep}")
 
     def channel_env_vars(self) -> Iterator[Finding]:
         for item in self.spec.channel_items:
@@ -353,7 +413,7 @@ class _Linter:
                                    "there, or configure the channel's token with `conda config` instead")
 
     def selectors(self) -> Iterator[Finding]:
-        for item in (*self.spec.channel_items, *self.spec.conda_items, *self.spec.pip_items):
+        for item in (*self.spec.channel_items, *self.spec.conda_items, *self.pip_items):
             selector = _SELECTOR.search(item.comment)
             if selector:
                 yield self.finding(item.line, "warning", "selector",

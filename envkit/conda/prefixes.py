@@ -43,17 +43,58 @@ def envs_dir() -> Path:
     return Path.home() / ".envkit" / "envs"
 
 
+# conda's own rules for an environment name (conda.base.constants.PREFIX_NAME_DISALLOWED_CHARS and
+# the names conda reserves for its root environment); `..`, `.` and control characters would not
+# name a folder under envs/ either.
+NAME_DISALLOWED_CHARS = ("/", " ", ":", "#")
+RESERVED_NAMES = ("base", "root")
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why conda refuses `name` as an environment name (the fix included); None when it is fine."""
+    if not name.strip():
+        return "an environment name cannot be empty; write a name such as `train`"
+    bad = sorted({c for c in name if c in NAME_DISALLOWED_CHARS or not c.isprintable()})
+    if bad:
+        shown = ", ".join("a space" if c == " " else repr(c) for c in bad)
+        fixed = "".join("-" if c in bad else c for c in name).strip("-") or "train"
+        return f"conda refuses environment names containing {shown} (they are not allowed: '/', ':', '#', spaces); use e.g. `{fixed}`, or -p PREFIX for a folder"
+    if name in (".", ".."):
+        return f"`{name}` is not a name but a folder; use -p PREFIX for a path"
+    if name in RESERVED_NAMES:
+        return f"`{name}` is the name conda reserves for its root environment; choose another name, e.g. `{name}-env`"
+    if len(name.encode("utf-8", "surrogateescape")) > 255:
+        return "the name is longer than a folder name can be (255 bytes); choose a shorter one"
+    return None
+
+
 def resolve_prefix(name: str | None, prefix: Path | None, default_name: str | None = None) -> Path:
+    """The folder of -n NAME / -p PREFIX, or of `default_name` (the spec's `name:`); BadInput (exit 2) otherwise."""
     if name and prefix:
         raise BadInput("use -n NAME or -p PREFIX, not both")
     if prefix is not None:
         return prefix.absolute()
-    chosen = name or default_name
-    if not chosen:
-        raise BadInput("no environment named; pass -n NAME or -p PREFIX (or add `name:` to the spec)")
-    if "/" in chosen or chosen in (".", ".."):
-        raise BadInput(f"-n {chosen!r}: a name cannot contain '/'; use -p PREFIX for a path")
-    return envs_dir() / chosen
+    if name is not None:
+        where = f"-n {name!r}"
+    elif default_name:
+        name, where = default_name, f"`name: {default_name}` in the spec (the name used without -n/-p)"
+    else:
+        raise BadInput("no environment named: the spec has no `name:`; pass -n NAME or -p PREFIX, or add `name:` to the spec")
+    problem = env_name_problem(name)
+    if problem:
+        raise BadInput(f"{where}: {problem}")
+    return envs_dir() / name
+
+
+def active_prefix(command: str) -> Path:
+    """The active conda environment ($CONDA_PREFIX), which `command` uses without -n/-p, as conda does."""
+    active = os.environ.get("CONDA_PREFIX")
+    if not active:
+        raise BadInput(
+            f"{command}: no environment given and none is active ($CONDA_PREFIX is not set); "
+            f"pass -n NAME (an environment under {envs_dir()}) or -p PREFIX (its folder)"
+        )
+    return Path(active).absolute()
 
 
 def require_env(prefix: Path) -> Path:

@@ -25,10 +25,14 @@ import yaml
 
 from envkit.errors import SpecError, describe_os_error
 
+_STR = "tag:yaml.org,2002:str"
+
 KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 """The top-level keys of conda's environment.yml, plus conda-lock's ``platforms``."""
 
 _NULL = "tag:yaml.org,2002:null"
+# What YAML makes of an unquoted value that is not text, for the message that says to quote it.
+_KINDS = {"int": "a number", "float": "a number", "bool": "true/false", "timestamp": "a date", "binary": "binary data"}
 # The line breaks PyYAML counts, so that mark.line indexes into the same list.
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _TRAILING_COMMENT = re.compile(r"\s+(#.*?)\s*$")
@@ -41,6 +45,16 @@ class Item:
     text: str
     line: int
     comment: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A value conda cannot take (a number where a package belongs, an unknown installer, a pip
+    line that is not a requirement). lint reports each as an error; lock and create refuse the file."""
+
+    line: int
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ class EnvironmentSpec:
     """Every `installer:` mapping inside dependencies (`pip:`, and any other such as `npm:`)."""
     sha256: str = ""
     """Of the bytes that were parsed: the lock records it, so a later edit shows as stale."""
+    problems: tuple[Problem, ...] = ()
+    """Values conda refuses, in file order (see Problem)."""
 
     @property
     def channels(self) -> list[str]:
@@ -76,6 +92,13 @@ class EnvironmentSpec:
         """Line of the top-level key that counts (the last one), or None when it is absent."""
         lines = [k.line for k in self.keys if k.text == key]
         return lines[-1] if lines else None
+
+    def require_usable(self) -> None:
+        """SpecError (exit 2) naming the first problem's line: what lock and create do with such a file."""
+        if self.problems:
+            first = self.problems[0]
+            more = f" (and {len(self.problems) - 1} more; `envkit lint {self.path}` lists them)" if len(self.problems) > 1 else ""
+            raise SpecError(f"{self.path}:{first.line}: {first.message}{more}")
 
     def source_line(self, item: str) -> int | None:
         """Line where a conda spec, pip spec, channel or top-level key is written; None if absent."""
@@ -166,6 +189,7 @@ class _Builder:
         self.path = path
         self.lines = lines
         self.sha256 = sha256
+        self.problems: list[Problem] = []
 
     def fail(self, node: yaml.Node, problem: str) -> SpecError:
         return SpecError(f"{self.path}:{_line(node)}: {problem}")
@@ -191,9 +215,25 @@ class _Builder:
             keys=tuple(keys),
             sections=sections,
             sha256=self.sha256,
+            problems=tuple(sorted(self.problems, key=lambda p: p.line)),
         )
 
-    def item(self, node: yaml.ScalarNode) -> Item:
+    def text(self, node: yaml.ScalarNode, where: str) -> str:
+        """The value as written; a Problem when YAML reads it as something other than text."""
+        if node.tag != _STR:
+            kind = _KINDS.get(node.tag.rsplit(":", 1)[-1], f"a `{node.tag}` value")
+            try:
+                loaded = yaml.safe_load(f"[{node.value}]")[0] if kind == "a number" else None
+            except yaml.YAMLError:
+                loaded = None
+            reads = f" ({loaded!r})" if loaded is not None and str(loaded) != node.value else ""
+            self.problems.append(Problem(_line(node), "not-text", (
+                f"`{node.value}` {where} is {kind}{reads} to YAML, not text, and conda refuses it there; "
+                f"write the text you meant, in quotes: \"{node.value}\"")))
+        return node.value
+
+    def item(self, node: yaml.ScalarNode, where: str) -> Item:
+        self.text(node, where)
         comment = ""
         start, end = node.start_mark, node.end_mark
         if start.line == end.line < len(self.lines):
@@ -206,7 +246,7 @@ class _Builder:
             return None
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, f"`{key}` must be a single value, not a list or mapping; write `{key}: VALUE`")
-        return node.value
+        return self.text(node, f"in `{key}:`")
 
     def scalar_list(self, key: str, node: yaml.Node | None) -> tuple[Item, ...]:
         if node is None or _is_null(node):
@@ -219,7 +259,7 @@ class _Builder:
                 raise self.fail(child, f"each entry of `{key}` must be a single value, not a list or mapping; write one `- VALUE` per line")
             if _is_null(child):
                 raise self.fail(child, f"an empty `-` entry in `{key}`; remove it or write a value")
-            items.append(self.item(child))
+            items.append(self.item(child, f"under `{key}:`"))
         return tuple(items)
 
     def dependencies(self, node: yaml.Node | None) -> tuple[tuple[Item, ...], tuple[Item, ...], tuple[Item, ...]]:
@@ -239,12 +279,20 @@ class _Builder:
                     packages = self.scalar_list(key_node.value, value_node)
                     if key_node.value == "pip":
                         pip = packages  # conda keeps the last `pip:` section; lint reports the repeat
+                        for package in packages:
+                            reason = pip_line_problem(package.text)
+                            if reason:
+                                self.problems.append(Problem(package.line, "invalid-pip", f"pip line `{package.text}`: {reason}"))
+                    else:
+                        self.problems.append(Problem(_line(key_node), "unknown-installer", (
+                            f"`{key_node.value}:` is not an installer conda knows (only `pip:` is) and conda env create "
+                            "fails on it; install those packages outside the environment file")))
             elif isinstance(child, yaml.SequenceNode):
                 raise self.fail(child, "a nested list in `dependencies`; write one package per `  - ` line")
             elif _is_null(child):
                 raise self.fail(child, "an empty `-` entry in `dependencies`; remove it or write a package")
             else:
-                conda.append(self.item(child))
+                conda.append(self.item(child, "under `dependencies:`"))
         return tuple(conda), pip, tuple(sections)
 
     def variables(self, node: yaml.Node | None) -> Mapping[str, str]:
@@ -258,3 +306,66 @@ class _Builder:
                 raise self.fail(key_node, "each entry of `variables` must be `NAME: value` with a single value; quote the value if needed")
             out[key_node.value] = "" if _is_null(value_node) else value_node.value
         return MappingProxyType(out)
+
+
+# pip's requirements-file options (pip/_internal/req/req_file.py), which conda passes on as they are:
+# conda writes the `pip:` lines to a requirements file and runs `pip install -r` on it.
+_PIP_VALUE_OPTIONS = frozenset({
+    "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint", "-r", "--requirement",
+    "-e", "--editable", "--no-binary", "--only-binary", "--trusted-host", "--use-feature",
+})
+_PIP_FLAG_OPTIONS = frozenset({"--no-index", "--prefer-binary", "--require-hashes", "--pre"})
+_PIP_REQUIREMENT_OPTIONS = ("--hash", "--config-settings", "--global-option")
+_PIP_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_PIP_ENV_VAR = re.compile(r"\$\{[A-Z0-9_]+\}")
+_CONDA_STYLE_PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*=\s*([0-9][^=<>!~;\s]*)")
+_PIP_ARCHIVES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar")
+
+
+def pip_line_problem(text: str) -> str | None:
+    """Why pip would refuse this `pip:` line, with the fix; None when pip takes it.
+
+    A line is what a requirements file holds: a PEP 508 requirement (checked by
+    ``packaging.requirements``, optionally followed by ``--hash=...``), a URL (``git+https://...``,
+    ``https://.../x.whl``), a local path (``./pkg``, ``/wheels/x.whl``), or one of pip's
+    requirements-file options (``-e PATH``, ``-r FILE``, ``--index-url URL``, ``--pre``, ...).
+    ``${VAR}`` is expanded by pip first, so it stands for any text here.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    line = _PIP_ENV_VAR.sub("x", re.sub(r"(^|\s)#.*$", "", text)).strip()
+    if not line:
+        return "it is empty; write a package such as `requests==2.31.0`, or remove the line"
+    if line.startswith("-"):
+        head, _, rest = line.partition(" ")
+        option, eq, inline = head.partition("=")
+        if not option.startswith("--") and len(option) > 2:  # `-rfile`, as optparse reads it
+            option, inline, eq = option[:2], option[2:], "="
+        value = (inline if eq else rest).strip()
+        if option in _PIP_FLAG_OPTIONS:
+            return None if not value.strip() else f"`{option}` takes no value; write it alone on its line"
+        if option in _PIP_VALUE_OPTIONS:
+            return None if value.strip() else f"`{option}` needs a value, e.g. `{option} ./pkg` or `{option} URL`"
+        return (f"`{option}` is not an option pip accepts in a requirements file (those are -e, -r, -c, "
+                "--index-url, --extra-index-url, --find-links, --no-index, --pre, ...); fix the option or write a requirement")
+    requirement, *options = re.split(r"\s+(?=--)", line)
+    for option in options:
+        if not option.startswith(_PIP_REQUIREMENT_OPTIONS):
+            return f"`{option.split()[0]}` cannot follow a requirement; only {', '.join(_PIP_REQUIREMENT_OPTIONS)} can"
+    if _PIP_URL.fullmatch(requirement) or _is_pip_path(requirement):
+        return None
+    conda_pin = _CONDA_STYLE_PIN.fullmatch(requirement)
+    if conda_pin:
+        return f"pip pins a version with `==`, not conda's `=`; write `{conda_pin.group(1)}=={conda_pin.group(2)}`"
+    try:
+        Requirement(requirement)
+    except InvalidRequirement as exc:
+        why = str(exc).splitlines()[0].rstrip(".")
+        return (f"not a requirement pip can read ({why}); write NAME, NAME==VERSION or NAME>=VERSION "
+                "(one package per line, no spaces inside a name), a URL, or a path starting with ./")
+    return None
+
+
+def _is_pip_path(text: str) -> bool:
+    """pip treats a line as a local path when it has a path separator, starts with '.' or '~', or names an archive."""
+    return "/" in text or "\\" in text or text.startswith((".", "~")) or text.lower().endswith(_PIP_ARCHIVES)

@@ -46,6 +46,7 @@ def read_spec(path: str | os.PathLike[str]) -> SpecFile:
     from envkit.conda.spec import load_spec
 
     spec = load_spec(path)
+    spec.require_usable()  # what lint reports as not-text, invalid-pip, unknown-installer: exit 2 here
     p = spec.path
     if not spec.conda_specs:
         raise SpecError(f"{p}:{spec.key_line('dependencies') or 1}: `dependencies:` lists no conda package; add the packages to install")
