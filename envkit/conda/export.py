@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envkit.conda.prefixes import env_vars, installed_packages, pip_dists, read_envkit_meta, require_env
+from envkit.conda.prefixes import (
+    NAME_DISALLOWED_CHARS,
+    env_name_problem,
+    env_vars,
+    installed_packages,
+    pip_dists,
+    read_envkit_meta,
+    require_env,
+)
 
 
 def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = False) -> str:
@@ -27,11 +35,21 @@ def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = F
     else:
         deps = [f"{p.name}={p.version}" if no_builds else f"{p.name}={p.version}={p.build}" for p in sorted(packages, key=lambda p: p.name)]
         pip = [f"{n}=={v}" for n, v in sorted(pip_dists(prefix).items())]
-    doc: dict[str, object] = {"name": meta.get("name") or prefix.name, "channels": channels, "dependencies": deps + ([{"pip": pip}] if pip else [])}
+    doc: dict[str, object] = {}
+    name = _portable_name(str(meta.get("name") or prefix.name))
+    if name is not None:
+        doc["name"] = name
+    doc.update(channels=channels, dependencies=deps + ([{"pip": pip}] if pip else []))
     variables = env_vars(prefix)
     if variables:
         doc["variables"] = variables  # as `conda env export` does
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def _portable_name(name: str) -> str | None:
+    """The folder's name as a `name:` conda accepts ('my env' -> 'my-env'); None where none fits (`base`)."""
+    name = "".join("-" if c in NAME_DISALLOWED_CHARS or not c.isprintable() else c for c in name).strip("-")
+    return None if env_name_problem(name) else name
 
 
 def _history_specs(prefix: Path) -> list[str]:

@@ -320,8 +320,8 @@ class _Linter:
 
     def cudatoolkit_with_pytorch2(self) -> Iterator[Finding]:
         pytorch = [(i, m) for i, m in self.named("pytorch") if self.pytorch_channel_provides(m) and _may_be_2_or_newer(m.version)]
-        if not pytorch:
-            return
+        if not pytorch or self.named("pytorch-cuda") or any(_picks_cuda(m.build) for _, m in pytorch):
+            return  # the CUDA build is asked for another way; cudatoolkit beside it (an export lists it) does no harm
         torch_item, torch_spec = pytorch[0]
         which = f"`{torch_item.text}`" if torch_spec.version else "an unpinned `pytorch` (the newest is 2.x)"
         nvidia = "" if "nvidia" in self.channels else " and add the `nvidia` channel"

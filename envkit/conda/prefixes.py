@@ -62,7 +62,7 @@ def env_name_problem(name: str) -> str | None:
     if name in (".", ".."):
         return f"`{name}` is not a name but a folder; use -p PREFIX for a path"
     if name in RESERVED_NAMES:
-        return f"`{name}` is the name conda reserves for its root environment; choose another name, e.g. `{name}-env`"
+        return f"`{name}` is the name conda reserves for its root environment; use another name, e.g. `{name}-env`, or -p PREFIX for a folder"
     if len(name.encode("utf-8", "surrogateescape")) > 255:
         return "the name is longer than a folder name can be (255 bytes); choose a shorter one"
     return None

@@ -8,6 +8,7 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from envkit.cli import main
@@ -126,3 +127,64 @@ def test_pip_part_uses_the_new_environments_python_real_venv_stand_in(tmp_path: 
 
     (prefix / "conda-meta").mkdir()
     assert pip_dists(prefix) == {"tinypkg": "1.0"}
+
+
+# issue 10, item 3: what lint calls an error in a spec, lock and create refuse with its line (exit 2)
+
+NOT_TEXT = [
+    ("  - python=3.11\n  - 5\n", 6, "`5` under `dependencies:` is a number"),
+    ("  - python=3.11\n  - 1.5\n", 6, "`1.5` under `dependencies:` is a number"),
+    ("  - python=3.11\n  - true\n", 6, "is true/false"),
+    ("  - python=3.11\n  - pip\n  - pip:\n    - 5\n", 8, "`5` under `pip:` is a number"),
+    ("  - python=3.11\n  - pip\n  - pip:\n    - requests>>2\n", 8, "pip line `requests>>2`: not a requirement"),
+    ("  - python=3.11\n  - pip\n  - pip:\n    - foo bar\n", 8, "pip line `foo bar`"),
+    ("  - python=3.11\n  - npm:\n    - express\n", 6, "`npm:` is not an installer"),
+]
+
+
+@pytest.mark.parametrize(("deps", "line", "says"), NOT_TEXT, ids=[t[2] for t in NOT_TEXT])
+@pytest.mark.parametrize("command", ["lock", "create", "create --dry-run"])
+def test_lock_and_create_refuse_what_lint_calls_unusable(tmp_path: Path, channel: Path, deps: str, line: int, says: str, command: str) -> None:
+    spec = write_spec(tmp_path, channel, deps)
+    args = ["lock", "-f", str(spec), "-p", "linux-64"] if command == "lock" else [*command.split(), str(spec), "-p", str(tmp_path / "env")]
+    message = fails(*args, code=2)
+    assert message.startswith(f"envkit: error: {spec}:{line}: ") and says in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["environment.yml"]  # no lock, no env
+
+
+def test_name_5_is_refused_not_stringified(tmp_path: Path, channel: Path) -> None:
+    spec = write_spec(tmp_path, channel, "  - python=3.11\n", name="5")
+    message = fails("create", str(spec), code=2)
+    assert message.startswith(f"envkit: error: {spec}:1: `5` in `name:` is a number") and '"5"' in message
+    assert not Path(os.environ["ENVKIT_ENVS_DIR"], "5").exists()
+
+
+BAD_NAMES = [("my env", "a space"), ("a/b", "'/'"), ("a:b", "':'"), ("a#b", "'#'"), ("base", "reserves"),
+             ("root", "reserves"), ("..", "use -p PREFIX"), ("", "cannot be empty")]
+
+
+@pytest.mark.parametrize(("name", "says"), BAD_NAMES, ids=[n or "empty" for n, _ in BAD_NAMES])
+def test_a_name_conda_refuses_is_exit_2_for_every_command(tmp_path: Path, channel: Path, name: str, says: str) -> None:
+    spec = write_spec(tmp_path, channel, "  - python=3.11\n")
+    envs = Path(os.environ["ENVKIT_ENVS_DIR"])
+    before = sorted(envs.iterdir()) if envs.is_dir() else []
+    for args in (["create", str(spec), "-n", name], ["create", str(spec), "-n", name, "--dry-run"],
+                 ["export", "-n", name], ["doctor", "-n", name]):
+        message = fails(*args, code=2)
+        assert message.startswith(f"envkit: error: -n {name!r}: ") and says in message, message
+    assert (sorted(envs.iterdir()) if envs.is_dir() else []) == before
+
+
+@pytest.mark.parametrize("name", ["base", "my env"])
+def test_the_specs_name_is_held_to_the_same_rules(tmp_path: Path, channel: Path, name: str) -> None:
+    spec = write_spec(tmp_path, channel, "  - python=3.11\n", name=f'"{name}"')
+    message = fails("create", str(spec), code=2)
+    assert message.startswith(f"envkit: error: `name: {name}` in the spec (the name used without -n/-p): ")
+    assert CliRunner().invoke(main, ["lint", str(spec)]).exit_code == 1
+
+
+def test_export_without_n_or_p_and_no_active_environment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    message = fails("export", code=2)
+    assert "no environment given and none is active ($CONDA_PREFIX is not set)" in message
+    assert "pass -n NAME" in message and "-p PREFIX" in message and "name:" not in message

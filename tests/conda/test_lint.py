@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -395,3 +396,221 @@ def test_cli_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
 def test_help_lists_lint() -> None:
     code, out, _ = run("--help")
     assert code == 0 and "lint" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10, item 3: what conda refuses is an error; advice only where it applies
+
+
+LOCAL = "name: x\nchannels:\n  - file:///srv/conda/local\n"
+
+
+@pytest.mark.parametrize(
+    "channels",
+    ["pytorch", "https://conda.anaconda.org/pytorch", "https://conda.anaconda.org/pytorch/", "pytorch/label/nightly",
+     "pytorch-nightly", "https://anaconda.org/pytorch"],
+)
+@pytest.mark.parametrize("cuda", ["- pytorch-cuda=11.8", "- pytorch=2.0.1=*cuda*"])
+def test_cuda_needs_nvidia_where_the_public_pytorch_channel_is_listed(tmp_path: Path, channels: str, cuda: str) -> None:
+    torch = () if "pytorch=" in cuda else ("- pytorch=2.0.1",)
+    report = lint_text(tmp_path, deps(*torch, cuda, "- cuda-version=11.8", head=f"name: x\nchannels:\n  - {channels}\n"))
+    assert [f.code for f in report.errors] == ["cuda-needs-nvidia"], report.to_text()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [LOCAL, "name: x\nchannels:\n  - file:///srv/conda/pytorch\n",
+     "name: x\nchannels:\n  - https://mirror.example.org/pytorch\n",
+     "name: x\nchannels:\n  - https://mirrors.tuna.tsinghua.edu.cn/anaconda/cloud/pytorch/\n",
+     "name: x\nchannels:\n  - https://artifactory.example/api/conda/pytorch-remote\n",
+     "name: x\nchannels:\n  - conda-forge\n  - pytorch\n"],  # conda-forge first: its CUDA pytorch needs no nvidia
+    ids=["local", "local-named-pytorch", "mirror", "tuna-mirror", "artifactory", "conda-forge-first"],
+)
+def test_cuda_needs_nvidia_does_not_judge_local_or_mirror_channels(tmp_path: Path, head: str) -> None:
+    report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- pytorch-cuda=11.8=h0_5", head=head))
+    if "conda-forge" in head:  # pytorch-cuda exists only on the public pytorch channel, which is listed
+        assert [f.code for f in report.errors] == ["cuda-needs-nvidia"] and report.errors[0].line == 7
+        report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- cuda-version=11.8", head=head))
+    assert report.errors == (), report.to_text()
+
+
+def test_an_explicit_public_channel_on_the_package_is_judged(tmp_path: Path) -> None:
+    report = lint_text(tmp_path, deps("- pytorch::pytorch-cuda=11.8", "- pytorch::pytorch=2.0.1", head=LOCAL))
+    assert [(f.code, f.line) for f in report.errors] == [("cuda-needs-nvidia", 5)]
+    report = lint_text(tmp_path, deps("- pytorch::pytorch-cuda=11.8", "- nvidia::cuda-cudart", head=LOCAL))
+    assert report.errors == ()
+
+
+@pytest.mark.parametrize("name", ["my env", "a/b", "a:b", "a#b", "base", "root", '"tab\\there"', "''", ".", ".."])
+def test_names_conda_refuses_are_errors(tmp_path: Path, name: str) -> None:  # `name` as written in YAML
+    report = lint_text(tmp_path, deps("- numpy", head=f"name: {name}\nchannels:\n  - conda-forge\n"))
+    (error,) = report.errors
+    assert (error.code, error.line) == ("invalid-name", 1), report.to_text()
+    assert "-p PREFIX" in error.message or "choose another name" in error.message or "write a name" in error.message
+
+
+@pytest.mark.parametrize("name", ["train", "train-1.0", "py3.11_env", "Base", "base2", "ünïcode", "'5'"])
+def test_names_conda_takes_are_fine(tmp_path: Path, name: str) -> None:
+    assert lint_text(tmp_path, deps("- numpy", head=f"name: {name}\nchannels:\n  - conda-forge\n")).findings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        (deps("- numpy", "- 5"), 6, "`5` under `dependencies:` is a number"),
+        (deps("- numpy", "- 1.5"), 6, "`1.5` under `dependencies:` is a number"),
+        (deps("- numpy", "- 3.10"), 6, "is a number (3.1)"),
+        (deps("- numpy", "- true"), 6, "is true/false"),
+        (deps("- numpy", "- yes"), 6, "is true/false"),
+        (deps("- numpy", "- 2024-01-01"), 6, "is a date"),
+        (deps("- pip", "- pip:", "  - rich", "  - 5"), 8, "`5` under `pip:` is a number"),
+        (deps("- numpy", head="name: 5\nchannels:\n  - conda-forge\n"), 1, "`5` in `name:` is a number"),
+        (deps("- numpy", head="name: 3.10\nchannels:\n  - conda-forge\n"), 1, "(3.1)"),
+        (deps("- numpy", head="name: x\nchannels: [5]\n\n"), 2, "`5` under `channels:` is a number"),
+        (deps("- numpy") + "platforms:\n  - 64\n", 7, "`64` under `platforms:` is a number"),
+    ],
+)
+def test_values_that_are_not_text_are_errors_at_their_line(tmp_path: Path, text: str, line: int, says: str) -> None:
+    report = lint_text(tmp_path, text)
+    (error,) = report.errors
+    assert (error.code, error.line) == ("not-text", line) and says in error.message, report.to_text()
+    assert "in quotes" in error.message and report.warnings == ()  # no second finding about the same value
+
+
+def test_quoted_values_are_text(tmp_path: Path) -> None:
+    report = lint_text(tmp_path, deps('- "5"', "- '1.5'", "- pip", "- pip:", '  - "rich"', head='name: "5"\nchannels:\n  - conda-forge\n'))
+    assert report.errors == (), report.to_text()
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [("requests>>2", "not a requirement pip can read"), ("foo bar", "not a requirement pip can read"),
+     ("==1.0", "not a requirement pip can read"), ("numpy=1.26", "write `numpy==1.26`"),
+     ("torch = 2.0.1", "write `torch==2.0.1`"), ("--frobnicate", "not an option pip accepts"),
+     ("-e", "`-e` needs a value"), ("--index-url", "needs a value"), ("--pre yes-please", "takes no value"),
+     ("requests==2.31 --nope", "`--nope` cannot follow a requirement"), ("requests[socks", "not a requirement")],
+)
+def test_pip_lines_pip_cannot_read_are_errors_at_their_line(tmp_path: Path, line: str, says: str) -> None:
+    report = lint_text(tmp_path, deps("- pip", "- pip:", "  - rich==13.7.1", f"  - {json.dumps(line)}"))
+    (error,) = report.errors
+    assert (error.code, error.line) == ("invalid-pip", 8) and f"`{line}`" in error.message and says in error.message, report.to_text()
+
+
+GOOD_PIP_LINES = [
+    "requests", "requests[socks]>=2,<3", "torch==2.0.1+cu118", "attrs==23.1; python_version >= '3.8'",
+    "Foo_Bar.baz~=1.4", "b @ https://example.org/b-1.0.tar.gz", "git+https://github.com/a/b.git@v1#egg=b",
+    "https://example.org/wheels/c-1.0-py3-none-any.whl", "./wheels/d-1.0-py3-none-any.whl", "./local-project",
+    "-e ./local-project", "--editable=./local-project", "-r extra-requirements.txt", "-rextra-requirements.txt",
+    "-c constraints.txt", "--index-url https://pypi.example.org/simple", "--extra-index-url=https://pypi.example.org/simple",
+    "-f ./wheels", "--no-index", "--pre", "--prefer-binary", "--trusted-host pypi.example.org",
+    "e==1.0 --hash=sha256:" + "a" * 64,
+]
+
+
+@pytest.mark.parametrize("line", GOOD_PIP_LINES)
+def test_pip_lines_pip_accepts_are_fine(tmp_path: Path, line: str) -> None:
+    report = lint_text(tmp_path, deps("- pip", "- pip:", f"  - {json.dumps(line)}"))
+    assert report.errors == (), report.to_text()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pip's own pkg_resources import
+def test_the_pip_lines_called_fine_are_ones_real_pip_reads(tmp_path: Path) -> None:
+    """Cross-check with pip's own requirements-file parser (what conda runs on the `pip:` list)."""
+    req_file = pytest.importorskip("pip._internal.req.req_file")
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.constructors import install_req_from_parsed_requirement
+
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "d-1.0-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "local-project").mkdir()
+    (tmp_path / "local-project" / "pyproject.toml").write_text("[project]\nname = 'lp'\nversion = '1'\n")
+    (tmp_path / "extra-requirements.txt").write_text("")
+    (tmp_path / "constraints.txt").write_text("")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(GOOD_PIP_LINES) + "\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        parsed = [install_req_from_parsed_requirement(r) for r in req_file.parse_requirements(str(requirements), session=PipSession())]
+    finally:
+        os.chdir(cwd)
+    assert len(parsed) == len([line for line in GOOD_PIP_LINES if not line.startswith("-") or line.startswith(("-e", "--editable"))])
+
+
+@pytest.mark.parametrize(
+    ("spec", "advice"),
+    [("pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "`*cuda*`"), ("pytorch 2.1.2 cuda118py311h1234567_0", "`*cuda*`"),
+     ("pytorch=2.0.1=py3.11_cpu_0", "`*cpu*`"), ("numpy=1.25.0=py311h0_0", None), ("openssl=3.0.8=h0a4308_0", None),
+     ("ucx=1.14=h1234_nocuda_0", None), ("magma=2.7=cuda_none_h0_0", None)],
+)
+def test_build_string_advice_names_the_variant_the_build_picks(tmp_path: Path, spec: str, advice: str | None) -> None:
+    report = lint_text(tmp_path, deps(f"- {spec}", "- cuda-version=11.8", "- pytorch-cuda=11.8", head="name: x\nchannels:\n  - conda-forge\n  - nvidia\n"))
+    (warning,) = [f for f in report.findings if f.code == "build-string"]
+    assert "--no-builds" in warning.message
+    assert ("*cuda*" in warning.message) == (advice == "`*cuda*`") and ("*cpu*" in warning.message) == (advice == "`*cpu*`")
+
+
+@pytest.mark.parametrize("build", ["*nocuda*", "cpu_*", "*cpu*", "py3.11_0", "h1234_0", "cuda_none*"])
+def test_build_patterns_that_do_not_pick_cuda_are_not_cuda_requests(tmp_path: Path, build: str) -> None:
+    report = lint_text(tmp_path, deps(f"- pytorch=2.1.2={build}", head="name: x\nchannels:\n  - pytorch\n"))
+    assert not {"cuda-unpinned", "cuda-needs-nvidia"} & {f.code for f in report.findings}, report.to_text()
+
+
+@pytest.mark.parametrize("build", ["*cuda*", "py3.11_cuda11.8*", "cuda118*", "*cu118*", "*_cuda"])
+def test_build_patterns_that_pick_cuda_are_cuda_requests(tmp_path: Path, build: str) -> None:
+    codes = {f.code for f in lint_text(tmp_path, deps(f"- pytorch=2.0.1={build}", head="name: x\nchannels:\n  - pytorch\n")).findings}
+    assert "cuda-needs-nvidia" in codes
+
+
+@pytest.mark.parametrize(
+    ("torch", "error"),
+    [("pytorch=1.13.*", False), ("pytorch<=1.99", False), ("pytorch<2.0.0", False), ("pytorch==1.13.1", False),
+     ("pytorch=2", True), ("pytorch<=2.0", True), ("pytorch>=1.13", True), ("pytorch<1|>=2", True), ("pytorch<2.0.1", True)],
+)
+def test_cudatoolkit_rule_compares_versions_as_conda_does(tmp_path: Path, torch: str, error: bool) -> None:
+    report = lint_text(tmp_path, deps(f"- {json.dumps(torch)}", "- cudatoolkit=11.7", head="name: x\nchannels:\n  - pytorch\n  - nvidia\n"))
+    assert ("cudatoolkit-pytorch2" in {f.code for f in report.errors}) == error, report.to_text()
+
+
+def test_envkits_own_export_lints_clean_and_solves(tmp_path: Path, channel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create from a local channel (the CUDA build), export it three ways, lint each: no errors; the
+    full export solves again. A folder name conda refuses ("my env") becomes a `name:` it takes."""
+    from tests.conda.channel import CUDA_BUILD
+    from tests.conda.conftest import write_spec
+
+    spec = write_spec(tmp_path, channel, "  - python=3.11\n  - pytorch=2.0.1\n  - pytorch-cuda=11.8\n  - numpy\n  - pip\n")
+    assert run("lint", spec)[0] == 0
+    assert run("lock", "-f", spec, "-p", "linux-64", "--with-cuda", "11.8")[0] == 0
+    prefix = tmp_path / "envs" / "my env"
+    code, _, err = run("create", spec, "-p", prefix)
+    assert code == 0, err
+    exported = {}
+    (tmp_path / "exported").mkdir()  # away from the first spec's conda-lock.yml
+    for flags in ((), ("--no-builds",), ("--from-history",)):
+        out = tmp_path / "exported" / f"export{''.join(flags) or '-full'}.yml"
+        code, _, err = run("export", "-p", prefix, *flags, "-o", out)
+        assert code == 0, err
+        code, text, _ = run("lint", "--json", out)
+        doc = json.loads(text)
+        assert (code, doc["errors"]) == (0, 0), (out.read_text(), doc)
+        assert {f["code"] for f in doc["findings"]} <= {"build-string"}, doc  # exact builds: a warning, by design
+        exported[flags] = out.read_text()
+    assert f"pytorch=2.0.1={CUDA_BUILD}" in exported[()] and "name: my-env" in exported[()]
+    # the full export installs the same environment again: it solves, CUDA build included
+    code, plan, err = run("create", tmp_path / "exported" / "export-full.yml", "-p", tmp_path / "again", "--dry-run", "--with-cuda", "11.8")
+    assert code == 0 and CUDA_BUILD in plan, err
+    # without -n/-p, export takes the active environment (as conda env export does) and says so
+    monkeypatch.setenv("CONDA_PREFIX", str(prefix))
+    code, text, err = run("export")
+    assert code == 0 and text == run("export", "-p", prefix)[1] and f"exporting the active environment {prefix}" in err
+
+
+@pytest.mark.parametrize("cuda", ["- pytorch-cuda=11.8", "- pytorch-cuda=11.8=h7e8668a_5"])
+def test_cudatoolkit_beside_pytorch_cuda_is_not_an_error(tmp_path: Path, cuda: str) -> None:
+    """What `envkit export --no-builds` writes for an environment from the pytorch channel: pytorch-cuda picks the
+    CUDA build, so the cudatoolkit it pulled in is harmless."""
+    head = "name: x\nchannels:\n  - pytorch\n  - nvidia\n"
+    report = lint_text(tmp_path, deps("- pytorch=2.0.1", cuda, "- cudatoolkit=11.8.0", head=head))
+    assert report.errors == (), report.to_text()
+    report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- cudatoolkit=11.8.0", head=head))
+    assert report.errors == (), report.to_text()

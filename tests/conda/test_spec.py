@@ -170,3 +170,69 @@ def test_unreadable_paths(tmp_path: Path, make, says: str) -> None:  # type: ign
         load_spec(path)
     assert info.value.exit_code == EXIT_BAD_INPUT
     assert info.value.message.startswith(f"{path}: ") and says in info.value.message
+
+
+# issue 10, item 3: values conda refuses are Problems with their line; lock and create refuse them
+
+
+def test_values_that_are_not_text_are_problems_with_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        name: 5
+        channels:
+          - conda-forge
+          - 7
+        dependencies:
+          - numpy
+          - 1.5
+          - true
+          - "2.0"
+          - 2024-01-01
+          - pip:
+            - rich
+            - 5
+        """)
+    spec = load_spec(path)
+    assert [(p.line, p.code) for p in spec.problems] == [(1, "not-text"), (4, "not-text"), (7, "not-text"), (8, "not-text"),
+                                                         (10, "not-text"), (13, "not-text")]
+    assert spec.name == "5" and spec.conda_specs == ["numpy", "1.5", "true", "2.0", "2024-01-01"]  # still as written
+    with pytest.raises(SpecError) as info:
+        spec.require_usable()
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    assert info.value.message.startswith(f"{path}:1: `5` in `name:` is a number") and "in quotes" in info.value.message
+    assert "and 5 more; `envkit lint" in info.value.message and "\n" not in info.value.message
+
+
+def test_unknown_installers_and_pip_lines_pip_cannot_read_are_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        dependencies:
+          - numpy
+          - npm:
+            - express
+          - pip:
+            - requests>>2
+            - ok-package==1.0
+            - numpy=1.26
+        """)
+    spec = load_spec(path)
+    assert [(p.line, p.code) for p in spec.problems] == [(3, "unknown-installer"), (6, "invalid-pip"), (8, "invalid-pip")]
+    assert "`numpy==1.26`" in spec.problems[2].message
+
+
+def test_a_clean_file_has_no_problems(tmp_path: Path) -> None:
+    spec = load_spec(ENVIRONMENTS / "environment.yml")
+    assert spec.problems == ()
+    spec.require_usable()  # does not raise
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("requests", None), ("-e .", None), ("--index-url https://x/simple", None), ("git+https://h/a/b.git", None),
+     ("./pkg", None), ("${PKG}==1.0", None), ("requests  # a comment", None),
+     ("requests>>2", "not a requirement pip can read"), ("foo bar", "not a requirement"), ("", "it is empty"),
+     ("--nope", "not an option pip accepts"), ("--pre x", "takes no value"), ("-r", "needs a value")],
+)
+def test_pip_line_problem(line: str, problem: str | None) -> None:
+    from envkit.conda.spec import pip_line_problem
+
+    found = pip_line_problem(line)
+    assert (found is None) if problem is None else (found is not None and problem in found), found
