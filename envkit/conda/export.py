@@ -62,7 +62,7 @@ def _history_specs(prefix: Path) -> list[str]:
     except OSError:
         return specs
     for line in text.splitlines():
-        if line.startswith("# update specs:") or line.startswith("# install specs:"):
+        if line.startswith(("# update specs:", "# install specs:")):
             try:
                 value = ast.literal_eval(line.split(":", 1)[1].strip())
             except (ValueError, SyntaxError):

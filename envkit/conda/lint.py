@@ -165,7 +165,7 @@ def _pip_name(text: str) -> tuple[str, str] | None:
 
 def _picks_cuda(build: str | None) -> bool:
     """Does this build string (or pattern) select a CUDA variant? `*cuda*`, `py3.11_cuda11.8*`, `cu118`: yes."""
-    return bool(build) and bool(_CUDA_BUILD.search(build))  # type: ignore[arg-type]
+    return build is not None and _CUDA_BUILD.search(build) is not None
 
 
 def _may_be_2_or_newer(version: str | None) -> bool:
@@ -188,9 +188,7 @@ def _caps_below_2(op: str, version: str) -> bool:
     two = Version("2")
     if op == "<":
         return bound <= two
-    if op == "<=":
-        return bound < two
-    if op in ("", "=", "==", "~="):
+    if op in ("<=", "", "=", "==", "~="):  # `=1.13` is 1.13.*, `1.*` starts at 1: below 2 when the bound is
         return bound < two
     return False
 
@@ -258,15 +256,14 @@ class _Linter:
             return
         problem = env_name_problem(name)
         if problem:
-            yield self.finding(line, "error", "invalid-name",
-                               f"`name: {name}`: {problem}")
+            yield self.finding(line, "error", "invalid-name", f"`name: {name}`: {problem}")
 
     def sections(self) -> Iterator[Finding]:
         pip_line = None
         for section in self.spec.sections:
             if section.text != "pip":
-                continue  # unknown-installer: a spec Problem
-            elif pip_line is not None:
+                continue  # unknown-installer is a spec Problem
+            if pip_line is not None:
                 yield self.finding(section.line, "error", "duplicate-pip",
                                    f"a second `pip:` section (first at line {pip_line}); conda keeps only the last one, so the "
                                    f"packages under line {pip_line} are not installed; merge them into one `pip:` list")

@@ -79,7 +79,8 @@ def resolve_prefix(name: str | None, prefix: Path | None, default_name: str | No
     elif default_name:
         name, where = default_name, f"`name: {default_name}` in the spec (the name used without -n/-p)"
     else:
-        raise BadInput("no environment named: the spec has no `name:`; pass -n NAME or -p PREFIX, or add `name:` to the spec")
+        raise BadInput("no environment to create into: neither -n NAME nor -p PREFIX was given, and no spec gives a `name:`; "
+                       "pass -n NAME or -p PREFIX, or add `name: NAME` to the environment.yml")
     problem = env_name_problem(name)
     if problem:
         raise BadInput(f"{where}: {problem}")
