@@ -275,15 +275,21 @@ class _Builder:
                 for key_node, value_node in child.value:
                     if not isinstance(key_node, yaml.ScalarNode):
                         raise self.fail(key_node, "a mapping in `dependencies` needs a plain key; write `- pip:` followed by a list")
-                    sections.append(Item(key_node.value, _line(key_node)))
-                    packages = self.scalar_list(key_node.value, value_node)
-                    if key_node.value == "pip":
-                        pip = packages  # conda keeps the last `pip:` section; lint reports the repeat
-                        for package in packages:
+                    key = key_node.value
+                    if key == "pip":
+                        sections.append(Item(key, _line(key_node)))
+                        pip = self.scalar_list(key, value_node)  # conda keeps the last `pip:` section; lint reports the repeat
+                        for package in pip:
                             reason = pip_line_problem(package.text)
                             if reason:
                                 self.problems.append(Problem(package.line, "invalid-pip", f"pip line `{package.text}`: {reason}"))
+                    elif isinstance(value_node, yaml.ScalarNode) and not _is_null(value_node):
+                        # `- numpy: 1.26`: the `: ` made a mapping of what was meant as `numpy=1.26`
+                        self.problems.append(Problem(_line(key_node), "invalid-spec", (
+                            f"`{key}: {value_node.value}` is a YAML mapping, not a package spec (`: ` makes one); "
+                            f"write `- {key}={value_node.value}`")))
                     else:
+                        sections.append(Item(key, _line(key_node)))
                         self.problems.append(Problem(_line(key_node), "unknown-installer", (
                             f"`{key_node.value}:` is not an installer conda knows (only `pip:` is) and conda env create "
                             "fails on it; install those packages outside the environment file")))

@@ -139,6 +139,7 @@ NOT_TEXT = [
     ("  - python=3.11\n  - pip\n  - pip:\n    - requests>>2\n", 8, "pip line `requests>>2`: not a requirement"),
     ("  - python=3.11\n  - pip\n  - pip:\n    - foo bar\n", 8, "pip line `foo bar`"),
     ("  - python=3.11\n  - npm:\n    - express\n", 6, "`npm:` is not an installer"),
+    ("  - python=3.11\n  - numpy: 1.26\n", 6, "`numpy: 1.26` is a YAML mapping, not a package spec"),
 ]
 
 

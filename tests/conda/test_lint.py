@@ -614,3 +614,10 @@ def test_cudatoolkit_beside_pytorch_cuda_is_not_an_error(tmp_path: Path, cuda: s
     assert report.errors == (), report.to_text()
     report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- cudatoolkit=11.8.0", head=head))
     assert report.errors == (), report.to_text()
+
+
+@pytest.mark.parametrize(("entry", "fix"), [("- numpy: 1.26", "write `- numpy=1.26`"), ("- python: '3.11'", "write `- python=3.11`")])
+def test_a_package_written_as_a_mapping_is_an_invalid_spec(tmp_path: Path, entry: str, fix: str) -> None:
+    report = lint_text(tmp_path, deps("- pip", entry))
+    (error,) = report.errors
+    assert (error.code, error.line) == ("invalid-spec", 6) and fix in error.message, report.to_text()
