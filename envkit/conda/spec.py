@@ -25,12 +25,11 @@ import yaml
 
 from envkit.errors import SpecError, describe_os_error
 
-_STR = "tag:yaml.org,2002:str"
-
 KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 """The top-level keys of conda's environment.yml, plus conda-lock's ``platforms``."""
 
 _NULL = "tag:yaml.org,2002:null"
+_STR = "tag:yaml.org,2002:str"
 # What YAML makes of an unquoted value that is not text, for the message that says to quote it.
 _KINDS = {"int": "a number", "float": "a number", "bool": "true/false", "timestamp": "a date", "binary": "binary data"}
 # The line breaks PyYAML counts, so that mark.line indexes into the same list.
@@ -222,10 +221,7 @@ class _Builder:
         """The value as written; a Problem when YAML reads it as something other than text."""
         if node.tag != _STR:
             kind = _KINDS.get(node.tag.rsplit(":", 1)[-1], f"a `{node.tag}` value")
-            try:
-                loaded = yaml.safe_load(f"[{node.value}]")[0] if kind == "a number" else None
-            except yaml.YAMLError:
-                loaded = None
+            loaded = yaml.safe_load(node.value) if kind == "a number" else None  # `3.10` -> 3.1
             reads = f" ({loaded!r})" if loaded is not None and str(loaded) != node.value else ""
             self.problems.append(Problem(_line(node), "not-text", (
                 f"`{node.value}` {where} is {kind}{reads} to YAML, not text, and conda refuses it there; "
