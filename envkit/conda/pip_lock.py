@@ -101,9 +101,6 @@ def resolve_pip(
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
-    for line in requirements:
-        if line.startswith("-"):
-            raise BadInput(f"{source}: the `pip:` line {line!r} is a pip option; a locked `pip:` part takes requirements only (configure the index in pip's config)")
     match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", python_version)
     if not match:
         raise LockError(f"{source}: the locked python for {platform} is {python_version!r}, not a version pip understands; pin `python` in the spec")
@@ -197,6 +194,8 @@ def _indexes(stdout: str) -> str:
 
 def _failure(stderr: str, logged: str, index: str, platform: str, python_version: str, source: Path) -> LockError:
     where = f"for {platform} (python {python_version})"
+    if "No module named pip" in stderr or "no such option: --report" in stderr:
+        return LockError(f"{sys.executable}: has no pip that can lock (pip >= 22.2 with --report); install or upgrade pip for the python envkit runs under")
     down = re.search(r"Could not fetch URL (\S+?): (connection error|There was a problem confirming the ssl certificate|.*timed out)", logged)
     missing_root = [u for u in index.split(", ") if u.startswith("file:") and not _local_dir(u)]
     if down or missing_root:

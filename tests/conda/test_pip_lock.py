@@ -139,7 +139,7 @@ def test_check_is_stale_for_a_lock_that_does_not_pin_the_pip_part(tmp_path: Path
     lockfile = tmp_path / "conda-lock.yml"
     doc = yaml.safe_load(lockfile.read_text())
     doc["package"] = [p for p in doc["package"] if p["manager"] != "pip"]
-    del doc["metadata"]["custom_metadata"]["envkit.pip_locked"]
+    doc["metadata"]["custom_metadata"].pop("envkit.pip_locked", None)
     lockfile.write_text(yaml.safe_dump(doc))
     out = run("lock", "-f", str(spec), "--check", code=1).stderr
     assert "linux-64: the `pip:` part is not pinned in the lock" in out and "win-64: the `pip:` part" in out
@@ -240,3 +240,4 @@ def test_a_pip_requirement_the_conda_version_does_not_meet_is_exit_2(tmp_path: P
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS + "    - newtool\n")
     one_error_line(run("lock", "-f", str(spec), "-p", "linux-64", code=2), "newtool", "numpy>=2", "numpy 1.25.0")
     assert not (tmp_path / "conda-lock.yml").exists()
+
