@@ -10,9 +10,10 @@ Packages pip would install that the conda part already holds (numpy from conda, 
 for by a pip package) are left to conda, as conda-lock does; a pip package whose
 requirement the conda version does not meet is an error.
 
-Limitation (pip's, not envkit's): environment markers in a package's dependencies
-(``; sys_platform == "win32"``) are evaluated against the machine that locks, not the
-target platform.
+pip's ``--platform`` picks wheels for the target but evaluates environment markers
+(``colorama; sys_platform == "win32"``) against the machine that runs it; envkit runs pip's
+own ``main`` with its marker environment set to the target's (platform, machine, python),
+so a lock made on Linux for win-64 holds what pip on Windows would install.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ from envkit.errors import BadInput, LockError
 DEFAULT_INDEX = "https://pypi.org/simple"
 _ARCH = {"64": "x86_64", "aarch64": "aarch64", "ppc64le": "ppc64le", "arm64": "arm64"}
 _LEGACY_MANYLINUX = (("2014", 17), ("2010", 12), ("1", 5))  # PEP 599/571/513 aliases of manylinux_2_X
+_SYSTEMS = {"linux": ("linux", "Linux", "posix"), "osx": ("darwin", "Darwin", "posix"), "win": ("win32", "Windows", "nt")}
+_MACHINES = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "linux-ppc64le": "ppc64le", "osx-64": "x86_64", "osx-arm64": "arm64", "win-64": "AMD64"}
+# pip itself, with the markers of the target platform rather than of this machine
+_PIP_FOR_TARGET = """
+import json, sys
+from pip._vendor.packaging import markers
+target, here = json.loads(sys.argv[1]), markers.default_environment
+markers.default_environment = lambda: {**here(), **target}
+from pip._internal.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,23 @@ def wheel_platforms(platform: str, virtual: Iterable[Any]) -> tuple[str, ...]:
     raise BadInput(f"{platform}: envkit cannot lock `pip:` packages for this platform; lock it without the `pip:` part")
 
 
+def marker_environment(platform: str, python_version: str) -> dict[str, str]:
+    """PEP 508 marker values of a CPython ``python_version`` on a conda ``platform``."""
+    sys_platform, system, os_name = _SYSTEMS[platform.split("-")[0]]
+    short = ".".join(python_version.split(".")[:2])
+    return {
+        "sys_platform": sys_platform,
+        "platform_system": system,
+        "os_name": os_name,
+        "platform_machine": _MACHINES[platform],
+        "python_version": short,
+        "python_full_version": python_version,
+        "implementation_name": "cpython",
+        "implementation_version": python_version,
+        "platform_python_implementation": "CPython",
+    }
+
+
 def _minor(version: str, default: int) -> int:
     parts = version.split(".")
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else default
@@ -105,14 +134,16 @@ def resolve_pip(
     if not match:
         raise LockError(f"{source}: the locked python for {platform} is {python_version!r}, not a version pip understands; pin `python` in the spec")
     abi = f"cp{match.group(1)}{match.group(2)}"
+    platform_tags = wheel_platforms(platform, virtual)  # an unknown platform fails before pip runs
+    target = marker_environment(platform, match.group(0))
     with tempfile.TemporaryDirectory(prefix="envkit-pip-") as scratch:
         report, log = Path(scratch) / "report.json", Path(scratch) / "pip.log"
-        cmd = [python or sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-input",
+        cmd = [python or sys.executable, "-c", _PIP_FOR_TARGET, json.dumps(target), "install", "--dry-run", "--ignore-installed", "--no-input",
                "--disable-pip-version-check", "--report", str(report), "--log", str(log),
                "--target", str(Path(scratch) / "target"), "--only-binary=:all:",
                "--python-version", match.group(0), "--implementation", "cp",
                "--abi", abi, "--abi", "abi3", "--abi", "none"]  # fmt: skip
-        for tag in wheel_platforms(platform, virtual):
+        for tag in platform_tags:
             cmd += ["--platform", tag]
         cmd += list(requirements)
         env = dict(os.environ, PYTHONNOUSERSITE="1", PIP_REQUIRE_VIRTUALENV="0")
@@ -145,7 +176,7 @@ def resolve_pip(
         except InvalidRequirement:
             continue  # pip resolved it, so pip understood it; an odd line is not ours to reject
         dep = canonicalize_name(req.name)
-        if dep not in resolved or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+        if dep not in resolved or (req.marker is not None and not req.marker.evaluate({**target, "extra": ""})):
             continue
         if dep in conda_versions and not req.specifier.contains(conda_versions[dep], prereleases=True):
             raise LockError(
@@ -194,7 +225,7 @@ def _indexes(stdout: str) -> str:
 
 def _failure(stderr: str, logged: str, index: str, platform: str, python_version: str, source: Path) -> LockError:
     where = f"for {platform} (python {python_version})"
-    if "No module named pip" in stderr or "no such option: --report" in stderr:
+    if re.search(r"No module named '?pip\b", stderr) or "no such option: --report" in stderr:
         return LockError(f"{sys.executable}: has no pip that can lock (pip >= 22.2 with --report); install or upgrade pip for the python envkit runs under")
     down = re.search(r"Could not fetch URL (\S+?): (connection error|There was a problem confirming the ssl certificate|.*timed out)", logged)
     missing_root = [u for u in index.split(", ") if u.startswith("file:") and not _local_dir(u)]

@@ -241,3 +241,20 @@ def test_a_pip_requirement_the_conda_version_does_not_meet_is_exit_2(tmp_path: P
     one_error_line(run("lock", "-f", str(spec), "-p", "linux-64", code=2), "newtool", "numpy>=2", "numpy 1.25.0")
     assert not (tmp_path / "conda-lock.yml").exists()
 
+
+
+def test_markers_are_evaluated_for_the_target_platform_and_python(tmp_path: Path, pip_channel: Path, index: Path) -> None:
+    """pip's --platform alone would take this machine's markers (linux, python 3.11) for every target."""
+    build_index(index, [
+        Wheel("cli", "1.0", ("colorama>=0.4; sys_platform == 'win32'", "appnope; platform_system == 'Darwin'", "backport; python_version < '3.11'")),
+        Wheel("colorama", "0.4.6"), Wheel("appnope", "0.1.4"), Wheel("backport", "1.0"),
+    ])  # fmt: skip
+    spec = write_spec(tmp_path, pip_channel, "  - python=3.11\n  - pip\n  - pip:\n    - cli\n")
+    run("lock", "-f", str(spec), "-p", "linux-64", "-p", "win-64", "-p", "osx-arm64")
+    names = {platform: set(pins) for platform, pins in pip_entries(tmp_path / "conda-lock.yml").items()}
+    assert names == {"linux-64": {"cli"}, "win-64": {"cli", "colorama"}, "osx-arm64": {"cli", "appnope"}}
+    old = tmp_path / "py310"
+    old.mkdir()
+    spec = write_spec(old, pip_channel, "  - python=3.10\n  - pip\n  - pip:\n    - cli\n")
+    run("lock", "-f", str(spec), "-p", "linux-64")
+    assert set(pip_entries(old / "conda-lock.yml")["linux-64"]) == {"cli", "backport"}
