@@ -15,6 +15,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name
 
@@ -79,3 +80,16 @@ def build_index(root: Path, wheels: list[Wheel]) -> str:
     names = sorted(p.name for p in simple.iterdir() if p.is_dir())
     (simple / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "\n".join(f'<a href="{n}/">{n}</a><br/>' for n in names) + "\n</body></html>\n")
     return simple.resolve().as_uri()
+
+
+PIP_VARIABLES_CLEARED = ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX", "PIP_REQUIRE_HASHES")
+
+
+def use_index(monkeypatch: Any, url: str) -> None:
+    """Make every pip that envkit runs read ``url`` and nothing else: no config files (the
+    machine's may name other indexes, find-links or a constraints file), no retries."""
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    for var in PIP_VARIABLES_CLEARED:
+        monkeypatch.delenv(var, raising=False)

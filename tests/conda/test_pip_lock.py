@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from click.testing import CliRunner
 from envkit.cli import main
 from tests.conda.channel import build_channel, reference_packages
 from tests.conda.conftest import write_spec
-from tests.conda.pip_index import Wheel, build_index
+from tests.conda.pip_index import Wheel, build_index, use_index
 
 PIP_DEPS = "  - python=3.11\n  - numpy\n  - pip\n  - pip:\n    - app\n    - tool>=1\n"
 BASE_WHEELS = [
@@ -67,12 +66,8 @@ def pip_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A local index, and a pip that reads nothing but it (no config files, no find-links)."""
     root = tmp_path / "index"
-    monkeypatch.setenv("PIP_INDEX_URL", build_index(root, BASE_WHEELS))
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_RETRIES", "0")
+    use_index(monkeypatch, build_index(root, BASE_WHEELS))
     monkeypatch.setenv("STAND_IN_PIP_LOG", str(tmp_path / "pip-argv.log"))
-    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX", "PIP_REQUIRE_HASHES"):
-        monkeypatch.delenv(var, raising=False)
     return root
 
 
