@@ -5,6 +5,8 @@ The content hash per platform is conda-lock's own (spec + virtual packages), so
 ``custom_metadata``: the sha256 of the spec files (a fast ``--check`` that needs no
 conda-lock import when the spec is byte-for-byte unchanged), the ``--with-cuda``
 value, and the requested lines per platform (so a stale check can say what changed).
+The `pip:` part is resolved by pip itself for each platform (``envkit.conda.pip_lock``)
+and written as conda-lock's own ``manager: pip`` entries, every package with its sha256.
 """
 
 from __future__ import annotations
