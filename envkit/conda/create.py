@@ -23,6 +23,7 @@ from typing import Callable
 from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
+from envkit.conda.pip_lock import PipPackage, requirements_text
 from envkit.conda.platforms import current_platform
 from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
@@ -39,7 +40,8 @@ class CreatePlan:
     lock: LockDocument
     spec: SpecFile | None
     packages: tuple[LockedPackage, ...]
-    pip_specs: tuple[str, ...]
+    pip: tuple[PipPackage, ...]
+    """The lock's pip set for this platform: installed exactly (hashes, no dependency resolution)."""
     kept_lock: Path | None = None
     """Where the lock solved from the spec goes (None when installing an existing lock)."""
 
@@ -61,9 +63,9 @@ class CreatePlan:
         if self.spec is not None and self.spec.variables:
             out.append(f"variables ({len(self.spec.variables)}):")
             out += [f"  {k}={v}" for k, v in self.spec.variables]
-        if self.pip_specs:
-            out.append(f"pip ({len(self.pip_specs)}):")
-            out += [f"  {s}" for s in self.pip_specs]
+        if self.pip:
+            out.append(f"pip packages ({len(self.pip)}):")
+            out += [f"  {p.name}=={p.version} sha256:{p.sha256}" for p in sorted(self.pip, key=lambda p: p.name)]
         return out
 
 
@@ -115,7 +117,7 @@ def plan_create(
         lock=lock,
         spec=spec,
         packages=lock.packages_for(platform),
-        pip_specs=spec.pip_specs if spec else (),
+        pip=lock.pip_for(platform),
         kept_lock=kept_lock,
     )
 
@@ -137,10 +139,10 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
     else:
         progress(f"installing {len(plan.packages)} conda packages with {plan.engine.name} ({plan.engine.executable})")
         _create_external(plan)
-    if plan.pip_specs:
+    if plan.pip:
         try:
-            progress(f"installing {len(plan.pip_specs)} pip packages with the environment's pip")
-            install_pip(target, plan.pip_specs)
+            progress(f"installing {len(plan.pip)} locked pip packages with the environment's pip")
+            install_pip(target, plan.pip)
             _write_meta(plan, target, pip=tuple(sorted(pip_dists(target).items())))
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -252,13 +254,18 @@ def python_of(prefix: Path) -> Path:
     raise InstallError(f"{prefix}: has no python, so the `pip:` part cannot be installed; add python to the dependencies")
 
 
-def install_pip(prefix: Path, specs: tuple[str, ...]) -> None:
+def install_pip(prefix: Path, packages: tuple[PipPackage, ...]) -> None:
+    """Exactly these wheels, by the environment's own pip: hash-checking mode, no resolution."""
     python = python_of(prefix)
-    cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", *specs]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="envkit-pip-") as folder:
+        requirements = Path(folder) / "requirements.txt"
+        requirements.write_text(requirements_text(packages))
+        cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+               "--no-deps", "--require-hashes", "--only-binary=:all:", "-r", str(requirements)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).split())[-300:]
-        raise InstallError(f"pip install into {prefix} failed ({tail}); fix the `pip:` entries")
+        raise InstallError(f"pip install into {prefix} failed ({tail}); check the pip index, or run `envkit lock` again")
 
 
 def _keep_lock(plan: CreatePlan, prefix: Path) -> None:

@@ -62,7 +62,10 @@ def doctor(prefix: Path, lockfile: Path | None = None) -> DoctorReport:
     want = {p.name: f"{p.version} {p.build}" for p in lock.packages_for(platform)}
     have = {p.name: f"{p.version} {p.build}" for p in installed_packages(prefix)}
     drift += _compare("conda", want, have)
-    pip_want = {str(n): str(v) for n, v in meta.get("pip") or ()}
+    if platform in lock.pip_locked or lock.pip_for(platform):
+        pip_want = {p.name: p.version for p in lock.pip_for(platform)}  # the lock's pins
+    else:  # a lock from before envkit locked pip: what create installed
+        pip_want = {str(n): str(v) for n, v in meta.get("pip") or ()}
     drift += _compare("pip", pip_want, pip_dists(prefix))
 
     specs = tuple(p for p in lock.spec_paths() if p.is_file())

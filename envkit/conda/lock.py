@@ -5,6 +5,8 @@ The content hash per platform is conda-lock's own (spec + virtual packages), so
 ``custom_metadata``: the sha256 of the spec files (a fast ``--check`` that needs no
 conda-lock import when the spec is byte-for-byte unchanged), the ``--with-cuda``
 value, and the requested lines per platform (so a stale check can say what changed).
+The `pip:` part is resolved by pip itself for each platform (``envkit.conda.pip_lock``)
+and written as conda-lock's own ``manager: pip`` entries, every package with its sha256.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.conda.channels import resolve_channels
+from envkit.conda.pip_lock import PipPackage
 from envkit.conda.platforms import check_platforms, current_platform, virtual_package_repo, virtual_packages
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, LockError
@@ -25,6 +28,8 @@ DEFAULT_LOCKFILE = "conda-lock.yml"
 META_SPEC_SHA = "envkit.spec_sha256"
 META_CUDA = "envkit.with_cuda"
 META_REQUESTED = "envkit.requested"
+META_PIP = "envkit.pip_locked"
+"""The platforms whose `pip:` part the lock pins (a lock from before envkit locked pip has none)."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,19 @@ class LockDocument:
     spec_sha256: str | None
     requested: tuple[tuple[str, tuple[str, ...]], ...]
     packages: tuple[LockedPackage, ...]
+    pip: tuple[PipPackage, ...] = ()
+    """The ``manager: pip`` entries: the whole resolved pip set, per platform."""
+    pip_locked: tuple[str, ...] = ()
+    """The platforms whose `pip:` part was resolved (it may resolve to nothing pip installs)."""
 
     def hash_for(self, platform: str) -> str | None:
         return dict(self.content_hash).get(platform)
 
     def packages_for(self, platform: str) -> tuple[LockedPackage, ...]:
         return tuple(p for p in self.packages if p.platform == platform)
+
+    def pip_for(self, platform: str) -> tuple[PipPackage, ...]:
+        return tuple(p for p in self.pip if p.platform == platform)
 
     def require_platform(self, platform: str) -> None:
         if platform not in self.platforms:
@@ -164,6 +176,7 @@ def make_lock(
         if progress:
             progress(f"solving {len(wanted)} specs for {platform} with rattler")
         records = solve(wanted, channels, platform, virtual_packages(repo, platform), cache_dir=cache, source=specs[0].path)
+        packages += _lock_pip(specs, platform, records, virtual_packages(repo, platform), progress)
         for record in records:
             packages.append(
                 LockedDependency(
@@ -198,11 +211,44 @@ def make_lock(
                 META_SPEC_SHA: spec_sha256(specs),
                 META_CUDA: with_cuda or "",
                 META_REQUESTED: json.dumps(requested, sort_keys=True),
+                META_PIP: ",".join(chosen) if any(s.pip_specs for s in specs) else "",
             },
         ),
     )
     _write_atomically(content, target)
     return LockResult(target, chosen, tuple(sorted(hashes.items())), len(packages))
+
+
+def _lock_pip(specs: tuple[SpecFile, ...], platform: str, records: list[Any], virtual: Any, progress: Any) -> list[Any]:
+    """The spec's `pip:` part resolved by pip for this platform, as conda-lock's pip entries."""
+    from conda_lock.lockfile.v1.models import HashModel
+    from conda_lock.lockfile.v2prelim.models import LockedDependency
+
+    from envkit.conda.pip_lock import conda_python_packages, resolve_pip
+
+    requirements = tuple(dict.fromkeys(r for s in specs for r in s.pip_specs))
+    if not requirements:
+        return []
+    python = next((str(r.version) for r in records if r.name.normalized == "python"), None)
+    if python is None:
+        raise LockError(f"{specs[0].path}: the `pip:` part needs python, and the conda part installs none for {platform}; add python to the dependencies")
+    if progress:
+        progress(f"resolving {len(requirements)} pip requirements for {platform} (python {python}) with pip")
+    conda = conda_python_packages((r.name.normalized, str(r.version)) for r in records)
+    pinned = resolve_pip(requirements, platform, python, virtual, conda_versions=conda, source=specs[0].path)
+    return [
+        LockedDependency(
+            name=p.name,
+            version=p.version,
+            manager="pip",
+            platform=platform,
+            dependencies=dict(p.depends),
+            url=p.url,
+            hash=HashModel(sha256=p.sha256),
+            categories={"main"},
+        )
+        for p in pinned
+    ]
 
 
 def _dependencies(depends: list[str]) -> dict[str, str]:
@@ -276,6 +322,18 @@ def read_lock(path: Path) -> LockDocument:
             for p in doc.get("package") or ()
             if p.get("manager", "conda") == "conda"
         )
+        pip = tuple(
+            PipPackage(
+                name=str(p["name"]),
+                version=str(p["version"]),
+                url=str(p["url"]),
+                sha256=str((p.get("hash") or {})["sha256"]),
+                platform=str(p["platform"]),
+                depends=tuple(sorted((str(k), str(v)) for k, v in (p.get("dependencies") or {}).items())),
+            )
+            for p in doc.get("package") or ()
+            if p.get("manager") == "pip"
+        )
         return LockDocument(
             path=path,
             platforms=tuple(meta.get("platforms") or ()),
@@ -286,6 +344,8 @@ def read_lock(path: Path) -> LockDocument:
             spec_sha256=custom.get(META_SPEC_SHA),
             requested=tuple(sorted((k, tuple(v)) for k, v in requested.items())),
             packages=packages,
+            pip=pip,
+            pip_locked=tuple(p for p in str(custom.get(META_PIP) or "").split(",") if p),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LockError(f"{path}: malformed lock file ({exc!r}); regenerate it with `envkit lock`") from None
@@ -312,10 +372,13 @@ def check_lock(
     wanted = check_platforms(platforms) if platforms else lock.platforms
     cuda = lock.with_cuda if with_cuda is None else (with_cuda or None)
     missing = [p for p in wanted if p not in lock.platforms]
-    if not missing and cuda == lock.with_cuda and lock.spec_sha256 == spec_sha256(specs):
+    has_pip = any(s.pip_specs for s in specs)
+    pip_unlocked = [p for p in wanted if p in lock.platforms and has_pip and p not in lock.pip_locked]
+    if not missing and not pip_unlocked and cuda == lock.with_cuda and lock.spec_sha256 == spec_sha256(specs):
         return LockCheck(lockfile, True)
 
     changes: list[str] = [f"{p}: not in the lock" for p in missing]
+    changes += [f"{p}: the `pip:` part is not pinned in the lock" for p in pip_unlocked]
     if cuda != lock.with_cuda:
         changes.append(f"--with-cuda: {lock.with_cuda or 'none'} -> {cuda or 'none'}")
     present = tuple(p for p in wanted if p in lock.platforms)

@@ -69,6 +69,7 @@ def write_package(channel: Path, pkg: Pkg) -> Path:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 1700000000
+            info.mode = 0o755 if name.startswith(("bin/", "Scripts/")) else 0o644
             tf.addfile(info, io.BytesIO(data))
     return target
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -119,8 +120,12 @@ def test_pip_part_uses_the_new_environments_python_real_venv_stand_in(tmp_path: 
         zf.writestr("tinypkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         zf.writestr("tinypkg-1.0.dist-info/RECORD", "")
     os.environ["PIP_NO_INDEX"], os.environ["PIP_FIND_LINKS"] = "1", str(wheels)
+    from envkit.conda.pip_lock import PipPackage
+
+    wheel = wheels / "tinypkg-1.0-py3-none-any.whl"
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     try:
-        install_pip(prefix, ("tinypkg==1.0",))
+        install_pip(prefix, (PipPackage("tinypkg", "1.0", wheel.as_uri(), digest, "linux-64"),))
     finally:
         del os.environ["PIP_NO_INDEX"], os.environ["PIP_FIND_LINKS"]
     from envkit.conda.prefixes import pip_dists
