@@ -47,7 +47,7 @@ from envkit.checkpoint.directory import (
     with_validity,
     write_index,
 )
-from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
+from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp, normalise_meta, normalise_metrics
 from envkit.checkpoint.paths import TEMP_MARK, is_temp_name
 from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
 from envkit import distributed as dist_util
@@ -330,14 +330,17 @@ class CheckpointManager:
         if self.distributed:
             self._agree_stop()
             self._agreement_fresh = True
+        where = f"{self.directory}: save()"
+        epoch, step = _as_int(epoch, "epoch", where), _as_int(step, "step", where)
         if not force and not self.is_due(epoch, step):
             return None
         from envkit.fingerprint import collect
 
-        metrics = dict(metrics or {})
-        name = self.filename.format_map(_TemplateFields(metrics, project=self.project, epoch=epoch, step=step))
+        numbers = normalise_metrics(metrics, source=where)  # 0-d tensors and numpy scalars become numbers
+        name = self.filename.format_map(_TemplateFields(numbers, project=self.project, epoch=epoch, step=step))
         path = self.directory / name
-        meta = build_meta({"epoch": epoch, "step": step, "metrics": metrics, "project": self.project}, path)
+        meta = build_meta({"epoch": epoch, "step": step, "metrics": numbers, "project": self.project}, path)
+        metrics = meta["metrics"]  # as the stamp records them: NaN and inf are null
         if self._fingerprint is None:
             self._fingerprint = collect()
         if self.distributed and not self._consistent:
@@ -569,6 +572,16 @@ class _TemplateFields(dict):
 
     def __missing__(self, key: str) -> Any:
         raise BadInput(f"the filename template names metric {key!r}, but save() got no such metric")
+
+
+def _as_int(value: Any, key: str, source: str) -> int:
+    """epoch and step: ints, numpy ints and 0-d integer tensors; BadInput otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = normalise_meta({key: value}, source=source)[key]
+    if number is None:
+        raise BadInput(f"{source}: {key} is None; it must be an int")
+    return int(number)
 
 
 def _pid_alive(pid: int) -> bool:

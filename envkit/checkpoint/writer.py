@@ -9,7 +9,6 @@ file under the final name, and a failure removes the temporary file.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import threading
 import zipfile
@@ -20,7 +19,7 @@ from typing import Any, Mapping
 from envkit.checkpoint.hashing import HashingWriter
 from envkit.checkpoint.paths import temp_path_for
 from envkit.checkpoint.reader import archive_prefix
-from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
 
@@ -47,15 +46,12 @@ def _import_torch() -> Any:
 
 
 def build_meta(meta: Mapping[str, Any] | None, path: Path) -> dict[str, Any]:
+    """The stamp's meta as plain JSON (see ``stamp.normalise_meta``); BadInput before anything is written."""
     from envkit import __version__
 
-    out = dict(meta or {})
+    out = normalise_meta(meta, source=str(path))
     out.setdefault("saved_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     out["envkit"] = __version__
-    try:
-        json.dumps(out, allow_nan=True)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"{path}: meta must hold plain JSON values (numbers, strings, lists, dicts): {exc}") from None
     return out
 
 
