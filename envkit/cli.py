@@ -328,6 +328,9 @@ def lint(file: Path, as_json: bool) -> None:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
+    from envkit.checkpoint.paths import write_target
+
+    path = write_target(path)  # through a symlink, at its target
     if not path.parent.is_dir():
         raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from envkit.checkpoint.hashing import HashingWriter
-from envkit.checkpoint.paths import temp_path_for
+from envkit.checkpoint.paths import temp_path_for, write_target
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
@@ -67,10 +67,11 @@ def write_stamped(
     ``stamp_for(payload)`` builds the stamp once the payload digest is known.
     """
     torch = _import_torch()
-    folder = path.parent
+    target = write_target(path)  # through a symlink: the link stays a link, its target is replaced
+    folder = target.parent
     if not folder.is_dir():
         raise BadInput(f"{path}: the folder {folder} does not exist; create it first")
-    tmp = temp_path_for(path)
+    tmp = temp_path_for(target)
     writer: HashingWriter | None = None
     try:
         with open(tmp, "w+b") as fh:
@@ -88,7 +89,7 @@ def write_stamped(
                 zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
         fsync_dir(folder)
     except BaseException as exc:
         _discard(tmp)
