@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import envkit
-from envkit.checkpoint.paths import write_target
 
 torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +112,8 @@ def test_the_manager_writes_through_a_link_it_is_given(tmp_path: Path) -> None:
 
 
 def test_write_target_is_the_one_rule(tmp_path: Path) -> None:
+    from envkit.checkpoint.paths import write_target
+
     plain = tmp_path / "plain.json"
     assert write_target(plain) == plain  # not a link, not there yet: as given, parents untouched
     (tmp_path / "l.json").symlink_to("plain.json")
