@@ -87,6 +87,9 @@ def test_a_stamp_without_a_digest_is_unstamped(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "resaved.pth")
     result = envkit.verify(tmp_path / "resaved.pth")
     assert result.status == "unstamped" and result.info.stamped and "no payload digest" in result.problem
+    assert envkit.load(tmp_path / "resaved.pth")["step"] == 1  # not corrupt: load does not refuse it
+    with pytest.raises(envkit.CorruptCheckpoint, match="payload digest mismatch"):
+        envkit.load(flipped(saved, tmp_path / "flipped.pth"))
 
 
 def verify_cli(*paths: Path, as_json: bool = False) -> subprocess.CompletedProcess[str]:
@@ -237,3 +240,14 @@ def test_sharded_folders_get_the_four_answers(tmp_path: Path) -> None:
     assert envkit.verify(bad).status == "unreadable"  # an interrupted save: not a checkpoint
     done = verify_cli(good, unstamped, bad)
     assert done.returncode == 2 and done.stdout.splitlines()[0].startswith("ok ") and str(bad) in done.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "check --verify"])
+def test_verifying_does_not_import_torch(kinds: dict[str, Path], command: str) -> None:
+    code = (
+        "import sys\nfrom envkit.cli import main\n"
+        f"try:\n    main([*{command.split()!r}, {str(kinds['flipped'])!r}])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print(rc, 'torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert done.stderr.split() == ["1", "False"], done.stderr
