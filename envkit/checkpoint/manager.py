@@ -539,7 +539,7 @@ class CheckpointManager:
         for target, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
             if target is not None and state.get(key) is not None:
                 target.load_state_dict(state[key])
-        passed = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
+        passed = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "sampler": sampler}
         warn_missing_state(latest.path, [k for k, v in passed.items() if v is not None and state.get(k) is None])
         rng = self._own_rng(state, latest.path)
         ts.restore_rng(rng)
