@@ -80,16 +80,19 @@ def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None
 @click.option("--prefix", type=click.Path(path_type=Path), help="Compare with the environment installed at this prefix.")
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default="refuse", show_default=True, help="Lowest verdict that exits 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@click.option("--verify", "verify_payload", is_flag=True, help="Also re-hash the payload against its stamp; exit 1 if it is corrupt.")
 @handle_errors
-def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Path | None, fail_on: str, as_json: bool) -> None:
+def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Path | None, fail_on: str, as_json: bool,
+          verify_payload: bool) -> None:
     """May this environment resume CHECKPOINT? Reads the stamp only; never unpickles."""
     # Plain command lines take envkit.entry's click-free path; this one reads the rest.
     from envkit.checkpoint.compat import check_against
-    from envkit.render import check_output
+    from envkit.render import check_output, verify_with_progress
 
     report = check_against(checkpoint, policy=policy, against=against, prefix=prefix)
-    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix))
-    sys.exit(report.exit_code(fail_on))
+    verified = verify_with_progress(checkpoint, report.info, show=not as_json) if verify_payload else None
+    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix, verified=verified))
+    sys.exit(max(report.exit_code(fail_on), verified.exit_code if verified is not None else EXIT_OK))
 
 
 @main.command()
@@ -132,17 +135,21 @@ def inspect(checkpoint: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
-    """Re-hash each checkpoint's payload against its stamp; exit 1 if any is corrupt."""
-    from envkit.checkpoint import verify as run_verify
-    from envkit.render import verify_text
+    """Re-hash each checkpoint's payload against its stamp.
 
-    results = [run_verify(p) for p in checkpoints]
+    Exit 2 if any cannot be read (missing, not a checkpoint), else 1 if any is corrupt, else 0;
+    an unstamped file has nothing to verify against: a warning, not corruption (exit 0)."""
+    from envkit.checkpoint.integrity import exit_code_of
+    from envkit.render import verify_text, verify_with_progress
+
+    results = [verify_with_progress(p, show=not as_json) for p in checkpoints]
+    code = exit_code_of(results)
     if as_json:
-        _emit_json({"ok": all(r.ok for r in results), "checkpoints": [r.to_json() for r in results]})
+        _emit_json({"ok": code == EXIT_OK, "exit_code": code, "checkpoints": [r.to_json() for r in results]})
     else:
         for r in results:
-            click.echo(verify_text(r))
-    sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_REFUSED)
+            click.echo(verify_text(r), err=r.status == "unreadable")
+    sys.exit(code)
 
 
 @main.command(name="ls")
@@ -324,6 +331,9 @@ def lint(file: Path, as_json: bool) -> None:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
+    from envkit.checkpoint.paths import write_target
+
+    path = write_target(path)  # through a symlink, at its target
     if not path.parent.is_dir():
         raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

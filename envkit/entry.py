@@ -23,6 +23,7 @@ POLICY_PRESETS = ("strict", "compatible", "warn")
 FAIL_ON = ("refuse", "warn")
 CHECK_CHOICES = {"--policy": POLICY_PRESETS, "--fail-on": FAIL_ON}
 CHECK_PATHS = ("--against", "--prefix")
+CHECK_FLAGS = ("--json", "--verify")
 
 
 def parse_check(args: Sequence[str]) -> dict[str, str | bool] | None:
@@ -34,10 +35,10 @@ def parse_check(args: Sequence[str]) -> dict[str, str | bool] | None:
         if pending is not None:
             options[pending] = arg
             pending = None
-        elif arg == "--json":
-            if "--json" in options:
+        elif arg in CHECK_FLAGS:
+            if arg in options:
                 return None
-            options["--json"] = True
+            options[arg] = True
         elif arg.startswith("-"):
             name, eq, value = arg.partition("=")
             if name not in CHECK_CHOICES and name not in CHECK_PATHS or name in options:
@@ -63,24 +64,27 @@ def run_check(options: dict[str, str | bool]) -> int:
 
     from envkit.checkpoint.compat import check_against
     from envkit.errors import EnvkitError
-    from envkit.render import check_output
+    from envkit.render import check_output, verify_with_progress
 
     against, prefix = (Path(str(options[n])) if isinstance(options.get(n), str) else None for n in CHECK_PATHS)
+    as_json = bool(options.get("--json"))
+    checkpoint = Path(str(options["checkpoint"]))
     try:
         report = check_against(
-            Path(str(options["checkpoint"])),
+            checkpoint,
             policy=options.get("--policy"),  # type: ignore[arg-type]
             against=against,
             prefix=prefix,
         )
+        verified = verify_with_progress(checkpoint, report.info, show=not as_json) if options.get("--verify") else None
     except EnvkitError as exc:
         sys.stderr.write(f"envkit: error: {exc.message}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("envkit: interrupted\n")
         return 130
-    sys.stdout.write(check_output(report, as_json=bool(options.get("--json")), against=against, prefix=prefix) + "\n")
-    return report.exit_code(str(options.get("--fail-on", "refuse")))
+    sys.stdout.write(check_output(report, as_json=as_json, against=against, prefix=prefix, verified=verified) + "\n")
+    return max(report.exit_code(str(options.get("--fail-on", "refuse"))), verified.exit_code if verified is not None else 0)
 
 
 def main() -> None:

@@ -132,3 +132,11 @@ class SolveError(CheckFailed):
 
 class InstallError(CheckFailed):
     """Creating an environment failed; nothing was left under the target name."""
+
+
+class CheckpointSkippedWarning(UserWarning):
+    """resume() passed over checkpoints newer than the one it resumed from: they do not verify."""
+
+
+class MissingStateWarning(UserWarning):
+    """resume() was given an optimizer/scheduler/scaler/sampler (or model) the checkpoint holds no state for."""

@@ -7,7 +7,10 @@ from collections.abc import Iterable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from envkit.checkpoint.directory import FolderRow
+    import os
+
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
+    from envkit.checkpoint.reader import CheckpointFile
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Difference
 
@@ -68,11 +71,20 @@ def json_document(doc: object) -> str:
     return json.dumps(doc, indent=2, sort_keys=False, default=str)
 
 
-def check_output(report: CheckReport, *, as_json: bool, against: object = None, prefix: object = None) -> str:
-    """What ``envkit check`` prints (without the final newline), whichever path parsed the command line."""
+def check_output(
+    report: CheckReport, *, as_json: bool, against: object = None, prefix: object = None, verified: VerifyResult | None = None
+) -> str:
+    """What ``envkit check`` prints (without the final newline), whichever path parsed the command line.
+
+    ``verified``: the result of ``--verify``, added as a ``verify`` key or a last line.
+    """
     if as_json:
-        return json_document(report.to_json())
-    return check_text(report, "against" if against is not None else "prefix" if prefix is not None else "here")
+        doc = report.to_json()
+        if verified is not None:
+            doc["verify"] = verified.to_json()
+        return json_document(doc)
+    text = check_text(report, "against" if against is not None else "prefix" if prefix is not None else "here")
+    return text if verified is None else f"{text}\n{check_verify_text(verified)}"
 
 
 def check_text(report: CheckReport, against: str) -> str:
@@ -130,9 +142,80 @@ def inspect_text(insp: Inspection) -> str:
 
 
 def verify_text(result: VerifyResult) -> str:
-    if result.ok and result.info and result.info.stamp and result.info.stamp.payload:
-        return f"ok       {result.path}  ({result.info.stamp.payload.digest})"
-    return f"CORRUPT  {result.problem}"
+    """One line per checkpoint; an unreadable one is bad input and goes to stderr as an error instead."""
+    if result.status == "ok":
+        digest = result.info.stamp.payload.digest if result.info and result.info.stamp and result.info.stamp.payload else "-"
+        return f"ok         {result.path}  ({digest})"
+    if result.status == "unstamped":
+        return f"unstamped  {result.problem}"
+    if result.status == "corrupt":
+        return f"CORRUPT    {result.problem}"
+    return f"envkit: error: {result.problem}"
+
+
+def check_verify_text(result: VerifyResult) -> str:
+    """The line ``envkit check --verify`` adds after the verdict."""
+    if result.status == "ok":
+        digest = result.info.stamp.payload.digest if result.info and result.info.stamp and result.info.stamp.payload else "-"
+        return f"verified: the payload matches its stamp ({digest})"
+    if result.status == "unstamped":
+        return "verify: unstamped, nothing to verify against; stamp it by saving with envkit.save"
+    if result.status == "unreadable":
+        return f"verify: {result.problem}"
+    return f"CORRUPT: {result.problem}; do not resume from this file, use an earlier checkpoint"
+
+
+PROGRESS_MIN_BYTES = 100 * 1000 * 1000  # verify shows progress on a terminal for payloads over this
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class TerminalProgress:
+    """``verifying NAME: 43% of 2.1 GB`` on a terminal, updated in place; erased when done."""
+
+    def __init__(self, name: str, stream: object) -> None:
+        self._name, self._stream, self._shown, self._width = name, stream, -1, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent == self._shown:
+            return
+        self._shown = percent
+        line = f"verifying {self._name}: {percent}% of {_size_text(total)}"
+        self._width = max(self._width, len(line))
+        self._stream.write("\r" + line.ljust(self._width))  # type: ignore[attr-defined]
+        self._stream.flush()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")  # type: ignore[attr-defined]
+            self._stream.flush()  # type: ignore[attr-defined]
+
+
+def verify_with_progress(path: str | os.PathLike[str], info: CheckpointFile | None = None, *, show: bool) -> VerifyResult:
+    """``verify``, with a progress line on stderr when ``show``, stderr is a terminal and the payload is large."""
+    import os
+    import sys
+
+    from envkit.checkpoint.integrity import verify
+
+    stream = sys.stderr
+    try:
+        large = os.stat(path).st_size > PROGRESS_MIN_BYTES
+    except (OSError, ValueError):
+        large = False
+    if not (show and large and stream.isatty()):
+        return verify(path, info)
+    bar = TerminalProgress(os.path.basename(os.fspath(path)), stream)
+    try:
+        return verify(path, info, progress=bar)
+    finally:
+        bar.close()
 
 
 def folder_text(rows: list[FolderRow]) -> str:

@@ -27,6 +27,9 @@ def files(stamped: Path, tmp_path: Path, data_dir: Path) -> dict[str, str]:
     # this environment with an older torch: refuses whichever torch runs the tests
     older = dataclasses.replace(collect(), torch=TorchInfo(version="1.13.1"))
     (tmp_path / "older-torch.json").write_text(json.dumps(older.to_json()))
+    corrupt = bytearray(stamped.read_bytes())
+    corrupt[100] ^= 0xFF  # inside the payload: the stamp still reads, the digest does not match
+    (tmp_path / "corrupt.pth").write_bytes(bytes(corrupt))
     return {
         "ck": str(stamped),
         "old": str(data_dir / "stamp-v1.pth"),
@@ -35,6 +38,7 @@ def files(stamped: Path, tmp_path: Path, data_dir: Path) -> dict[str, str]:
         "prefix": str(tmp_path / "prefix"),
         "missing": str(tmp_path / "missing.pth"),
         "garbage": str(tmp_path / "garbage.pth"),
+        "corrupt": str(tmp_path / "corrupt.pth"),
     }
 
 
@@ -53,6 +57,12 @@ FAST = {
     "not-a-checkpoint": ["--json", "{garbage}"],
     "against-and-prefix": ["--against", "{ref}", "--prefix", "{prefix}", "{ck}"],
     "against-missing": ["--against", "{missing}", "{ck}"],
+    "verify": ["--verify", "{ck}"],
+    "verify-json": ["{ck}", "--json", "--verify"],
+    "verify-corrupt": ["--verify", "{corrupt}"],
+    "verify-corrupt-json": ["--verify", "--json", "{corrupt}"],
+    "verify-old-fixture-fail-on-warn": ["--verify", "--fail-on", "warn", "{old}"],
+    "corrupt-without-verify": ["{corrupt}"],
 }
 
 CLICK_ONLY = {
@@ -68,6 +78,8 @@ CLICK_ONLY = {
     "empty-value": ["--against=", "{ck}"],
     "unknown-option": ["--verbose", "{ck}"],
     "flag-with-value": ["--json=1", "{ck}"],
+    "repeated-verify": ["--verify", "--verify", "{ck}"],
+    "verify-with-value": ["--verify=yes", "{ck}"],
 }
 
 
@@ -102,6 +114,7 @@ def test_the_matrix_covers_every_outcome(files: dict[str, str]) -> None:
     codes = {case: CliRunner().invoke(click_main, ["check", *_args(args, files)]).exit_code for case, args in FAST.items()}
     assert {0, 1, 2} <= set(codes.values()), codes
     assert codes["plain"] == 0 and codes["against-refuses"] == 1 and codes["missing-file"] == 2
+    assert codes["verify"] == 0 and codes["verify-corrupt"] == 1 and codes["corrupt-without-verify"] == 0
 
 
 def test_the_fast_path_offers_the_policy_presets_the_library_has() -> None:

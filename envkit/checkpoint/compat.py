@@ -157,7 +157,7 @@ def load(
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 
         result = verify_checkpoint(path, report.info)
-        if not result.ok:
+        if result.status in ("corrupt", "unreadable"):  # unstamped: nothing to verify against, not corruption
             raise CorruptCheckpoint(f"{result.problem}; resume from an earlier checkpoint")
     try:
         import torch

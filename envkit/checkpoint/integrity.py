@@ -1,4 +1,14 @@
-"""Is a stamped checkpoint whole? Re-hash the payload and check the zip structure."""
+"""Is a stamped checkpoint whole? Re-hash the payload and check the zip structure.
+
+Four answers (``VerifyResult.status``), each with its exit code on the command line:
+
+- ``ok`` (0): the payload hashes to the digest its stamp recorded and the zip is whole;
+- ``unstamped`` (0, with a warning): no envkit stamp with a payload digest, so there is
+  nothing to verify against; not corruption (``check`` likewise only warns about it);
+- ``corrupt`` (1): the file is a checkpoint, but its bytes changed or were cut short;
+- ``unreadable`` (2): not something verify can read at all (a missing file, a folder,
+  permission denied, not a checkpoint, an unsafe pickle): bad input, as ``check`` says.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +17,67 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.hashing import digest_of_file
-from envkit.checkpoint.reader import CheckpointFile, open_zip, read_stamp
-from envkit.errors import EnvkitError
+from envkit.checkpoint.reader import (
+    LEGACY_MAGIC,
+    ZIP_MAGIC,
+    CheckpointFile,
+    open_zip,
+    read_stamp,
+)
+from envkit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EnvkitError,
+    MalformedStamp,
+    NotACheckpoint,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Progress = Callable[[int, int], None]  # (bytes hashed so far, bytes to hash)
 
 _LOCAL_HEADER = b"PK\x03\x04"
+
+OK = "ok"
+UNSTAMPED = "unstamped"
+CORRUPT = "corrupt"
+UNREADABLE = "unreadable"
+STATUSES = (OK, UNSTAMPED, CORRUPT, UNREADABLE)
+EXIT_CODES = {OK: EXIT_OK, UNSTAMPED: EXIT_OK, CORRUPT: EXIT_REFUSED, UNREADABLE: EXIT_BAD_INPUT}
+UNSTAMPED_ADVICE = "nothing to verify against; stamp it by saving with envkit.save"
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Whether a checkpoint is whole, and if not, what is wrong."""
+    """Whether a checkpoint is whole: ``status`` is one of ``STATUSES``; ``problem`` says what is wrong."""
 
     path: Path
-    ok: bool
+    status: str
     problem: str | None = None
     info: CheckpointFile | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+
+    @property
+    def ok(self) -> bool:
+        """True only when the payload was verified whole (an unstamped file is not)."""
+        return self.status == OK
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok or unstamped, 1 corrupt, 2 unreadable (bad input)."""
+        return EXIT_CODES[self.status]
 
     def to_json(self) -> dict[str, object]:
         return {
             "checkpoint": str(self.path),
+            "status": self.status,
             "ok": self.ok,
             "problem": self.problem,
             "stamped": bool(self.info and self.info.stamped),
@@ -32,35 +85,102 @@ class VerifyResult:
         }
 
 
-def verify(path: str | os.PathLike[str], info: CheckpointFile | None = None) -> VerifyResult:
-    """Never raises for a damaged file: the problem is in the result."""
+def exit_code_of(results: list[VerifyResult] | tuple[VerifyResult, ...]) -> int:
+    """``envkit verify A B ...``: 2 if any is unreadable, else 1 if any is corrupt, else 0."""
+    return max((r.exit_code for r in results), default=EXIT_OK)
+
+
+def verify(
+    path: str | os.PathLike[str],
+    info: CheckpointFile | None = None,
+    *,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Never raises for a damaged or unreadable file: the answer is in the result's ``status``.
+
+    ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
+    """
     p = Path(path)
     try:
         info = info or read_stamp(p)
     except EnvkitError as exc:
-        return VerifyResult(p, False, exc.message)
+        return VerifyResult(p, _status_of_unreadable(p, exc), exc.message)
     stamp = info.stamp
     if info.format == "dcp" and stamp is not None:
         from envkit.checkpoint.dcp_format import read_dir_stamp, verify_files
 
+        if stamp.payload is None:
+            return VerifyResult(p, UNSTAMPED, f"{p}: the folder's stamp records no digest ({UNSTAMPED_ADVICE})", info)
         try:
             problem = verify_files(p, *read_dir_stamp(p))
         except EnvkitError as exc:
             problem = exc.message
-        return VerifyResult(p, problem is None, problem, info)
-    if stamp is None or stamp.payload is None:
-        return VerifyResult(p, False, f"{p}: has no envkit stamp, so there is no digest to verify against", info)
+        return VerifyResult(p, CORRUPT if problem else OK, problem, info)
+    if stamp is None:
+        return VerifyResult(p, UNSTAMPED, f"{p}: unstamped ({UNSTAMPED_ADVICE})", info)
+    if stamp.payload is None:
+        return VerifyResult(
+            p, UNSTAMPED,
+            f"{p}: unstamped: its envkit record carries no payload digest (re-saved by plain torch.save?); "
+            f"{UNSTAMPED_ADVICE}",
+            info,
+        )
     payload = stamp.payload
     if payload.length > info.size:
-        return VerifyResult(p, False, f"{p}: truncated: the stamp records {payload.length} payload bytes, the file has {info.size}", info)
-    with open(p, "rb") as fh:
-        actual = digest_of_file(fh, payload.length, payload.algorithm)
-        if actual != payload.digest:
-            return VerifyResult(p, False, f"{p}: payload digest mismatch (recorded {payload.digest}, found {actual}): the bytes changed after saving", info)
-        problem = _structure_problem(p, fh, payload.length) if info.format != "legacy" else None
+        return VerifyResult(p, CORRUPT, f"{p}: truncated: the stamp records {payload.length} payload bytes, the file has {info.size}", info)
+    try:
+        with open(p, "rb") as fh:
+            source: Any = _Reporting(fh, payload.length, progress) if progress is not None else fh
+            actual = digest_of_file(source, payload.length, payload.algorithm)
+            if actual != payload.digest:
+                return VerifyResult(
+                    p, CORRUPT,
+                    f"{p}: payload digest mismatch (recorded {payload.digest}, found {actual}): the bytes changed after saving",
+                    info,
+                )
+            problem = _structure_problem(p, fh, payload.length) if info.format != "legacy" else None
+    except OSError as exc:
+        return VerifyResult(p, UNREADABLE, f"{p}: cannot read ({exc.strerror or exc}); check the file and its permissions", info)
+    except EnvkitError as exc:
+        return VerifyResult(p, CORRUPT, exc.message, info)
     if problem:
-        return VerifyResult(p, False, problem, info)
-    return VerifyResult(p, True, None, info)
+        return VerifyResult(p, CORRUPT, problem, info)
+    return VerifyResult(p, OK, None, info)
+
+
+def _status_of_unreadable(path: Path, exc: EnvkitError) -> str:
+    """A file that starts like a checkpoint but cannot be read as one is corrupt; anything else is bad input."""
+    if not isinstance(exc, (NotACheckpoint, MalformedStamp)):
+        return UNREADABLE  # missing, a folder, permission denied, an unsafe pickle: what check calls bad input
+    try:
+        if not path.is_file():
+            return UNREADABLE  # a folder without its commit marker is not a checkpoint
+        with open(path, "rb") as fh:
+            head = fh.read(len(LEGACY_MAGIC))
+    except OSError:
+        return UNREADABLE
+    if head.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
+        return CORRUPT  # a truncated archive, a damaged stamp member
+    return UNREADABLE
+
+
+class _Reporting:
+    """The two methods ``digest_of_file`` uses, passing each chunk's progress on."""
+
+    def __init__(self, fh: Any, total: int, progress: Progress) -> None:
+        self._fh, self._total, self._progress, self._done = fh, total, progress, 0
+
+    def seek(self, offset: int) -> int:
+        self._done = offset
+        position = self._fh.seek(offset)
+        self._progress(min(offset, self._total), self._total)
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._fh.readinto(buffer)
+        self._done += n or 0
+        self._progress(min(self._done, self._total), self._total)
+        return n or 0
 
 
 def _structure_problem(path: Path, fh: object, length: int) -> str | None:

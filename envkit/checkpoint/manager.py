@@ -47,11 +47,19 @@ from envkit.checkpoint.directory import (
     with_validity,
     write_index,
 )
-from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp
+from envkit.checkpoint.stamp import DICT_KEY, DIGEST_ALGORITHMS, Stamp, normalise_meta, normalise_metrics
 from envkit.checkpoint.paths import TEMP_MARK, is_temp_name
 from envkit.checkpoint.writer import build_meta, fsync_dir, write_stamped
 from envkit import distributed as dist_util
-from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EphemeralDirectoryWarning, RankRngWarning
+from envkit.errors import (
+    BadInput,
+    CheckpointDirLocked,
+    CheckpointSkippedWarning,
+    CheckpointWriteError,
+    EphemeralDirectoryWarning,
+    MissingStateWarning,
+    RankRngWarning,
+)
 from envkit.policy import Policy
 
 DEFAULT_FILENAME = "{project}_{epoch:04d}_{step:08d}.pth"
@@ -330,14 +338,17 @@ class CheckpointManager:
         if self.distributed:
             self._agree_stop()
             self._agreement_fresh = True
+        where = f"{self.directory}: save()"
+        epoch, step = _as_int(epoch, "epoch", where), _as_int(step, "step", where)
         if not force and not self.is_due(epoch, step):
             return None
         from envkit.fingerprint import collect
 
-        metrics = dict(metrics or {})
-        name = self.filename.format_map(_TemplateFields(metrics, project=self.project, epoch=epoch, step=step))
+        numbers = normalise_metrics(metrics, source=where)  # 0-d tensors and numpy scalars become numbers
+        name = self.filename.format_map(_TemplateFields(numbers, project=self.project, epoch=epoch, step=step))
         path = self.directory / name
-        meta = build_meta({"epoch": epoch, "step": step, "metrics": metrics, "project": self.project}, path)
+        meta = build_meta({"epoch": epoch, "step": step, "metrics": numbers, "project": self.project}, path)
+        metrics = meta["metrics"]  # as the stamp records them: NaN and inf are null
         if self._fingerprint is None:
             self._fingerprint = collect()
         if self.distributed and not self._consistent:
@@ -501,12 +512,15 @@ class CheckpointManager:
             dist_util.check_consistency(self.group, self.policy, fingerprint=self._fingerprint)
             self._consistent = True
             chosen = self.latest() if self.rank == 0 else None
+            if self.rank == 0:
+                self._warn_skipped(chosen)
             name = dist_util.broadcast_object(chosen.path.name if chosen is not None else None, src=self._rank0(), group=self.group)
             if name is None:
                 return None
             latest = chosen if chosen is not None else CheckpointInfo(self.directory / name, None, None)
         else:
             latest = self.latest()
+            self._warn_skipped(latest)
         if latest is None:
             return None
         from envkit.checkpoint import training_state as ts
@@ -525,12 +539,51 @@ class CheckpointManager:
         for target, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
             if target is not None and state.get(key) is not None:
                 target.load_state_dict(state[key])
+        passed = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "sampler": sampler}
+        warn_missing_state(latest.path, [k for k, v in passed.items() if v is not None and state.get(k) is None])
         rng = self._own_rng(state, latest.path)
         ts.restore_rng(rng)
         if sampler is not None and hasattr(sampler, "restore_rng_when_iterated"):
             sampler.restore_rng_when_iterated(rng)
         return ResumeInfo(latest.path, int(state["epoch"]), int(state["step"]), state.get("metrics") or {}, state.get("extra") or {})
 
+
+    def _warn_skipped(self, chosen: CheckpointInfo | None) -> None:
+        """Warn about this project's checkpoints newer than ``chosen`` (all of them, when None) that do not verify.
+
+        A file whose stamp cannot be read has no step: it counts as newer when its mtime is.
+        Files without any envkit stamp (a plain torch.save in the folder) are not this
+        manager's and are not mentioned.
+        """
+        from envkit.checkpoint.integrity import verify
+
+        newest_time = _mtime(chosen.path) if chosen is not None else None
+        skipped: list[tuple[CheckpointInfo, str]] = []
+        for info in self._ours(with_unreadable=True):
+            if chosen is not None and info.path == chosen.path:
+                continue
+            if chosen is not None:
+                if info.valid is False and info.step is None:
+                    if newest_time is None or _mtime(info.path) <= newest_time:
+                        continue
+                elif info.order_key <= chosen.order_key:
+                    continue
+            result = verify(info.path)
+            if result.status in ("corrupt", "unreadable"):
+                skipped.append((info, _reason(result.problem or info.problem or "does not verify", info.path)))
+        if not skipped:
+            return
+        skipped.sort(key=lambda pair: (pair[0].order_key, _mtime(pair[0].path)), reverse=True)
+        shown = "; ".join(f"{i.path.name} ({why})" for i, why in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        where = f"{self.directory}: "
+        if chosen is None:
+            message = (f"{where}no checkpoint of project {self.project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
+                       "restore them from a copy, or delete them to silence this")
+        else:
+            message = (f"{where}resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
+                       f"{shown}{more}; delete or move them, or restore them from a copy")
+        warnings.warn(message, CheckpointSkippedWarning, stacklevel=3)
 
     def _own_rng(self, state: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
         """This rank's saved RNG state: its own when the world size is the one saved, else rank 0's.
@@ -569,6 +622,46 @@ class _TemplateFields(dict):
 
     def __missing__(self, key: str) -> Any:
         raise BadInput(f"the filename template names metric {key!r}, but save() got no such metric")
+
+
+def _as_int(value: Any, key: str, source: str) -> int:
+    """epoch and step: ints, numpy ints and 0-d integer tensors; BadInput otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = normalise_meta({key: value}, source=source)[key]
+    if number is None:
+        raise BadInput(f"{source}: {key} is None; it must be an int")
+    return int(number)
+
+
+def warn_missing_state(path: Path, missing: list[str], stacklevel: int = 3) -> None:
+    """resume() got objects (``missing``: their argument names) the checkpoint at ``path`` holds no state for."""
+    if not missing:
+        return
+    names = ", ".join(missing)
+    these = "it starts" if len(missing) == 1 else "they start"
+    example = ", ".join(f"{k}={k}" for k in missing)
+    warnings.warn(
+        f"{path}: holds no state for the {names} passed to resume(), so {these} from scratch; "
+        f"save with mgr.save(..., {example}) to resume {'it' if len(missing) == 1 else 'them'}",
+        MissingStateWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _reason(problem: str, path: Path) -> str:
+    """A problem without the leading path, to name the file once."""
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if problem.startswith(prefix):
+            return problem[len(prefix):]
+    return problem
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _pid_alive(pid: int) -> bool:

@@ -203,7 +203,7 @@ def _allocate(folder: Path) -> dict[str, Any]:
 
 def load_sharded(mgr: Any, path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, sampler: Any) -> Any:
     from envkit.checkpoint.compat import guard
-    from envkit.checkpoint.manager import ResumeInfo
+    from envkit.checkpoint.manager import ResumeInfo, warn_missing_state
 
     report = guard(path, mgr.policy)
     saved_world = report.info.stamp.meta.get("world_size") if report.info.stamp else None
@@ -221,6 +221,13 @@ def load_sharded(mgr: Any, path: Path, *, model: Any, optimizer: Any, scheduler:
     for target, key in ((scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
         if target is not None and own.get(key) is not None:
             target.load_state_dict(own[key])
+    held = {
+        "model": any(k.startswith(f"model{SEP}") for k in flat),
+        "optimizer": own.get("optimizer_param_groups") is not None,
+        **{k: own.get(k) is not None for k in ("scheduler", "scaler", "sampler")},
+    }
+    passed = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "sampler": sampler}
+    warn_missing_state(path, [k for k, v in passed.items() if v is not None and not held[k]], stacklevel=4)
     ts.restore_rng(own["rng"])
     if sampler is not None and hasattr(sampler, "restore_rng_when_iterated"):
         sampler.restore_rng_when_iterated(own["rng"])

@@ -8,12 +8,13 @@ and the meta, and so never import the fingerprint schema.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from envkit.errors import MalformedStamp
+from envkit.errors import BadInput, MalformedStamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -134,3 +135,105 @@ class Stamp:
         except (ValueError, RecursionError) as exc:
             raise MalformedStamp(f"{source}: the envkit stamp is not valid JSON ({exc}); re-save the checkpoint") from None
         return cls.from_json(doc, source=source)
+
+
+# -- meta and metrics: plain JSON numbers, checked before anything is written ---------------
+
+INT_KEYS = ("epoch", "step")
+_NUMBER_HINT = "a number (an int, a float, a 0-d tensor or a numpy scalar)"
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array, or a numpy scalar, as the Python number it holds; anything else as it is.
+
+    Duck-typed on ``ndim == 0`` and ``item()``, so torch and numpy are never imported here.
+    """
+    if isinstance(value, (str, bytes, bool, int, float)) or value is None:
+        return value
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return value.item()  # torch.Tensor, numpy.ndarray, numpy.float32, numpy.int64, ...
+    return value
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}" if type(value).__module__ != "builtins" else type(value).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} of shape {tuple(shape)}" if shape is not None and not isinstance(shape, (str, bytes)) else f"{article} {kind}"
+
+
+def as_number(value: Any, key: str, *, source: str) -> int | float:
+    """A metric as a Python int or float (NaN and inf kept); BadInput naming the key otherwise."""
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        hint = " (use .item() or .mean().item() for one number)" if getattr(value, "ndim", 0) else ""
+        raise BadInput(f"{source}: metric {key!r} is {_describe(value)}; it must be {_NUMBER_HINT}{hint}")
+    return int(number) if isinstance(number, int) else float(number)
+
+
+def normalise_metrics(metrics: Mapping[str, Any] | None, *, source: str) -> dict[str, int | float]:
+    """``metrics`` with 0-d tensors and numpy scalars made Python numbers; BadInput (naming the key) for anything else.
+
+    Non-finite values stay floats here (a filename template can format them); the stamp
+    records them as null (see ``normalise_meta``).
+    """
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise BadInput(f"{source}: metrics must be a dict of name -> number, not {_describe(metrics)}")
+    out: dict[str, int | float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise BadInput(f"{source}: metric name {key!r} is not a string; name every metric with a string")
+        out[key] = as_number(value, key, source=source)
+    return out
+
+
+def _json_value(value: Any, where: str, source: str, depth: int = 0) -> Any:
+    value = _scalar(value)
+    if value is None or isinstance(value, (str, bool, int)):
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None  # JSON has no NaN or inf
+    if depth > 32:
+        raise BadInput(f"{source}: meta {where} is nested too deeply; keep meta to plain, shallow JSON data")
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise BadInput(f"{source}: meta {where} has the key {k!r}, which is not a string; JSON keys are strings")
+            out[k] = _json_value(v, f"{where}[{k!r}]", source, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]", source, depth + 1) for i, v in enumerate(value)]
+    raise BadInput(
+        f"{source}: meta {where} is {_describe(value)}; meta holds plain JSON data (numbers, strings, lists, dicts), "
+        "0-d tensors and numpy scalars"
+    )
+
+
+def normalise_meta(meta: Mapping[str, Any] | None, *, source: str) -> dict[str, Any]:
+    """Stamp meta as plain JSON: numbers from 0-d tensors and numpy scalars, NaN/inf as null.
+
+    ``epoch`` and ``step`` must be ints (numpy ints and 0-d integer tensors too), ``metrics``
+    a dict of numbers. Raises BadInput naming the key and what it should be, so that a
+    save fails before anything is written.
+    """
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise BadInput(f"{source}: meta must be a dict, not {_describe(meta)}")
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise BadInput(f"{source}: meta key {key!r} is not a string; JSON keys are strings")
+        if key in INT_KEYS and value is not None:
+            number = _scalar(value)
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise BadInput(f"{source}: meta {key!r} is {_describe(value)}; it must be an int")
+            out[key] = int(number)
+        elif key == "metrics" and value is not None:
+            out[key] = {k: (v if math.isfinite(v) else None) for k, v in normalise_metrics(value, source=source).items()}
+        else:
+            out[key] = _json_value(value, repr(key), source)
+    return out

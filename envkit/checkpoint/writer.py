@@ -9,7 +9,6 @@ file under the final name, and a failure removes the temporary file.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import threading
 import zipfile
@@ -18,9 +17,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from envkit.checkpoint.hashing import HashingWriter
-from envkit.checkpoint.paths import temp_path_for
+from envkit.checkpoint.paths import temp_path_for, write_target
 from envkit.checkpoint.reader import archive_prefix
-from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
 
@@ -47,15 +46,12 @@ def _import_torch() -> Any:
 
 
 def build_meta(meta: Mapping[str, Any] | None, path: Path) -> dict[str, Any]:
+    """The stamp's meta as plain JSON (see ``stamp.normalise_meta``); BadInput before anything is written."""
     from envkit import __version__
 
-    out = dict(meta or {})
+    out = normalise_meta(meta, source=str(path))
     out.setdefault("saved_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     out["envkit"] = __version__
-    try:
-        json.dumps(out, allow_nan=True)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"{path}: meta must hold plain JSON values (numbers, strings, lists, dicts): {exc}") from None
     return out
 
 
@@ -71,10 +67,11 @@ def write_stamped(
     ``stamp_for(payload)`` builds the stamp once the payload digest is known.
     """
     torch = _import_torch()
-    folder = path.parent
+    target = write_target(path)  # through a symlink: the link stays a link, its target is replaced
+    folder = target.parent
     if not folder.is_dir():
         raise BadInput(f"{path}: the folder {folder} does not exist; create it first")
-    tmp = temp_path_for(path)
+    tmp = temp_path_for(target)
     writer: HashingWriter | None = None
     try:
         with open(tmp, "w+b") as fh:
@@ -92,7 +89,7 @@ def write_stamped(
                 zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
         fsync_dir(folder)
     except BaseException as exc:
         _discard(tmp)

@@ -271,6 +271,9 @@ def _write_atomically(content: Any, target: Path) -> None:
 
     import shutil
 
+    from envkit.checkpoint.paths import write_target
+
+    target = write_target(target)  # through a symlink, at its target
     # a folder of its own, so the help text conda-lock writes names the final file
     folder = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:

@@ -68,6 +68,9 @@ def recreate(checkpoint: Path, out_dir: Path) -> Recreated:
 
 
 def _write(path: Path, text: str) -> None:
+    from envkit.checkpoint.paths import write_target
+
+    path = write_target(path)  # through a symlink, at its target
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text)

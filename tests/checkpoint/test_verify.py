@@ -22,7 +22,7 @@ def test_every_single_bit_flip_in_payload_is_caught(stamped: Path) -> None:
         data[offset] ^= 1 << rng.randrange(8)
         stamped.write_bytes(bytes(data))
         result = envkit.verify(stamped)
-        assert not result.ok, offset
+        assert result.status == "corrupt", offset
     stamped.write_bytes(original)
     assert envkit.verify(stamped).ok
 
@@ -32,14 +32,16 @@ def test_truncation_is_caught(stamped: Path, keep: float) -> None:
     data = stamped.read_bytes()
     stamped.write_bytes(data[: int(len(data) * keep)])
     result = envkit.verify(stamped)
-    assert not result.ok and str(stamped) in result.problem
+    assert result.status == "corrupt" and result.exit_code == 1 and str(stamped) in result.problem
 
 
-def test_unstamped_file_cannot_verify(data_dir: Path) -> None:
+def test_unstamped_file_is_unstamped_not_corrupt(data_dir: Path) -> None:
     result = envkit.verify(data_dir / "gpu-h200-cuda_saved.pth")
-    assert not result.ok and "no envkit stamp" in result.problem
+    assert (result.status, result.ok, result.exit_code) == ("unstamped", False, 0)
+    assert "nothing to verify against" in result.problem and "envkit.save" in result.problem
 
 
-def test_missing_file_is_a_result_not_an_exception(tmp_path: Path) -> None:
+def test_missing_file_is_unreadable_not_corrupt(tmp_path: Path) -> None:
     result = envkit.verify(tmp_path / "nope.pth")
-    assert not result.ok and "no such file" in result.problem
+    assert (result.status, result.exit_code) == ("unreadable", 2) and "no such file" in result.problem
+    assert result.to_json()["status"] == "unreadable"
