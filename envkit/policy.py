@@ -97,13 +97,14 @@ def flatten(fp: Fingerprint) -> dict[str, Value]:
         "platform.conda_subdir": fp.platform.conda_subdir,
         "torch.version": fp.torch.version,
         "torch.cuda": fp.torch.cuda,
-        "torch.cudnn": fp.torch.cudnn,
+        # what this process's torch loaded when it is known (fingerprint `runtime`), else the files
+        "torch.cudnn": fp.effective_cudnn,
         "torch.git": fp.torch.git,
         "torch.build": fp.torch.build,
         "gpu.driver": fp.gpu.driver,
-        "gpu.nccl": fp.gpu.nccl,
-        "gpu.devices": ", ".join(sorted(str(d.name) for d in fp.gpu.devices)) or None,
-        "gpu.capability": ", ".join(sorted({str(d.capability) for d in fp.gpu.devices})) or None,
+        "gpu.nccl": fp.effective_nccl,
+        "gpu.devices": ", ".join(sorted(str(d.name) for d in fp.effective_devices)) or None,
+        "gpu.capability": ", ".join(sorted({str(d.capability) for d in fp.effective_devices})) or None,
         "environment.lock_hash": fp.environment.lock_hash if fp.environment else None,
     }
     if fp.determinism is not None:
