@@ -48,7 +48,7 @@ def test_guard_warns_at_the_callers_line(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(2)}, path)  # unstamped: a warning under the default policy
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        envkit.guard(path); line = _here()  # noqa: E702
+        envkit.guard(path); line = _here()
     (w,) = _drift(caught)
     assert (w.filename, w.lineno) == (__file__, line)
 
@@ -58,7 +58,7 @@ def test_load_warns_at_the_callers_line(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(2)}, path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        envkit.load(path); line = _here()  # noqa: E702
+        envkit.load(path); line = _here()
     (w,) = _drift(caught)
     assert (w.filename, w.lineno) == (__file__, line)
 
@@ -70,7 +70,7 @@ def test_load_of_a_stamped_file_warns_at_the_callers_line(tmp_path: Path, benchm
     torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        envkit.load(path, policy=WARN_ON_FLAGS); line = _here()  # noqa: E702
+        envkit.load(path, policy=WARN_ON_FLAGS); line = _here()
     (w,) = _drift(caught)
     assert (w.filename, w.lineno) == (__file__, line) and "determinism.cudnn_benchmark" in str(w.message)
 
@@ -82,10 +82,12 @@ def test_manager_resume_warns_at_the_callers_line(tmp_path: Path) -> None:
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = not before
     try:
-        with envkit.CheckpointManager(tmp_path / "ck", project="p", policy=WARN_ON_FLAGS) as mgr:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                info = mgr.resume(model=model); line = _here()  # noqa: E702
+        with (
+            envkit.CheckpointManager(tmp_path / "ck", project="p", policy=WARN_ON_FLAGS) as mgr,
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            info = mgr.resume(model=model); line = _here()
     finally:
         torch.backends.cudnn.benchmark = before
     assert info is not None
@@ -149,5 +151,5 @@ def test_warn_at_caller_skips_every_envkit_frame_in_a_real_script(tmp_path: Path
 def test_warn_at_caller_from_outside_envkit_is_the_direct_caller() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warn_at_caller("x", UserWarning); line = _here()  # noqa: E702
+        warn_at_caller("x", UserWarning); line = _here()
     assert (caught[0].filename, caught[0].lineno) == (__file__, line)
