@@ -157,3 +157,21 @@ def test_torch_device_view_does_not_change_the_digest_mocked_gpu(
     assert live.runtime == RuntimeInfo("9.19.0", "2.28.9", (GpuDevice("NVIDIA H200", "9.0", 143155),))
     assert [d.memory_mib for d in live.gpu.devices] == [143771]
     assert diff(without, live) == ()  # torch agrees with the files here: nothing to report
+
+
+def test_a_reader_that_does_not_know_runtime_computes_the_same_digest() -> None:
+    """envkit 0.1.0 ignores unknown sections: dropping `runtime` is what it sees, and the digest holds."""
+    fp = replace(collect(use_live_torch=False), runtime=RuntimeInfo(cudnn="9.19.0"), determinism=(("tf32_matmul", True),))
+    doc = json.loads(json.dumps(fp.to_json()))
+    without = Fingerprint.from_json({k: v for k, v in doc.items() if k != "runtime"})
+    assert without.digest == fp.digest == doc["digest"] and without.determinism is None
+
+
+@pytest.mark.parametrize("runtime", ["x", ["a"], {"devices": "abc"}, {"devices": [5]}])
+def test_a_malformed_runtime_section_is_refused_not_a_crash(runtime: object) -> None:
+    from envkit.errors import MalformedStamp
+
+    doc = collect(use_live_torch=False).to_json()
+    doc["runtime"] = runtime
+    with pytest.raises(MalformedStamp, match="malformed"):
+        Fingerprint.from_json(doc)
