@@ -303,13 +303,20 @@ def doctor(name: str | None, prefix: Path | None, lockfile: Path | None, as_json
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), help="Folder for the files (default: here).")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("."), help="Folder for the files, made when missing (default: here).")
 @handle_errors
 def recreate(checkpoint: Path, out_dir: Path) -> None:
-    """Write an @EXPLICIT list and environment.yml that rebuild the environment that wrote CHECKPOINT."""
+    """Write the files that rebuild the environment that wrote CHECKPOINT: an @EXPLICIT list and
+    environment.yml for a conda environment, a pinned requirements.txt and .python-version for a venv."""
     from envkit.conda.recreate import recreate as run_recreate
 
     result = run_recreate(checkpoint, out_dir)
+    if result.requirements is not None:
+        unpinned = f"; {len(result.not_pinned)} left as comments" if result.not_pinned else ""
+        click.echo(f"wrote {result.requirements} ({result.pip_packages} pip packages pinned{unpinned})")
+        for path in result.files[1:]:
+            click.echo(f"wrote {path} (Python {result.python_version})")
+        return
     click.echo(f"wrote {result.explicit} ({result.conda_packages} conda packages, {result.platform})")
     click.echo(f"wrote {result.environment}" + (f" ({result.pip_packages} pip packages)" if result.pip_packages else ""))
 

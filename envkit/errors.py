@@ -106,8 +106,25 @@ def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
     return f"{os.fspath(path)}: {reason}"
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """warnings.warn, attributed to the first frame outside the envkit package: the user's line
+    that called envkit.guard / envkit.load / mgr.resume, however deep the call chain inside envkit
+    is. (Python 3.12's ``skip_file_prefixes`` does the same; this works on 3.10 and 3.11 too.)"""
+    import sys
+
+    frame = sys._getframe(0)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def warn_drift(message: str) -> None:
-    warnings.warn(message, EnvironmentDriftWarning, stacklevel=3)
+    warn_at_caller(message, EnvironmentDriftWarning)
 
 
 class LockError(BadInput):

@@ -19,6 +19,7 @@ SEVERITIES = ("ok", "info", "warn", "refuse")
 PRESETS = ("strict", "compatible", "warn")
 DEFAULT_PRESET = "compatible"
 STAMP_FIELD = "stamp"
+STORAGE_FIELD = "storage.devices"  # a checkpoint's CUDA storages on a machine without CUDA
 
 # Packages whose versions have fields of their own.
 _DEDICATED_PACKAGES = frozenset({"torch", "pytorch", "python"})
@@ -97,13 +98,14 @@ def flatten(fp: Fingerprint) -> dict[str, Value]:
         "platform.conda_subdir": fp.platform.conda_subdir,
         "torch.version": fp.torch.version,
         "torch.cuda": fp.torch.cuda,
-        "torch.cudnn": fp.torch.cudnn,
+        # what this process's torch loaded when it is known (fingerprint `runtime`), else the files
+        "torch.cudnn": fp.effective_cudnn,
         "torch.git": fp.torch.git,
         "torch.build": fp.torch.build,
         "gpu.driver": fp.gpu.driver,
-        "gpu.nccl": fp.gpu.nccl,
-        "gpu.devices": ", ".join(sorted(str(d.name) for d in fp.gpu.devices)) or None,
-        "gpu.capability": ", ".join(sorted({str(d.capability) for d in fp.gpu.devices})) or None,
+        "gpu.nccl": fp.effective_nccl,
+        "gpu.devices": ", ".join(sorted(str(d.name) for d in fp.effective_devices)) or None,
+        "gpu.capability": ", ".join(sorted({str(d.capability) for d in fp.effective_devices})) or None,
         "environment.lock_hash": fp.environment.lock_hash if fp.environment else None,
     }
     if fp.determinism is not None:
@@ -231,6 +233,11 @@ _COMPATIBLE: dict[str, Callable[[Change], tuple[str, str]]] = {
     "gpu.driver": _fixed("info", "NVIDIA driver changed ({stored} -> {live})"),
     "gpu.nccl": _fixed("info", "NCCL changed ({stored} -> {live})"),
     "environment.lock_hash": _fixed("info", "the environment was created from another lock ({stored} -> {live})"),
+    STORAGE_FIELD: _fixed(
+        "info",
+        "holds storages on {stored}; this machine has {live}: envkit.load maps them to the CPU "
+        "(torch.load needs map_location='cpu')",
+    ),
     STAMP_FIELD: _fixed(
         "warn",
         "the checkpoint has no envkit stamp, so nothing is known of the environment that wrote it; "
@@ -290,3 +297,19 @@ def verdict(rows: Iterable[Difference]) -> str:
 
 def unstamped_change() -> Change:
     return Change(STAMP_FIELD, None, "present")
+
+
+def cuda_storage_change(devices: Iterable[str] | None, live: Fingerprint) -> Change | None:
+    """A row when the checkpoint holds CUDA storages and the live environment has no CUDA: no
+    NVIDIA driver (/proc/driver/nvidia/version) and no GPU in its fingerprint, or a CPU build of
+    torch. Nothing imports torch to decide it."""
+    cuda = sorted(d for d in devices or () if d == "cuda" or d.startswith("cuda:"))
+    if not cuda:
+        return None
+    if live.gpu.driver is None and not live.effective_devices:
+        why = "no NVIDIA driver, no GPU"
+    elif live.torch.version is not None and live.torch.cuda is None:
+        why = f"torch {live.torch.version} is a CPU build"
+    else:
+        return None
+    return Change(STORAGE_FIELD, ", ".join(cuda), f"no CUDA ({why})")

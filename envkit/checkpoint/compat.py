@@ -81,6 +81,11 @@ def check(
     active = resolve_policy(policy)
     current = live if live is not None else collect()
     changes = diff(info.stamp.fingerprint, current) if info.stamp else (unstamped_change(),)
+    from envkit.checkpoint.devices import storage_devices
+    from envkit.policy import cuda_storage_change
+
+    if (on_cuda := cuda_storage_change(storage_devices(info), current)) is not None:
+        changes = (*changes, on_cuda)
     rows = evaluate(changes, active)
     return CheckReport(Path(path), info, current, rows, verdict(rows), active)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from contextlib import contextmanager
 
@@ -45,6 +45,9 @@ class CheckpointFile:
     stamp_source: str | None = None  # "member" | "pickle"
     prefix: str | None = None
     serialization_version: str | None = None
+    # The locations of the storages when the reader walked the pickle (an unstamped file); else
+    # None, and envkit.checkpoint.devices.storage_devices reads what the stamp recorded.
+    storage_devices: tuple[str, ...] | None = None
 
     @property
     def stamped(self) -> bool:
@@ -281,6 +284,8 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
                 "written by torch.save or envkit.save, load this one with torch.jit.load"
             )
         info = CheckpointFile(path, fmt, size, stamp, source, prefix, serialization_version)
+        if (source != "member" or deep) and not torchscript:  # the pickle was walked: its storages are known
+            info = replace(info, storage_devices=tuple(sorted({s.location for s in storages})))
         records = tuple((i.filename, i.file_size) for i in infos) if deep else ()
         return Inspection(info, records, storages, top, byteorder)
 
@@ -302,6 +307,7 @@ def _read_legacy(path: Path, size: int) -> Inspection:
     stamp = _stamp_from_object(obj, path)
     byteorder = "little" if sys_info.get("little_endian") else "big"
     info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
+    info = replace(info, storage_devices=tuple(sorted({s.location for s in unpickler.storages})))
     return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
 
 

@@ -85,6 +85,9 @@ def write_stamped(
                 prefix = archive_prefix(path, zf.namelist())
                 payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
                 stamp = stamp_for(payload)
+                from envkit.checkpoint.devices import with_storage_devices
+
+                stamp = with_storage_devices(stamp, zf, prefix)  # meta["storage_devices"]: `check` reads it
                 info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
                 zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()

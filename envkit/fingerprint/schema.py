@@ -1,9 +1,20 @@
 """The fingerprint data model, schema ``envkit.fingerprint/1`` (DESIGN §2).
 
 Frozen dataclasses in, plain JSON out. The digest is the sha256 of the canonical
-JSON (sorted keys, no whitespace) of everything except ``host`` and the digest
-itself. Changing what goes into the digest is a breaking change: bump SCHEMA and
-keep a reader for the old one.
+JSON (sorted keys, no whitespace) of everything except ``host``, ``runtime`` and the
+digest itself. Changing what goes into the digest is a breaking change: bump SCHEMA
+and keep a reader for the old one.
+
+``runtime`` holds what one process sees, not what the environment is: the
+determinism flags it set, the cuDNN and NCCL its torch loaded, the GPUs its torch
+was shown. It exists only when torch was already imported, so keeping it out of the
+digest is what makes the digest of one environment the same with and without
+``import torch``. It is a section the first readers of schema 1 do not know, and
+they ignore unknown sections and leave them out of the digest, so they compute the
+same digest for a document written today: the schema stays 1. The top-level
+``determinism`` slot is kept, digested as before, for documents written before
+``runtime`` existed (envkit 0.1.0 put the flags there); today's writers leave it
+null.
 """
 
 from __future__ import annotations
@@ -137,6 +148,20 @@ class HostInfo:
 
 
 @dataclass(frozen=True)
+class RuntimeInfo:
+    """What the torch of one process loaded and was shown: process-local, never digested.
+
+    ``cudnn`` is ``torch.backends.cudnn.version()``, ``nccl`` is ``torch.cuda.nccl.version()``,
+    ``devices`` are the GPUs ``torch.cuda`` enumerates (``CUDA_VISIBLE_DEVICES`` applies, and the
+    memory is net of what the driver reserves, so it differs from ``nvidia-smi``'s).
+    """
+
+    cudnn: str | None = None
+    nccl: str | None = None
+    devices: tuple[GpuDevice, ...] = ()
+
+
+@dataclass(frozen=True)
 class Fingerprint:
     """Everything about an environment that decides whether a checkpoint resumes the same way."""
 
@@ -144,11 +169,17 @@ class Fingerprint:
     platform: PlatformInfo = field(default_factory=PlatformInfo)
     torch: TorchInfo = field(default_factory=TorchInfo)
     gpu: GpuInfo = field(default_factory=GpuInfo)
+    # Process settings (cudnn.benchmark, TF32, ...), read when torch is imported; compared by
+    # the policy, never digested, except in documents that recorded them before `runtime`.
     determinism: tuple[tuple[str, JSONValue], ...] | None = None
     packages: tuple[Package, ...] = ()
     environment: EnvironmentInfo | None = None
     host: HostInfo = field(default_factory=HostInfo)
     schema: str = SCHEMA
+    runtime: RuntimeInfo | None = None
+    # True only for a document of envkit 0.1.0 that recorded the flags in the digested slot:
+    # its digest is recomputed the way it was written.
+    determinism_digested: bool = False
 
     # -- derived -----------------------------------------------------------------
     @cached_property  # frozen: computed once per object
@@ -162,6 +193,20 @@ class Fingerprint:
     def package_versions(self) -> dict[str, str]:
         return {p.name: p.version for p in self.packages}
 
+    @property
+    def effective_cudnn(self) -> str | None:
+        """The cuDNN this process loaded when known, else the one the files say torch loads."""
+        return (self.runtime.cudnn if self.runtime else None) or self.torch.cudnn
+
+    @property
+    def effective_nccl(self) -> str | None:
+        return (self.runtime.nccl if self.runtime else None) or self.gpu.nccl
+
+    @property
+    def effective_devices(self) -> tuple[GpuDevice, ...]:
+        """The driver's devices; torch's view only where the driver listed none."""
+        return self.gpu.devices or (self.runtime.devices if self.runtime else ())
+
     # -- serialisation -----------------------------------------------------------
     def _content(self) -> dict[str, JSONValue]:
         return {
@@ -174,7 +219,9 @@ class Fingerprint:
                 "devices": [_section(d) for d in self.gpu.devices],
                 "nccl": self.gpu.nccl,
             },
-            "determinism": dict(self.determinism) if self.determinism is not None else None,
+            "determinism": (
+                dict(self.determinism) if self.determinism is not None and self.determinism_digested else None
+            ),
             "packages": {
                 "digest": self.packages_digest,
                 "items": [p.to_json() for p in self.packages],
@@ -184,9 +231,25 @@ class Fingerprint:
 
     def to_json(self) -> dict[str, JSONValue]:
         doc = self._content()
+        runtime = self._runtime_json()
+        if runtime is not None:
+            doc["runtime"] = runtime
         doc["host"] = _section(self.host)
         doc["digest"] = self.digest
         return doc
+
+    def _runtime_json(self) -> dict[str, JSONValue] | None:
+        if self.runtime is None and (self.determinism is None or self.determinism_digested):
+            return None
+        rt = self.runtime or RuntimeInfo()
+        return {
+            "cudnn": rt.cudnn,
+            "nccl": rt.nccl,
+            "devices": [_section(d) for d in rt.devices],
+            "determinism": (
+                dict(self.determinism) if self.determinism is not None and not self.determinism_digested else None
+            ),
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, JSONValue], *, source: str = "fingerprint") -> Fingerprint:
@@ -203,6 +266,19 @@ class Fingerprint:
             gpu = doc.get("gpu") or {}
             packages = (doc.get("packages") or {}).get("items") or []
             determinism = doc.get("determinism")
+            digested = isinstance(determinism, Mapping)
+            runtime_doc = doc.get("runtime")
+            runtime = None
+            if runtime_doc is not None:
+                if not isinstance(runtime_doc, Mapping):
+                    raise TypeError("runtime must be an object")
+                runtime = RuntimeInfo(
+                    cudnn=_opt_str(runtime_doc.get("cudnn")),
+                    nccl=_opt_str(runtime_doc.get("nccl")),
+                    devices=tuple(_load(GpuDevice, d) for d in runtime_doc.get("devices") or ()),
+                )
+                if not digested:
+                    determinism = runtime_doc.get("determinism")
             env = doc.get("environment")
             return cls(
                 python=_load(PythonInfo, doc.get("python")),
@@ -222,6 +298,8 @@ class Fingerprint:
                 environment=_load(EnvironmentInfo, env) if env else None,
                 host=_load(HostInfo, doc.get("host")),
                 schema=schema,
+                runtime=runtime,
+                determinism_digested=digested,
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise MalformedStamp(f"{source}: the fingerprint is malformed ({exc})") from None

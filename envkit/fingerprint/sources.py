@@ -4,8 +4,8 @@ Nothing here imports torch. Versions come from file names and metadata on disk:
 ``*.dist-info`` folder names, ``torch/version.py`` parsed with ``ast`` (never
 executed), ``conda-meta/*.json`` names, ``/proc/driver/nvidia/version`` and, when
 a driver is present, a time-boxed ``nvidia-smi`` query. When the caller has already
-imported torch, what torch really loaded (cuDNN, devices, determinism flags) wins
-over what the files say.
+imported torch, what torch really loaded (cuDNN, NCCL, devices) and the determinism
+flags are recorded beside them, in the undigested ``runtime`` section.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable
 
@@ -29,6 +29,7 @@ from envkit.fingerprint.schema import (
     Package,
     PlatformInfo,
     PythonInfo,
+    RuntimeInfo,
     TorchInfo,
 )
 
@@ -382,36 +383,43 @@ def environment_info(prefix: Path) -> EnvironmentInfo | None:
     )
 
 
-def live_torch_facts(info: TorchInfo, gpu: GpuInfo) -> tuple[TorchInfo, GpuInfo, tuple[tuple[str, object], ...] | None]:
-    """What an already-imported torch really loaded. Never imports torch itself."""
+def live_torch_facts() -> tuple[RuntimeInfo | None, tuple[tuple[str, object], ...] | None]:
+    """What an already-imported torch loaded and was shown, and its determinism flags.
+
+    None of it is digested (schema.py says why): the flags are settings of this process, and
+    the loaded cuDNN/NCCL and torch's device list exist only once torch is imported, so putting
+    them in the digested sections would give one environment two digests. torch's version and
+    CUDA are not read here: ``torch/version.py`` on disk is where ``torch.__version__`` and
+    ``torch.version.cuda`` come from, and ``torch_info`` reads that file with or without torch.
+    Never imports torch itself.
+    """
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "backends"):
-        return info, gpu, None
+        return None, None
     try:
-        info = replace(info, version=str(torch.__version__), cuda=torch.version.cuda)
         cudnn_version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-        if cudnn_version:
-            info = replace(info, cudnn=cudnn_from_int(int(cudnn_version)))
+        cudnn = cudnn_from_int(int(cudnn_version)) if cudnn_version else None
+        devices: tuple[GpuDevice, ...] = ()
+        nccl = None
         # Only a process that already uses CUDA is asked for its devices: querying them in one
         # that does not would create a CUDA context (time, and GPU memory on device 0 of every rank).
         if torch.cuda.is_initialized():
-            devices = []
+            found = []
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)
-                devices.append(
+                found.append(
                     GpuDevice(
                         name=props.name,
                         capability=f"{props.major}.{props.minor}",
                         memory_mib=int(props.total_memory // (1024 * 1024)),
                     )
                 )
-            nccl = gpu.nccl
+            devices = tuple(found)
             try:
                 raw = torch.cuda.nccl.version()
                 nccl = ".".join(map(str, raw)) if isinstance(raw, tuple) else str(raw)
             except Exception:  # noqa: BLE001 - nccl is optional in CPU and ROCm builds
                 pass
-            gpu = replace(gpu, devices=tuple(devices), nccl=nccl)
         determinism = (
             ("cublas_workspace_config", os.environ.get("CUBLAS_WORKSPACE_CONFIG")),
             ("cudnn_benchmark", bool(torch.backends.cudnn.benchmark)),
@@ -421,8 +429,25 @@ def live_torch_facts(info: TorchInfo, gpu: GpuInfo) -> tuple[TorchInfo, GpuInfo,
             ("tf32_matmul", bool(torch.backends.cuda.matmul.allow_tf32)),
         )
     except Exception:  # noqa: BLE001 - a half-initialised torch must not break a save
-        return info, gpu, None
-    return info, gpu, determinism
+        return None, None
+    return RuntimeInfo(cudnn=cudnn, nccl=nccl, devices=devices), determinism
+
+
+def _importable_torch_info() -> TorchInfo:
+    """torch's version.py found the way ``import torch`` would find it, without importing it:
+    for a torch on sys.path outside any site-packages folder (a source build, a PYTHONPATH)."""
+    from importlib.machinery import PathFinder
+
+    try:
+        spec = PathFinder.find_spec("torch")
+    except (ImportError, ValueError, OSError):
+        return TorchInfo()
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for location in locations:
+        values = read_torch_version_py(Path(location) / "version.py")
+        if values.get("__version__"):
+            return TorchInfo(version=values["__version__"], cuda=values.get("cuda"), git=values.get("git_version"))
+    return TorchInfo()
 
 
 # -- entry point --------------------------------------------------------------------
@@ -450,10 +475,12 @@ def collect(
     conda = scan_conda_meta(env_root)
 
     torch = torch_info(dists, conda, sites)
+    if root is None and site_dirs is None and torch.version is None:
+        torch = _importable_torch_info()
     gpu = gpu_info(Path(proc_root), dists, conda, query_devices=query_devices)
-    determinism = None
+    runtime, determinism = None, None
     if root is None and use_live_torch:
-        torch, gpu, determinism = live_torch_facts(torch, gpu)
+        runtime, determinism = live_torch_facts()
 
     return Fingerprint(
         python=python_info(root, conda),
@@ -461,6 +488,7 @@ def collect(
         torch=torch,
         gpu=gpu,
         determinism=determinism,
+        runtime=runtime,
         packages=packages_of(dists, conda),
         environment=environment_info(env_root),
         host=HostInfo(
