@@ -23,7 +23,7 @@ from typing import Callable
 from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
-from envkit.conda.platforms import current_platform
+from envkit.conda.platforms import check_cuda_version, current_platform
 from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
@@ -79,6 +79,7 @@ def plan_create(
     cache_dir: Path | None = None,
     scratch: Path | None = None,
 ) -> CreatePlan:
+    check_cuda_version(with_cuda)  # a bad --with-cuda is exit 2 whether or not a lock is used
     platform = current_platform()
     chosen_engine = pick_engine(engine)  # before any solving: a missing executable is a usage error
     spec = read_spec(spec_path) if spec_path is not None else None
@@ -89,6 +90,9 @@ def plan_create(
     if lock_path is not None:
         lock = read_lock(lock_path)
         lock.require_platform(platform)
+        from envkit.conda.solver import check_cuda_plan
+
+        check_cuda_plan(((p.name, p.version, p.build) for p in lock.packages_for(platform)), platform, lock.with_cuda, source=lock.path)
         if spec is None:
             sources = [p for p in lock.spec_paths() if p.is_file()]
             spec = read_spec(sources[0]) if sources else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.conda.channels import resolve_channels
-from envkit.conda.platforms import check_platforms, current_platform, virtual_package_repo, virtual_packages
+from envkit.conda.platforms import check_cuda_version, check_platforms, cuda_from_specs, current_platform, virtual_package_repo, virtual_packages
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, LockError
 
@@ -145,9 +145,10 @@ def make_lock(
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
     from conda_lock.lockfile.v1.models import HashModel
 
-    from envkit.conda.solver import solve
+    from envkit.conda.solver import check_cuda_plan, solve
 
     specs = tuple(read_spec(p) for p in spec_paths)
+    with_cuda = cuda_from_specs(_conda_lines(specs), with_cuda)  # the spec's CUDA intent sets __cuda
     target = lockfile or specs[0].path.parent / DEFAULT_LOCKFILE
     if not target.parent.is_dir():
         raise BadInput(f"{target}: the folder {target.parent} does not exist; create it first")
@@ -164,6 +165,7 @@ def make_lock(
         if progress:
             progress(f"solving {len(wanted)} specs for {platform} with rattler")
         records = solve(wanted, channels, platform, virtual_packages(repo, platform), cache_dir=cache, source=specs[0].path)
+        check_cuda_plan(((r.name.normalized, str(r.version), str(r.build)) for r in records), platform, with_cuda, source=specs[0].path)
         for record in records:
             packages.append(
                 LockedDependency(
@@ -203,6 +205,10 @@ def make_lock(
     )
     _write_atomically(content, target)
     return LockResult(target, chosen, tuple(sorted(hashes.items())), len(packages))
+
+
+def _conda_lines(specs: tuple[SpecFile, ...]) -> tuple[str, ...]:
+    return tuple(line for spec in specs for line in spec.conda_specs)
 
 
 def _dependencies(depends: list[str]) -> dict[str, str]:
@@ -307,10 +313,13 @@ def check_lock(
     with_cuda: str | None = None,
 ) -> LockCheck:
     """Is ``lockfile`` still the lock of these specs? Names each platform and line that changed."""
+    check_cuda_version(with_cuda)
     lock = read_lock(lockfile)
     specs = tuple(read_spec(p) for p in spec_paths)
     wanted = check_platforms(platforms) if platforms else lock.platforms
-    cuda = lock.with_cuda if with_cuda is None else (with_cuda or None)
+    # the CUDA the lock was solved with sticks (--with-cuda or the spec's intent, recorded alike);
+    # a lock solved without one is checked against what the spec asks for now
+    cuda = (lock.with_cuda or cuda_from_specs(_conda_lines(specs))) if with_cuda is None else (with_cuda or None)
     missing = [p for p in wanted if p not in lock.platforms]
     if not missing and cuda == lock.with_cuda and lock.spec_sha256 == spec_sha256(specs):
         return LockCheck(lockfile, True)
