@@ -8,7 +8,7 @@ environment's own python; if it fails, the environment is removed again.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import re
@@ -133,8 +133,26 @@ def _free_target(name: str | None, prefix: Path | None, default_name: str | None
 
 def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: None) -> Path:
     target = plan.prefix
-    if not target.parent.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(target)
+    try:
+        _create_in(plan, cache_dir=cache_dir, progress=progress)
+    except BaseException:
+        for folder in made:  # the envs/ folders made for it, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    progress(f"created {target}")
+    return target
+
+
+def _make_parents(target: Path) -> list[Path]:
+    missing = [p for p in target.parents if not p.is_dir()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return missing  # innermost first
+
+
+def _create_in(plan: CreatePlan, *, cache_dir: Path, progress: Progress) -> None:
+    target = plan.prefix
     if plan.engine.embedded:
         progress(f"installing {len(plan.packages)} conda packages with rattler")
         _create_staged(plan, cache_dir)
@@ -149,8 +167,6 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
-    progress(f"created {target}")
-    return target
 
 
 def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
@@ -191,11 +207,12 @@ def _create_external(plan: CreatePlan) -> None:
         raise
 
 
-def _records(packages: tuple[LockedPackage, ...]) -> list:
+def records_of(packages: list[dict]) -> list:
+    """rattler RepoDataRecords of LockedPackage fields (as dicts: they cross to the install child)."""
     from rattler import BuildString, PackageRecord, RepoDataRecord
 
     records = []
-    for p in packages:
+    for p in (LockedPackage(**{**d, "depends": tuple(tuple(x) for x in d["depends"])}) for d in packages):
         base, subdir, _ = p.url.rsplit("/", 2)
         number = re.search(r"_(\d+)$", p.build)
         record = PackageRecord(
@@ -213,21 +230,13 @@ def _records(packages: tuple[LockedPackage, ...]) -> list:
 
 
 def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:
-    import rattler
+    from dataclasses import asdict
 
-    try:
-        asyncio.run(
-            rattler.install(
-                _records(plan.packages),
-                staging,
-                cache_dir=cache_dir / "pkgs",
-                show_progress=False,
-                alternative_target_prefix=plan.prefix,
-                execute_link_scripts=False,
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - rattler's install errors are many types
-        raise InstallError(f"{plan.lock.path}: installing into {plan.prefix} failed ({' '.join(str(exc).split())[:300]}); nothing was created") from None
+    from envkit.conda.solver import install
+
+    failed = install([asdict(p) for p in plan.packages], staging, prefix=plan.prefix, cache_dir=cache_dir / "pkgs")
+    if failed is not None:
+        raise InstallError(f"{plan.lock.path}: installing into {plan.prefix} failed ({failed}); nothing was created")
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
 
 
