@@ -24,7 +24,13 @@ from envkit.conda.lock import read_lock
 from envkit.conda.platforms import CUDA_WITHOUT_VERSION, cuda_from_specs
 from envkit.conda.solver import check_cuda_plan, cpu_builds_beside_cuda
 from envkit.errors import CheckFailed, CpuBuildWithCudaPin
-from tests.conda.channel import CPU_BUILD, CUDA_BUILD, build_channel, reference_channels, reference_packages
+from tests.conda.channel import (
+    CPU_BUILD,
+    CUDA_BUILD,
+    build_channel,
+    reference_channels,
+    reference_packages,
+)
 from tests.conda.conftest import write_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -39,7 +39,7 @@ class HoldingServer:
             def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
                 super().__init__(*args, directory=str(folder), **kwargs)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 if outer.hold and self.path.endswith(outer.hold):
                     outer.arrived.set()
                     outer.released.wait(WAIT_S)
