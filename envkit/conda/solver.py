@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -84,29 +85,45 @@ def install(packages: list[dict[str, Any]], staging: Path, *, prefix: Path, cach
 
 
 def run_rattler(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one rattler job in ``python -m envkit.conda.solver``; its JSON answer."""
+    """Run one rattler job in ``python -m envkit.conda.solver``; its JSON answer. A Ctrl-C here
+    kills the child and waits for it before the KeyboardInterrupt goes on to the caller."""
+    import envkit
+
+    # the child imports this same envkit, wherever it was imported from
+    here = str(Path(envkit.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "envkit.conda.solver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "envkit.conda.solver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     try:
         out, err = proc.communicate(json.dumps(job).encode())
     except BaseException:
-        # Ctrl-C (or any error here): the command is ending; a second Ctrl-C must not cut the
-        # cleanup short, and the child must be gone before anything it wrote is removed
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        proc.kill()
-        proc.wait()
+        # Ctrl-C (or any error here): the child must be gone before anything it wrote is
+        # removed, and a second Ctrl-C must not cut that short
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            proc.kill()
+            proc.wait()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         raise
-    if proc.returncode == -signal.SIGINT:
+    if proc.returncode == -signal.SIGINT:  # a terminal's Ctrl-C reached the child first
         raise KeyboardInterrupt
     try:
         answer = json.loads(out)
     except ValueError:
         tail = " ".join(err.decode(errors="replace").split())[-300:]
-        raise SolveError(f"rattler stopped (exit {proc.returncode}): {tail or 'no output'}") from None
+        raise SolveError(f"rattler stopped (exit {proc.returncode}): {tail or 'no output'}; run it again, or report it") from None
     if not isinstance(answer, dict):
-        raise SolveError(f"rattler answered {answer!r}")
+        raise SolveError(f"rattler answered {str(answer)[:200]!r}; run it again, or report it")
     return answer
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _child(job: dict[str, Any]) -> dict[str, Any]:
