@@ -97,7 +97,7 @@ def plan_create(
             sources = [p for p in lock.spec_paths() if p.is_file()]
             spec = read_spec(sources[0]) if sources else None
         if spec is not None:
-            verdict = check_lock((spec.path,), lock.path, platforms=(platform,))
+            verdict = check_lock((spec.path,), lock.path, platforms=(platform,), with_cuda=with_cuda)
             if not verdict.fresh:
                 raise StaleLock(f"{lock.path}: stale for {spec.path} ({'; '.join(verdict.changes)}); run `envkit lock` first")
         target = _free_target(name, prefix, spec.name if spec else None)

@@ -156,6 +156,9 @@ def test_lock_of_a_pytorch_cuda_spec_picks_the_cuda_build_with_no_flag(tmp_path:
     assert "--with-cuda: 11.8 -> 12.1" in run("lock", "-f", str(spec), "--check", "--with-cuda", "12.1", code=1)
     plan = run("create", str(spec), "-p", str(tmp_path / "env"), "--dry-run")
     assert f"pytorch 2.0.1 {CUDA_BUILD}" in plan and "solved from the spec now" not in plan
+    # create from that lock with another CUDA is what `lock --check --with-cuda 12.1` says: stale
+    assert "--with-cuda: 11.8 -> 12.1" in run("create", str(spec), "-p", str(tmp_path / "env"), "--with-cuda", "12.1", code=1)
+    assert not (tmp_path / "env").exists()
 
 
 def test_a_lock_solved_without_cuda_is_stale_for_a_cuda_spec(tmp_path: Path, channel: Path) -> None:
