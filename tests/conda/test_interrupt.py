@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,13 +72,20 @@ def envkit_env(tmp_path: Path) -> dict[str, str]:
             "ENVKIT_CACHE_DIR": str(tmp_path / "cache"), "ENVKIT_ENVS_DIR": str(tmp_path / "new" / "envs")}
 
 
-def interrupt(args: list[str], tmp_path: Path, server: HoldingServer, *, group: bool) -> subprocess.CompletedProcess[str]:
+def interrupt(args: list[str], tmp_path: Path, server: HoldingServer, *, group: bool,
+              seen: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
     """Run envkit, SIGINT it (or its whole process group, as a terminal's Ctrl-C does) once rattler
-    is waiting on the held request; its exit code and output."""
+    is waiting on the held request; its exit code and output. ``seen`` gets what was under
+    tmp_path/new at that moment."""
     proc = subprocess.Popen([sys.executable, "-m", "envkit", *args], cwd=tmp_path, env=envkit_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert server.arrived.wait(WAIT_S), "rattler never asked for the held file"
+        if seen is not None:  # rattler may make its folder just after it asks for the file: poll
+            deadline = time.monotonic() + WAIT_S
+            while not any((tmp_path / "new").glob("envs/.*envkit-tmp-*")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen += sorted((tmp_path / "new").rglob("*"))
         if group:
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -129,8 +137,12 @@ def test_ctrl_c_during_the_install_of_create(tmp_path: Path, channel: Path, serv
                             cwd=tmp_path, env=envkit_env(tmp_path), capture_output=True, text=True, timeout=WAIT_S)
     assert locked.returncode == 0, locked.stderr
     server.hold = ".tar.bz2"
-    done = interrupt(["create", str(spec), "-n", "train"], tmp_path, server, group=group)
+    seen: list[Path] = []
+    done = interrupt(["create", str(spec), "-n", "train"], tmp_path, server, group=group, seen=seen)
     assert_interrupted(done)
+    # rattler had made the staging folder next to the prefix (and envkit the envs/ parent) by then
+    envs = tmp_path / "new" / "envs"
+    assert envs in seen and any(p.parent == envs and p.name.startswith(".train.envkit-tmp-") for p in seen), seen
     assert "envkit: installing" in done.stderr  # it was in the install, not before it
     assert not (tmp_path / "new").exists()  # no prefix, no staging folder, no envs/ parent made for it
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["conda-lock.yml", "environment.yml"]
