@@ -92,7 +92,7 @@ def plan_create(
         lock.require_platform(platform)
         from envkit.conda.solver import check_cuda_plan
 
-        check_cuda_plan(((p.name, p.version, p.build) for p in lock.packages_for(platform)), platform, lock.with_cuda, source=lock.path)
+        check_cuda_plan(((p.name, p.version, p.build) for p in lock.packages_for(platform)), platform, lock.with_cuda, source=lock.path, locked=True)
         if spec is None:
             sources = [p for p in lock.spec_paths() if p.is_file()]
             spec = read_spec(sources[0]) if sources else None

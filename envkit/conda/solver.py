@@ -187,11 +187,19 @@ def cpu_builds_beside_cuda(packages: Iterable[tuple[str, str, str]]) -> tuple[li
     return (cpu if pins else []), pins
 
 
-def check_cuda_plan(packages: Iterable[tuple[str, str, str]], platform: str, cuda: str | None, *, source: Path) -> None:
-    """CpuBuildWithCudaPin (exit 1) when the plan pairs a CPU build of pytorch with a CUDA pin."""
+def check_cuda_plan(
+    packages: Iterable[tuple[str, str, str]], platform: str, cuda: str | None, *, source: Path, locked: bool = False,
+) -> None:
+    """CpuBuildWithCudaPin (exit 1) when the plan pairs a CPU build of pytorch with a CUDA pin;
+    ``locked``: the plan is an existing lock's, so the fix is to solve it again."""
     cpu, pins = cpu_builds_beside_cuda(packages)
     if not cpu:
         return
+    if locked:
+        raise CpuBuildWithCudaPin(
+            f"{source}: locks the CPU build {', '.join(cpu)} next to {', '.join(pins)} for {platform}; "
+            f"solve it again with `envkit lock` (the spec's CUDA pin now sets __cuda) or `envkit lock --with-cuda 11.8`"
+        )
     if cuda:
         why = f"the CUDA build does not solve with __cuda {cuda}"
         flag = "pass the CUDA version that build needs (--with-cuda X.Y, e.g. 12.1)"

@@ -174,6 +174,17 @@ def test_a_lock_solved_without_cuda_is_stale_for_a_cuda_spec(tmp_path: Path, cha
     assert "stale" in run("create", str(spec), "-p", str(tmp_path / "env"), "--dry-run", code=1)
 
 
+def test_create_refuses_a_lock_that_pairs_the_cpu_build_with_pytorch_cuda(tmp_path: Path, channel: Path) -> None:
+    """Such a lock (from an older envkit, or edited) is refused before anything is made."""
+    spec = write_spec(tmp_path, channel, CUDA_DEPS)
+    run("lock", "-f", str(spec), "-p", "linux-64")
+    lock = tmp_path / "conda-lock.yml"
+    lock.write_text(lock.read_text().replace(CUDA_BUILD, CPU_BUILD))
+    out = run("create", "--lockfile", str(lock), "-p", str(tmp_path / "env"), code=1)
+    assert f"{lock}: locks the CPU build pytorch 2.0.1 {CPU_BUILD} next to pytorch-cuda 11.8" in out
+    assert "`envkit lock`" in out and not (tmp_path / "env").exists()
+
+
 @pytest.mark.parametrize(
     "deps",
     [CUDA_DEPS, "  - python=3.11\n  - pytorch=2.0.1=*cuda*\n", "  - python=3.11\n  - pytorch=2.0.1\n  - pytorch-cuda\n",
