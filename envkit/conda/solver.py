@@ -111,8 +111,8 @@ def run_rattler(job: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode == -signal.SIGINT:  # a terminal's Ctrl-C reached the child first
         raise KeyboardInterrupt
     try:
-        answer = json.loads(out)
-    except ValueError:
+        answer = json.loads(out.splitlines()[-1])  # the child's answer is its last line
+    except (ValueError, IndexError):
         tail = " ".join(err.decode(errors="replace").split())[-300:]
         raise SolveError(f"rattler stopped (exit {proc.returncode}): {tail or 'no output'}; run it again, or report it") from None
     if not isinstance(answer, dict):
@@ -216,4 +216,4 @@ def check_cuda_plan(
 if __name__ == "__main__":
     # the child: a Ctrl-C kills it at once (the parent cleans up); its answer is one JSON document
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sys.stdout.write(json.dumps(_child(json.loads(sys.stdin.buffer.read()))))
+    sys.stdout.write("\n" + json.dumps(_child(json.loads(sys.stdin.buffer.read()))) + "\n")
