@@ -105,7 +105,7 @@ def environment() -> None:
     text = re.sub(r"\n  - pip:\n(    - .*\n)+", "\n", (ROOT / "environments" / "environment.yml").read_text())
     (work / "environment.yml").write_text(text)
     print("environment.yml: environments/environment.yml as shipped, without its `pip:` part (PyPI is not reachable)")
-    print(f"$ cat pyproject.toml\n{mirrors}")
+    print(f"$ cat pyproject.toml\n{(work / 'pyproject.toml').read_text().rstrip()}")
     env = {**os.environ, "ENVKIT_CACHE_DIR": str(work / "cache"), "ENVKIT_ENVS_DIR": str(work / "envs")}
     prefix = work / "envs" / "pytorch_train_env"
 
