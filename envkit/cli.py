@@ -187,7 +187,8 @@ def _mirrors() -> tuple[tuple[str, str], ...]:
 @main.command()
 @click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Environment file (repeatable; default environment.yml).")
 @click.option("-p", "--platform", "platforms", multiple=True, help="Platform to lock (repeatable): linux-64, osx-arm64, win-64, ...")
-@click.option("--with-cuda", metavar="VER", help="Assume this CUDA (the __cuda virtual package) when solving, e.g. 11.8.")
+@click.option("--with-cuda", metavar="VER", help="Assume this CUDA (the __cuda virtual package) when solving, e.g. 11.8. "
+              "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none.")
 @click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock file to write or check (default conda-lock.yml next to the spec).")
 @click.option("--check", is_flag=True, help="Only check that the lock matches the spec; exit 1 when it is stale.")
 @click.option(
@@ -231,7 +232,8 @@ def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | N
 @click.option("-n", "--name", help="Environment name (under $ENVKIT_ENVS_DIR, conda's envs dir, or ~/.envkit/envs).")
 @click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder.")
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True)
-@click.option("--with-cuda", metavar="VER", help="When solving FILE without a lock: assume this CUDA (picks CUDA builds).")
+@click.option("--with-cuda", metavar="VER", help="When solving FILE without a lock: assume this CUDA (picks CUDA builds). "
+              "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @handle_errors
 def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: Path | None, engine: str, with_cuda: str | None, dry_run: bool) -> None:

@@ -147,6 +147,10 @@ class SolveError(CheckFailed):
     """The spec cannot be satisfied from its channels for a platform."""
 
 
+class CpuBuildWithCudaPin(SolveError):
+    """A solved plan puts a CPU build of pytorch next to a CUDA pin (pytorch-cuda, cudatoolkit, cuda-version)."""
+
+
 class InstallError(CheckFailed):
     """Creating an environment failed; nothing was left under the target name."""
 

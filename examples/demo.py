@@ -1,4 +1,5 @@
-"""`make demo`: train, check, refuse a foreign environment, resume. Under a minute on a CPU."""
+"""`make demo`: train, check, refuse a foreign environment, resume; then lock and create the reference
+environment from its environment.yml on local channels. Under a minute on a CPU."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def main() -> None:
     step("10. the environment.yml the blog post has users copy: lint explains what is wrong with it",
          [*ENVKIT, "lint", str(environments / "blog-post.yml")], 1)
     step("11. the reference environment, as envkit ships it", [*ENVKIT, "lint", str(environments / "environment.yml")], 0)
+    environment()
     print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit;"
-          " environment files linted.")
+          " environment files linted; the reference environment locked and created with its CUDA 11.8 build.")
 
 
 RESUMABLE = [sys.executable, str(ROOT / "examples" / "train_resumable.py"), "--epochs", "3", "--every-n-steps", "7"]
@@ -82,6 +84,48 @@ def preemption() -> None:
     print(f"\nfinal weights and optimizer state of the interrupted+resumed run equal the uninterrupted run's: {same}")
     if not same:
         sys.exit("demo: the resumed run diverged")
+
+
+def environment() -> None:
+    """envkit's first two named uses: `envkit lock`, `envkit create environment.yml`; then the
+    fingerprint of what was created and `envkit doctor`, on local copies of the spec's channels."""
+    import re
+
+    sys.path.insert(0, str(ROOT))
+    from examples.local_channel import reference_channels
+
+    work = RUNS / "environment"
+    work.mkdir(parents=True)
+    print("\n=== 12. public channels are not reachable here: the demo builds local pytorch, nvidia and conda-forge"
+          " channels with the reference environment's packages (tiny stand-ins), mirrored in by [tool.envkit.mirrors]")
+    channels = reference_channels(work / "channels", ("linux-64",))
+    mirrors = "\n".join(f'"{name}" = "{path.as_uri()}"' for name, path in channels.items())
+    (work / "pyproject.toml").write_text(f"[tool.envkit.mirrors]\n{mirrors}\n")
+    # the shipped file, minus its `pip:` part (PyPI is not reachable either)
+    text = re.sub(r"\n  - pip:\n(    - .*\n)+", "\n", (ROOT / "environments" / "environment.yml").read_text())
+    (work / "environment.yml").write_text(text)
+    print("environment.yml: environments/environment.yml as shipped, without its `pip:` part (PyPI is not reachable)")
+    print(f"$ cat pyproject.toml\n{(work / 'pyproject.toml').read_text().rstrip()}")
+    env = {**os.environ, "ENVKIT_CACHE_DIR": str(work / "cache"), "ENVKIT_ENVS_DIR": str(work / "envs")}
+    prefix = work / "envs" / "pytorch_train_env"
+
+    def envkit(title: str, *args: str) -> str:
+        print(f"\n=== {title}\n$ envkit {' '.join(args)}", flush=True)
+        done = subprocess.run([*ENVKIT, *args], check=False, cwd=work, env=env, capture_output=True, text=True)
+        print((done.stderr + done.stdout).rstrip())
+        if done.returncode != 0:
+            sys.exit(f"demo: expected exit 0 from that step, got {done.returncode}")
+        return done.stdout
+
+    envkit("13. lock it: pytorch-cuda=11.8 in the spec makes the solve assume CUDA 11.8 (no --with-cuda)", "lock", "-p", "linux-64")
+    envkit("14. create it from environment.yml (the lock next to it is fresh, so exactly that is installed)",
+           "create", "environment.yml")
+    records = sorted(p.name for p in (prefix / "conda-meta").glob("pytorch-2.0.1-*.json"))
+    print(f"installed: {', '.join(records)}")
+    if records != ["pytorch-2.0.1-py3.11_cuda11.8_cudnn8.7.0_0.json"]:
+        sys.exit("demo: the CUDA 11.8 build of pytorch was not the one installed")
+    envkit("15. the created environment's fingerprint, read from its files", "fingerprint", "--prefix", str(prefix))
+    envkit("16. does it still match its lock?", "doctor", "-p", str(prefix))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ environment's own python; if it fails, the environment is removed again.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,7 +24,7 @@ from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
 from envkit.conda.pip_lock import PipPackage, requirements_text
-from envkit.conda.platforms import current_platform
+from envkit.conda.platforms import check_cuda_version, current_platform
 from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
@@ -81,6 +81,7 @@ def plan_create(
     cache_dir: Path | None = None,
     scratch: Path | None = None,
 ) -> CreatePlan:
+    check_cuda_version(with_cuda)  # a bad --with-cuda is exit 2 whether or not a lock is used
     platform = current_platform()
     chosen_engine = pick_engine(engine)  # before any solving: a missing executable is a usage error
     spec = read_spec(spec_path) if spec_path is not None else None
@@ -91,11 +92,14 @@ def plan_create(
     if lock_path is not None:
         lock = read_lock(lock_path)
         lock.require_platform(platform)
+        from envkit.conda.solver import check_cuda_plan
+
+        check_cuda_plan(((p.name, p.version, p.build) for p in lock.packages_for(platform)), platform, lock.with_cuda, source=lock.path, locked=True)
         if spec is None:
             sources = [p for p in lock.spec_paths() if p.is_file()]
             spec = read_spec(sources[0]) if sources else None
         if spec is not None:
-            verdict = check_lock((spec.path,), lock.path, platforms=(platform,))
+            verdict = check_lock((spec.path,), lock.path, platforms=(platform,), with_cuda=with_cuda)
             if not verdict.fresh:
                 raise StaleLock(f"{lock.path}: stale for {spec.path} ({'; '.join(verdict.changes)}); run `envkit lock` first")
         target = _free_target(name, prefix, spec.name if spec else None)
@@ -131,8 +135,26 @@ def _free_target(name: str | None, prefix: Path | None, default_name: str | None
 
 def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: None) -> Path:
     target = plan.prefix
-    if not target.parent.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(target)
+    try:
+        _create_in(plan, cache_dir=cache_dir, progress=progress)
+    except BaseException:
+        for folder in made:  # the envs/ folders made for it, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    progress(f"created {target}")
+    return target
+
+
+def _make_parents(target: Path) -> list[Path]:
+    missing = [p for p in target.parents if not p.is_dir()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return missing  # innermost first
+
+
+def _create_in(plan: CreatePlan, *, cache_dir: Path, progress: Progress) -> None:
+    target = plan.prefix
     if plan.engine.embedded:
         progress(f"installing {len(plan.packages)} conda packages with rattler")
         _create_staged(plan, cache_dir)
@@ -147,8 +169,6 @@ def create(plan: CreatePlan, *, cache_dir: Path, progress: Progress = lambda _: 
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
-    progress(f"created {target}")
-    return target
 
 
 def _create_staged(plan: CreatePlan, cache_dir: Path) -> None:
@@ -189,11 +209,12 @@ def _create_external(plan: CreatePlan) -> None:
         raise
 
 
-def _records(packages: tuple[LockedPackage, ...]) -> list:
+def records_of(packages: list[dict]) -> list:
+    """rattler RepoDataRecords of LockedPackage fields (as dicts: they cross to the install child)."""
     from rattler import BuildString, PackageRecord, RepoDataRecord
 
     records = []
-    for p in packages:
+    for p in (LockedPackage(**{**d, "depends": tuple(tuple(x) for x in d["depends"])}) for d in packages):
         base, subdir, _ = p.url.rsplit("/", 2)
         number = re.search(r"_(\d+)$", p.build)
         record = PackageRecord(
@@ -211,21 +232,13 @@ def _records(packages: tuple[LockedPackage, ...]) -> list:
 
 
 def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:
-    import rattler
+    from dataclasses import asdict
 
-    try:
-        asyncio.run(
-            rattler.install(
-                _records(plan.packages),
-                staging,
-                cache_dir=cache_dir / "pkgs",
-                show_progress=False,
-                alternative_target_prefix=plan.prefix,
-                execute_link_scripts=False,
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - rattler's install errors are many types
-        raise InstallError(f"{plan.lock.path}: installing into {plan.prefix} failed ({' '.join(str(exc).split())[:300]}); nothing was created") from None
+    from envkit.conda.solver import install
+
+    failed = install([asdict(p) for p in plan.packages], staging, prefix=plan.prefix, cache_dir=cache_dir / "pkgs")
+    if failed is not None:
+        raise InstallError(f"{plan.lock.path}: installing into {plan.prefix} failed ({failed}); nothing was created")
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from envkit.conda.channels import resolve_channels
 from envkit.conda.pip_lock import PipPackage
-from envkit.conda.platforms import check_platforms, current_platform, virtual_package_repo, virtual_packages
+from envkit.conda.platforms import check_cuda_version, check_platforms, cuda_from_specs, current_platform, virtual_package_repo, virtual_packages
 from envkit.conda.specfile import SpecFile, read_spec
 from envkit.errors import BadInput, LockError
 
@@ -157,9 +157,10 @@ def make_lock(
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
     from conda_lock.lockfile.v1.models import HashModel
 
-    from envkit.conda.solver import solve
+    from envkit.conda.solver import check_cuda_plan, solve
 
     specs = tuple(read_spec(p) for p in spec_paths)
+    with_cuda = cuda_from_specs(_conda_lines(specs), with_cuda)  # the spec's CUDA intent sets __cuda
     target = lockfile or specs[0].path.parent / DEFAULT_LOCKFILE
     if not target.parent.is_dir():
         raise BadInput(f"{target}: the folder {target.parent} does not exist; create it first")
@@ -176,6 +177,7 @@ def make_lock(
         if progress:
             progress(f"solving {len(wanted)} specs for {platform} with rattler")
         records = solve(wanted, channels, platform, virtual_packages(repo, platform), cache_dir=cache, source=specs[0].path)
+        check_cuda_plan(((r.name.normalized, str(r.version), str(r.build)) for r in records), platform, with_cuda, source=specs[0].path)
         packages += _lock_pip(specs, platform, records, virtual_packages(repo, platform), progress)
         for record in records:
             packages.append(
@@ -249,6 +251,10 @@ def _lock_pip(specs: tuple[SpecFile, ...], platform: str, records: list[Any], vi
         )
         for p in pinned
     ]
+
+
+def _conda_lines(specs: tuple[SpecFile, ...]) -> tuple[str, ...]:
+    return tuple(line for spec in specs for line in spec.conda_specs)
 
 
 def _dependencies(depends: list[str]) -> dict[str, str]:
@@ -370,10 +376,13 @@ def check_lock(
     with_cuda: str | None = None,
 ) -> LockCheck:
     """Is ``lockfile`` still the lock of these specs? Names each platform and line that changed."""
+    check_cuda_version(with_cuda)
     lock = read_lock(lockfile)
     specs = tuple(read_spec(p) for p in spec_paths)
     wanted = check_platforms(platforms) if platforms else lock.platforms
-    cuda = lock.with_cuda if with_cuda is None else (with_cuda or None)
+    # the CUDA the lock was solved with sticks (--with-cuda or the spec's intent, recorded alike);
+    # a lock solved without one is checked against what the spec asks for now
+    cuda = (lock.with_cuda or cuda_from_specs(_conda_lines(specs))) if with_cuda is None else (with_cuda or None)
     missing = [p for p in wanted if p not in lock.platforms]
     has_pip = any(s.pip_specs for s in specs)
     pip_unlocked = [p for p in wanted if p in lock.platforms and has_pip and p not in lock.pip_locked]

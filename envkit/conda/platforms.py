@@ -9,6 +9,7 @@ must not depend on the laptop's GPU (DESIGN §6).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,3 +61,82 @@ def virtual_packages(repo: Any, platform: str) -> tuple[VirtualPackage, ...]:
 
 def _vkey(version: str) -> tuple[int, ...]:
     return tuple(int(x) if x.isdigit() else 0 for x in version.split("."))
+
+
+# -- CUDA: the __cuda a solve assumes (DESIGN §6) ---------------------------------------
+
+# What the spec asks for when it names one of these packages with a version.
+CUDA_PINS = ("pytorch-cuda", "cuda-version", "cudatoolkit")
+# A CUDA version on the command line: MAJOR.MINOR, optionally .PATCH (11.8, 12.1, 11.8.0).
+_CUDA_VERSION = re.compile(r"\d{1,3}\.\d{1,3}(\.\d{1,4})?")
+_CUDA_BUILD = re.compile(r"cuda|cu\d{2,3}", re.IGNORECASE)
+# cuda11.8 / cuda_11.8 / cuda118 / cu118 in a build string
+_CUDA_BUILD_VERSION = re.compile(r"cuda_?(\d{2})\.?(\d)(?!\d)|cu(\d{2})(\d)(?!\d)", re.IGNORECASE)
+# A CUDA intent without a version (`pytorch-cuda`, `*cuda*`) assumes a driver for the newest CUDA
+# (13.0, what the H200 probe in DESIGN §8 reports), so that any CUDA build solves; lint warns that
+# nothing pins the CUDA version (`cuda-unpinned`).
+CUDA_WITHOUT_VERSION = "13.0"
+
+
+def check_cuda_version(value: str | None, option: str = "--with-cuda") -> str | None:
+    """``--with-cuda``'s value, or BadInput when it is not a CUDA version (exit 2, before any solve).
+    An empty string means "no CUDA" (as conda-lock's ``--with-cuda ''``)."""
+    if value is None or value == "":
+        return value
+    text = value.strip()
+    if not _CUDA_VERSION.fullmatch(text):
+        raise BadInput(f"{option} {value!r}: not a CUDA version; pass MAJOR.MINOR, e.g. {option} 11.8 or {option} 12.1")
+    return text
+
+
+def cuda_from_specs(conda_specs: tuple[str, ...] | list[str], with_cuda: str | None = None) -> str | None:
+    """The ``__cuda`` version a solve of these dependency lines assumes; None when nothing asks for CUDA.
+
+    ``with_cuda`` (the option) wins. Otherwise the spec's own intent: a version given to
+    ``pytorch-cuda``, ``cuda-version`` or ``cudatoolkit`` (the highest when several), or one in a
+    CUDA build string (``cuda11.8``, ``cu118``); a CUDA intent with no version (``pytorch-cuda``,
+    ``pytorch=2.0.1=*cuda*``) assumes ``CUDA_WITHOUT_VERSION``. Pure: lock and create both call it.
+    """
+    checked = check_cuda_version(with_cuda)
+    if checked is not None:
+        return checked or None
+    from envkit.conda.matchspec import InvalidMatchSpec, parse_match_spec
+
+    found: list[tuple[int, ...]] = []
+    intent = False
+    for line in conda_specs:
+        try:
+            spec = parse_match_spec(line)
+        except InvalidMatchSpec:
+            continue  # conda-lock's parser reports it with the line
+        name = spec.name.lower()
+        if name in CUDA_PINS:
+            intent = True
+            version = _lowest_bound(spec.version)
+            if version:
+                found.append(version)
+        if spec.build and _CUDA_BUILD.search(spec.build):
+            intent = True
+            m = _CUDA_BUILD_VERSION.search(spec.build)
+            if m:
+                major, minor = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+                found.append((int(major), int(minor)))
+    if found:
+        return ".".join(str(x) for x in max(found))
+    return CUDA_WITHOUT_VERSION if intent else None
+
+
+def _lowest_bound(version: str | None) -> tuple[int, ...] | None:
+    """``=11.8`` / ``11.8.*`` / ``>=11.7,<12`` -> (11, 8) / (11, 8) / (11, 7); ``<12`` or ``*`` -> None."""
+    from envkit.conda.matchspec import version_clauses
+
+    if not version:
+        return None
+    for alternative in version_clauses(version):
+        for op, value in alternative:
+            if op in ("<", "<=", "!="):
+                continue
+            m = re.match(r"(\d+)\.(\d+)", value)
+            if m:
+                return (int(m.group(1)), int(m.group(2)))
+    return None

@@ -77,7 +77,7 @@ def test_failed_install_leaves_nothing(tmp_path: Path, channel: Path) -> None:
     env = tmp_path / "envs" / "x"
     line = fails("create", "--lockfile", str(lock), "-p", str(env), code=1)
     assert "nothing was created" in line
-    assert spec.read_bytes() == spec_bytes and not env.exists() and not list((tmp_path / "envs").iterdir())
+    assert spec.read_bytes() == spec_bytes and not env.exists() and not (tmp_path / "envs").exists()  # the parent made for it too
 
 
 def test_mirror_from_config_replaces_the_channel(tmp_path: Path, channel: Path, monkeypatch) -> None:
