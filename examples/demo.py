@@ -19,7 +19,7 @@ TRAIN = [sys.executable, str(ROOT / "examples" / "train.py"), "--ckpt-dir", str(
 def step(title: str, command: list[str], expect: int) -> None:
     shown = " ".join("envkit" if c == "envkit" and i == 2 else Path(c).name if i < 2 else c for i, c in enumerate(command))
     print(f"\n=== {title}\n$ {shown}", flush=True)
-    code = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "default"}).returncode
+    code = subprocess.run(command, check=False, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "default"}).returncode
     if code != expect:
         sys.exit(f"demo: expected exit {expect} from that step, got {code}")
     print(f"(exit {code}, as expected)")
@@ -43,7 +43,7 @@ def main() -> None:
     step("11. the reference environment, as envkit ships it", [*ENVKIT, "lint", str(environments / "environment.yml")], 0)
     environment()
     print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit;"
-          " environment files linted; the reference environment locked and created with its CUDA 11.8 build.")
+          " environment files linted; the reference environment locked (conda and pip) and created with its CUDA 11.8 build.")
 
 
 RESUMABLE = [sys.executable, str(ROOT / "examples" / "train_resumable.py"), "--epochs", "3", "--every-n-steps", "7"]
@@ -89,24 +89,23 @@ def preemption() -> None:
 def environment() -> None:
     """envkit's first two named uses: `envkit lock`, `envkit create environment.yml`; then the
     fingerprint of what was created and `envkit doctor`, on local copies of the spec's channels."""
-    import re
-
     sys.path.insert(0, str(ROOT))
     from examples.local_channel import reference_channels
+    from examples.local_index import Wheel, build_index, index_environment
 
     work = RUNS / "environment"
     work.mkdir(parents=True)
-    print("\n=== 12. public channels are not reachable here: the demo builds local pytorch, nvidia and conda-forge"
-          " channels with the reference environment's packages (tiny stand-ins), mirrored in by [tool.envkit.mirrors]")
-    channels = reference_channels(work / "channels", ("linux-64",))
+    print("\n=== 12. public channels and PyPI are not reachable from CI: the demo builds local pytorch, nvidia and"
+          " conda-forge channels and a local pip index with the reference environment's packages (tiny stand-ins)")
+    # linux-64's python is a stand-in that runs this machine's python, so the `pip:` part installs
+    channels = reference_channels(work / "channels", ("linux-64",), host_python=sys.executable)
+    index = build_index(work / "index", [Wheel("torch-summary", "1.4.5"), Wheel("torch-summary", "1.4.4")])
     mirrors = "\n".join(f'"{name}" = "{path.as_uri()}"' for name, path in channels.items())
     (work / "pyproject.toml").write_text(f"[tool.envkit.mirrors]\n{mirrors}\n")
-    # the shipped file, minus its `pip:` part (PyPI is not reachable either)
-    text = re.sub(r"\n  - pip:\n(    - .*\n)+", "\n", (ROOT / "environments" / "environment.yml").read_text())
-    (work / "environment.yml").write_text(text)
-    print("environment.yml: environments/environment.yml as shipped, without its `pip:` part (PyPI is not reachable)")
+    shutil.copyfile(ROOT / "environments" / "environment.yml", work / "environment.yml")
+    print(f"environment.yml: environments/environment.yml as shipped; pip reads PIP_INDEX_URL={index}")
     print(f"$ cat pyproject.toml\n{(work / 'pyproject.toml').read_text().rstrip()}")
-    env = {**os.environ, "ENVKIT_CACHE_DIR": str(work / "cache"), "ENVKIT_ENVS_DIR": str(work / "envs")}
+    env = index_environment(index, {**os.environ, "ENVKIT_CACHE_DIR": str(work / "cache"), "ENVKIT_ENVS_DIR": str(work / "envs")})
     prefix = work / "envs" / "pytorch_train_env"
 
     def envkit(title: str, *args: str) -> str:
@@ -117,13 +116,24 @@ def environment() -> None:
             sys.exit(f"demo: expected exit 0 from that step, got {done.returncode}")
         return done.stdout
 
-    envkit("13. lock it: pytorch-cuda=11.8 in the spec makes the solve assume CUDA 11.8 (no --with-cuda)", "lock", "-p", "linux-64")
+    envkit("13. lock it: pytorch-cuda=11.8 in the spec makes the solve assume CUDA 11.8 (no --with-cuda);"
+           " pip resolves the `pip:` part, pinned with its sha256", "lock", "-p", "linux-64")
+    from envkit.conda.lock import read_lock
+
+    pins = [f"{p.name}=={p.version} sha256:{p.sha256[:12]}..." for p in read_lock(work / "conda-lock.yml").pip]
+    print(f"conda-lock.yml pins the pip part (manager: pip): {', '.join(pins) or 'NOTHING'}")
+    if not pins:
+        sys.exit("demo: the lock does not pin the pip part")
     envkit("14. create it from environment.yml (the lock next to it is fresh, so exactly that is installed)",
            "create", "environment.yml")
     records = sorted(p.name for p in (prefix / "conda-meta").glob("pytorch-2.0.1-*.json"))
     print(f"installed: {', '.join(records)}")
     if records != ["pytorch-2.0.1-py3.11_cuda11.8_cudnn8.7.0_0.json"]:
         sys.exit("demo: the CUDA 11.8 build of pytorch was not the one installed")
+    summary = sorted(p.name for p in prefix.glob("lib/python3.11/site-packages/torch_summary-*.dist-info"))
+    print(f"pip installed, exactly as locked (--no-deps --require-hashes): {', '.join(summary)}")
+    if summary != ["torch_summary-1.4.5.dist-info"]:
+        sys.exit("demo: the pip part was not installed as locked")
     envkit("15. the created environment's fingerprint, read from its files", "fingerprint", "--prefix", str(prefix))
     envkit("16. does it still match its lock?", "doctor", "-p", str(prefix))
 

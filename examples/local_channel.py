@@ -129,6 +129,37 @@ def reference_packages(platforms: tuple[str, ...] = PLATFORMS) -> list[Pkg]:
     return pkgs
 
 
+# No interpreter can be packaged here, so a channel's python can be a stand-in: its bin/python
+# runs this machine's python, and a `-m pip install` installs into the environment's own
+# site-packages (--target). With STAND_IN_PIP_LOG set it also logs each call (the tests read it).
+STAND_IN_PYTHON = r'''
+import json, os, sys
+prefix = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+args = sys.argv[1:]
+if os.environ.get("STAND_IN_PIP_LOG"):
+    entry = {"argv": args}
+    if "-r" in args:
+        with open(args[args.index("-r") + 1]) as fh:
+            entry["requirements"] = fh.read()
+    with open(os.environ["STAND_IN_PIP_LOG"], "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+if args[:3] == ["-m", "pip", "install"]:
+    args = [*args, "--target", os.path.join(prefix, "lib", "python3.11", "site-packages")]
+os.execve(sys.executable, [sys.executable, *args], dict(os.environ, PYTHONNOUSERSITE="1"))
+'''
+
+
+def with_python_stand_in(packages: list[Pkg], host_python: str, platform: str = "linux-64") -> list[Pkg]:
+    """``packages`` with python 3.11.4 for ``platform`` given a bin/python that runs ``host_python``."""
+    from dataclasses import replace
+
+    return [
+        replace(p, files=(("bin/python", f"#!{host_python}\n{STAND_IN_PYTHON}"),))
+        if (p.name, p.version, p.subdir) == ("python", "3.11.4", platform) else p
+        for p in packages
+    ]
+
+
 def build_channel(root: Path, packages: list[Pkg] | None = None) -> Path:
     """Write and index a channel; returns its folder (use ``.as_uri()`` in specs)."""
     from rattler.index import index_fs
@@ -141,8 +172,11 @@ def build_channel(root: Path, packages: list[Pkg] | None = None) -> Path:
     return root
 
 
-def reference_channels(root: Path, platforms: tuple[str, ...] = PLATFORMS) -> dict[str, Path]:
+def reference_channels(root: Path, platforms: tuple[str, ...] = PLATFORMS, *, host_python: str | None = None) -> dict[str, Path]:
     """The public channels environments/environment.yml lists (pytorch, nvidia, conda-forge), as
-    local folders under ``root`` with each package on the channel that publishes it."""
+    local folders under ``root`` with each package on the channel that publishes it; with
+    ``host_python``, linux-64's python is a stand-in that runs it (so `pip:` parts install)."""
     packages = reference_packages(platforms)
+    if host_python is not None:
+        packages = with_python_stand_in(packages, host_python)
     return {name: build_channel(root / name, [p for p in packages if p.channel == name]) for name in ("pytorch", "nvidia", "conda-forge")}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.conda.channel import (
     reference_packages,
 )
 from tests.conda.conftest import write_spec
+from tests.conda.pip_index import Wheel, build_index, index_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / "tests" / "data" / "pytorch-channel-py311-linux-64.json"
@@ -245,21 +245,21 @@ def test_a_cpu_environment_stays_cpu(tmp_path: Path, channel: Path) -> None:
 
 def test_shipped_environment_yml_plans_the_cuda_118_build_with_no_flag(tmp_path: Path) -> None:
     """environments/environment.yml as shipped, its channels (pytorch, nvidia, conda-forge) mirrored
-    to local folders by [tool.envkit.mirrors], since public channels are not reachable here. Its
-    `pip:` part is left out of the copy: it needs PyPI, which is not reachable either."""
+    to local folders by [tool.envkit.mirrors], since public channels are not reachable here, and its
+    `pip:` part resolved against a local index the test builds (no PyPI either)."""
     channels = reference_channels(tmp_path / "channels", ("linux-64", "win-64"))
-    text = (ROOT / "environments" / "environment.yml").read_text()
-    text = re.sub(r"\n  - pip:\n(    - .*\n)+", "\n", text)
-    (tmp_path / "environment.yml").write_text(text)
+    index = build_index(tmp_path / "index", [Wheel("torch-summary", "1.4.5")])
+    (tmp_path / "environment.yml").write_text((ROOT / "environments" / "environment.yml").read_text())
     mirrors = "\n".join(f'"{name}" = "{path.as_uri()}"' for name, path in channels.items())
     (tmp_path / "pyproject.toml").write_text(f"[tool.envkit.mirrors]\n{mirrors}\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = index_environment(index, {**os.environ, "PYTHONPATH": str(ROOT)})
     envkit = [sys.executable, "-m", "envkit"]
     plan = subprocess.run(check=False, args=[*envkit, "create", "environment.yml", "-p", str(tmp_path / "env"), "--dry-run"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stderr
     assert "pytorch 2.0.1 py3.11_cuda11.8_cudnn8.7.0_0" in plan.stdout and "torchvision 0.15.2 py311_cu118" in plan.stdout
     assert "pytorch-mutex 1.0 cuda" in plan.stdout and "_cpu" not in plan.stdout
+    assert "torch-summary==1.4.5" in plan.stdout
     done = subprocess.run(check=False, args=[*envkit, "lock", "-p", "linux-64", "-p", "win-64"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert builds(tmp_path / "conda-lock.yml") == {"linux-64": CUDA_BUILD, "win-64": CUDA_BUILD}

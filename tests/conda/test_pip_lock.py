@@ -10,7 +10,6 @@ the same arguments plus `--target` the environment's site-packages, so the real 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import socket
@@ -22,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from envkit.cli import main
+from examples.local_channel import with_python_stand_in
 from tests.conda.channel import build_channel, reference_packages
 from tests.conda.conftest import write_spec
 from tests.conda.pip_index import Wheel, build_index, use_index
@@ -35,30 +35,12 @@ BASE_WHEELS = [
     Wheel("numpy", "9.9"),
 ]
 
-STAND_IN_PYTHON = r'''
-import json, os, sys
-prefix = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-args = sys.argv[1:]
-entry = {"argv": args}
-if "-r" in args:
-    with open(args[args.index("-r") + 1]) as fh:
-        entry["requirements"] = fh.read()
-with open(os.environ["STAND_IN_PIP_LOG"], "a") as fh:
-    fh.write(json.dumps(entry) + "\n")
-if args[:3] == ["-m", "pip", "install"]:
-    args = [*args, "--target", os.path.join(prefix, "lib", "python3.11", "site-packages")]
-os.execve(sys.executable, [sys.executable, *args], dict(os.environ, PYTHONNOUSERSITE="1"))
-'''
 
 
 @pytest.fixture(scope="module")
 def pip_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference channel, with a linux-64 python 3.11.4 whose bin/python runs the host's pip."""
-    packages = []
-    for pkg in reference_packages():
-        if (pkg.name, pkg.version, pkg.subdir) == ("python", "3.11.4", "linux-64"):
-            pkg = dataclasses.replace(pkg, files=(("bin/python", f"#!{sys.executable}\n{STAND_IN_PYTHON}"),))
-        packages.append(pkg)
+    packages = with_python_stand_in(reference_packages(), sys.executable)
     return build_channel(tmp_path_factory.mktemp("pipchannel") / "local", packages)
 
 
