@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
     from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
 
 from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
+from envkit.checkpoint.ziptail import MAX_STAMP_BYTES, last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -237,152 +236,6 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-# -- the stamp as the archive's last record ----------------------------------------------
-#
-# envkit's writer appends the stamp after torch's records, so its central-directory record
-# is the last one. Reading the end records and that one record costs a few reads however many
-# tensors the archive holds; zipfile parses every record (200,000 for a 200,000-tensor state
-# dict). Anything this reader does not recognise as exactly that layout returns None, and the
-# caller takes the full zipfile path, which names the problem: the fast path never decides
-# that a file is bad, it only recognises the good ones.
-
-_EOCD = struct.Struct("<4s4H2LH")  # end of central directory
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
-_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-_LOCAL = struct.Struct("<4s2B4HL2L2H")
-# the whole of the last central record always lies in this much of the directory's tail
-_LAST_RECORD_MAX = _CENTRAL.size + 3 * 0xFFFF
-MAX_STAMP_BYTES = 8 * 1024 * 1024
-
-
-def _read_at(fh: BinaryIO, offset: int, n: int) -> bytes | None:
-    fh.seek(offset)
-    data = fh.read(n)
-    return data if len(data) == n else None
-
-
-def _end_of_directory(fh: BinaryIO, size: int) -> tuple[int, int] | None:
-    """(offset, size) of the central directory, when the archive ends in plain end records."""
-    if size < _EOCD.size + _LOCAL.size:
-        return None
-    raw = _read_at(fh, size - _EOCD.size, _EOCD.size)
-    if raw is None:
-        return None
-    sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment = _EOCD.unpack(raw)
-    if sig != b"PK\x05\x06" or comment != 0:
-        return None  # a comment (or a signature inside one) is not what envkit writes
-    end = size - _EOCD.size
-    loc = _read_at(fh, end - _ZIP64_LOCATOR.size, _ZIP64_LOCATOR.size) if end >= _ZIP64_LOCATOR.size else None
-    if loc is not None and loc[:4] == b"PK\x06\x07":
-        _, loc_disk, record_at, disks = _ZIP64_LOCATOR.unpack(loc)
-        end -= _ZIP64_LOCATOR.size + _ZIP64_EOCD.size
-        if loc_disk != 0 or disks not in (0, 1) or record_at != end or end < 0:
-            return None
-        raw64 = _read_at(fh, end, _ZIP64_EOCD.size)
-        if raw64 is None:
-            return None
-        sig64, rec_size, _, _, disk64, cd_disk64, n_disk64, n_total64, cd_size64, cd_offset64 = _ZIP64_EOCD.unpack(raw64)
-        if sig64 != b"PK\x06\x06" or rec_size != _ZIP64_EOCD.size - 12:
-            return None
-        for short, full, most in (
-            (disk, disk64, 0xFFFF), (cd_disk, cd_disk64, 0xFFFF), (n_disk, n_disk64, 0xFFFF),
-            (n_total, n_total64, 0xFFFF), (cd_size, cd_size64, 0xFFFFFFFF), (cd_offset, cd_offset64, 0xFFFFFFFF),
-        ):  # fmt: skip
-            if short not in (full, most):
-                return None  # the two end records disagree
-        disk, cd_disk, n_disk, n_total, cd_size, cd_offset = disk64, cd_disk64, n_disk64, n_total64, cd_size64, cd_offset64
-    elif 0xFFFF in (disk, cd_disk, n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_offset):
-        return None  # zip64 values without zip64 end records
-    if disk != 0 or cd_disk != 0 or n_disk != n_total or n_total < 2 or cd_offset + cd_size != end:
-        return None  # split archives, data between the directory and its end, or no room for torch's records
-    return cd_offset, cd_size
-
-
-def _last_central_record(fh: BinaryIO, cd_offset: int, cd_size: int) -> bytes | None:
-    """The directory's last record: the one candidate in its tail that ends exactly at its end.
-
-    A name or extra field can hold bytes that look like a record; when two candidates fit,
-    the layout is ambiguous and None sends the caller to the full parse.
-    """
-    window = min(cd_size, _LAST_RECORD_MAX)
-    tail = _read_at(fh, cd_offset + cd_size - window, window)
-    if tail is None:
-        return None
-    found, pos = None, len(tail)
-    while (pos := tail.rfind(b"PK\x01\x02", 0, pos)) >= 0:
-        if pos + _CENTRAL.size <= len(tail):
-            n, m, k = struct.unpack_from("<3H", tail, pos + 28)
-            if pos + _CENTRAL.size + n + m + k == len(tail):
-                if found is not None:
-                    return None
-                found = pos
-    return None if found is None else tail[found:]
-
-
-def _zip64_fields(extra: bytes, wanted: int) -> list[int] | None:
-    """The ``wanted`` 8-byte values of the zip64 extra field, in order."""
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, length = struct.unpack_from("<2H", extra, pos)
-        if tag == 1:
-            if length < 8 * wanted or pos + 4 + length > len(extra):
-                return None
-            return list(struct.unpack_from(f"<{wanted}Q", extra, pos + 4))
-        pos += 4 + length
-    return None
-
-
-def _fast_stamp_member(fh: BinaryIO, size: int) -> tuple[str, bytes] | None:
-    """(prefix, bytes of ``<prefix>/extra/envkit.json``) when the stamp is the archive's last
-    record, whole and unusual in nothing; None otherwise (the caller parses the whole archive)."""
-    located = _end_of_directory(fh, size)
-    if located is None:
-        return None
-    cd_offset, cd_size = located
-    record = _last_central_record(fh, cd_offset, cd_size)
-    if record is None:
-        return None
-    (_, _, _, _, _, flags, method, _, _, crc, csize, usize, n, m, _, disk_start, _, _, offset) = _CENTRAL.unpack_from(record)
-    raw_name = record[_CENTRAL.size : _CENTRAL.size + n]
-    extra = record[_CENTRAL.size + n : _CENTRAL.size + n + m]
-    if flags & ~0x0808 or method != zipfile.ZIP_STORED:
-        return None  # encrypted, compressed, ...: the full path refuses it by name
-    wide = [v for v in (usize, csize, offset) if v == 0xFFFFFFFF]
-    if wide:
-        values = _zip64_fields(extra, len(wide))
-        if values is None:
-            return None
-        if usize == 0xFFFFFFFF:
-            usize = values.pop(0)
-        if csize == 0xFFFFFFFF:
-            csize = values.pop(0)
-        if offset == 0xFFFFFFFF:
-            offset = values.pop(0)
-    try:
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
-    except UnicodeDecodeError:
-        return None
-    prefix, slash, rest = name.partition("/")
-    if not prefix or not slash or rest != MEMBER or disk_start != 0 or csize != usize or usize > MAX_STAMP_BYTES:
-        return None
-    local = _read_at(fh, offset, _LOCAL.size + n)
-    if local is None or local[:4] != b"PK\x03\x04" or local[_LOCAL.size :] != raw_name:
-        return None
-    local_extra = struct.unpack_from("<H", local, 28)[0]
-    start = offset + _LOCAL.size + n + local_extra
-    if start + usize > cd_offset:
-        return None
-    data = _read_at(fh, start, usize)
-    if data is None or zlib.crc32(data) != crc:
-        return None  # damaged: the full path says so
-    first_name = f"{prefix}/data.pkl".encode()
-    first = _read_at(fh, 0, _LOCAL.size + len(first_name))
-    if first is None or struct.unpack_from("<H", first, 26)[0] != len(first_name) or first[_LOCAL.size :] != first_name:
-        return None  # not torch's layout: torch writes data.pkl first
-    return prefix, data
-
-
 # -- zip ----------------------------------------------------------------------------
 
 
@@ -475,12 +328,12 @@ def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
         head = fh.read(len(LEGACY_MAGIC))
         fmt = sniff(p, head)
         try:
-            fast = _fast_stamp_member(fh, size) if fmt == "zip" and not deep else None
+            fast = last_stamp_member(fh, size) if fmt == "zip" and not deep else None
         except OSError:
             fast = None  # the full path names the read error
     if fast is not None:
-        prefix, data = fast
-        info = CheckpointFile(p, "zip", size, Stamp.from_bytes(data, source=str(p)), "member", prefix)
+        prefix, data, version = fast
+        info = CheckpointFile(p, "zip", size, Stamp.from_bytes(data, source=str(p)), "member", prefix, version)
         return Inspection(info)
     if fmt == "zip":
         return _read_zip(p, size, deep=deep)

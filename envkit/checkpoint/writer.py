@@ -21,6 +21,7 @@ from envkit.checkpoint.hashing import HashingWriter
 from envkit.checkpoint.paths import temp_path_for
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp
+from envkit.checkpoint.ziptail import append_last_member, torch_layout
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
 
@@ -84,12 +85,17 @@ def write_stamped(
             finally:
                 writer.close()
             fh.flush()
-            with zipfile.ZipFile(fh, "a") as zf:
-                prefix = archive_prefix(path, zf.namelist())
-                payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
-                stamp = stamp_for(payload)
-                info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
-                zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
+            layout = torch_layout(fh, writer.position)
+            if layout is not None:  # the stamp goes after torch's records without parsing its directory
+                stamp = stamp_for(Payload(writer.digest_at(layout[1]), layout[1]))
+                append_last_member(fh, layout, f"{layout[0]}/{MEMBER}", stamp.to_bytes())
+            else:
+                with zipfile.ZipFile(fh, "a") as zf:
+                    prefix = archive_prefix(path, zf.namelist())
+                    payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
+                    stamp = stamp_for(payload)
+                    info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
+                    zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
