@@ -7,6 +7,7 @@ else the ``envkit`` key of the pickled dict, read with the restricted unpickler
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import zipfile
@@ -29,6 +30,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 _PNG = b"\x89PNG"
 MAX_TOP_KEYS = 50
+MAX_TENSORS_LISTED = 1000  # tensors an Inspection names (inspect's text shows fewer)
+MAX_JSON_RECORDS = 1000
+_MAX_LISTING_VISITS = 1_000_000  # the walk that finds tensors (a DAG can have 2**60 paths)
+_MAX_NAME = 300
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # the most of a pickle the reader reads
 # zip flag bits zipfile cannot read stored data under: encrypted, patched data, strong encryption
 _UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
@@ -53,6 +58,25 @@ class CheckpointFile:
 
 
 @dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a checkpoint as the pickle describes it: dotted path, dtype and shape (None when unreadable)."""
+
+    name: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    parameter: bool = False
+
+    @property
+    def label(self) -> str:
+        """``float32 [4, 8]``: what ``inspect`` shows for the tensor."""
+        shape = "[?]" if self.shape is None else f"[{', '.join(map(str, self.shape))}]"
+        return f"{self.dtype or '?'} {shape}" + (" parameter" if self.parameter else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape) if self.shape is not None else None}
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What ``envkit inspect`` shows: the zip records, storages and top-level keys, without loading tensors."""
 
@@ -62,6 +86,9 @@ class Inspection:
     top_level: tuple[tuple[str, str], ...] = ()
     byteorder: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[TensorEntry, ...] = ()  # the first MAX_TENSORS_LISTED, in the pickle's order
+    tensor_count: int = 0
+    tensors_complete: bool = True  # False: the walk stopped at its bound, tensor_count is a lower bound
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -76,10 +103,16 @@ class Inspection:
             "prefix": info.prefix,
             "serialization_version": info.serialization_version,
             "byteorder": self.byteorder,
-            "records": [{"name": n, "size": s} for n, s in self.records],
+            "records": [{"name": n, "size": s} for n, s in self.records[:MAX_JSON_RECORDS]],
+            "records_total": len(self.records),
             "storages": len(self.storages),
             "devices": list(self.devices),
             "top_level": {k: t for k, t in self.top_level},
+            "tensors": {
+                "count": self.tensor_count,
+                "complete": self.tensors_complete,
+                "listed": [t.to_json() for t in self.tensors],
+            },
             "stamped": info.stamped,
             "stamp_source": info.stamp_source,
             "meta": dict(stamp.meta) if stamp else None,
@@ -212,7 +245,39 @@ def _stamp_from_object(obj: Any, path: Path) -> Stamp | None:
 def _top_level(obj: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(obj, dict):
         return (("<object>", _kind(obj)),)
-    return tuple((_key_label(k), _kind(v)) for k, v in list(obj.items())[:MAX_TOP_KEYS])
+    return tuple((_key_label(k), _kind(v)) for k, v in itertools.islice(obj.items(), MAX_TOP_KEYS))
+
+
+def _tensor_listing(obj: Any) -> tuple[tuple[TensorEntry, ...], int, bool]:
+    """(the first tensors with their dotted names, how many, whether the walk saw everything)."""
+    from envkit.checkpoint.safe_pickle import MAX_WALK_DEPTH, TensorPlaceholder
+
+    listed: list[TensorEntry] = []
+    count, visits, complete = 0, _MAX_LISTING_VISITS, True
+    stack: list[tuple[str, Any, int]] = [("", obj, 0)]
+    while stack:
+        name, value, depth = stack.pop()
+        visits -= 1
+        if visits < 0:
+            complete = False
+            break
+        if isinstance(value, TensorPlaceholder):
+            count += 1
+            if len(listed) < MAX_TENSORS_LISTED:
+                listed.append(TensorEntry(name or "<object>", value.dtype, value.shape, value.parameter))
+            continue
+        if isinstance(value, dict):
+            children = [(_key_label(k), v) for k, v in itertools.islice(value.items(), visits + 1)]
+        elif isinstance(value, (list, tuple)):
+            children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
+        else:
+            continue
+        if depth >= MAX_WALK_DEPTH:
+            complete = False
+            continue
+        prefix = f"{name}." if name else ""
+        stack.extend((f"{prefix}{k}"[:_MAX_NAME], v, depth + 1) for k, v in reversed(children))
+    return tuple(listed), count, complete
 
 
 def _key_label(k: Any) -> str:
@@ -225,8 +290,10 @@ def _key_label(k: Any) -> str:
 
 
 def _kind(v: Any) -> str:
-    from envkit.checkpoint.safe_pickle import Opaque
+    from envkit.checkpoint.safe_pickle import Opaque, TensorPlaceholder
 
+    if isinstance(v, TensorPlaceholder):
+        return TensorEntry("", v.dtype, v.shape, v.parameter).label
     if isinstance(v, Opaque):
         return v.qualname.rsplit(".", 1)[-1].lstrip("_")
     if isinstance(v, dict):
@@ -259,6 +326,7 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
 
         storages: tuple[StorageRef, ...] = ()
         top: tuple[tuple[str, str], ...] = ()
+        listing: tuple[tuple[TensorEntry, ...], int, bool] = ((), 0, True)
         if (stamp is None or deep) and not torchscript:
             pkl = by_name[f"{prefix}/data.pkl"]
             _refuse_unusual_member(pkl, path)
@@ -273,6 +341,8 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
 
             obj, unpickler = restricted_loads(data, source=str(path))
             storages, top = tuple(unpickler.storages), _top_level(obj)
+            if deep:
+                listing = _tensor_listing(obj)
             if stamp is None:
                 stamp = _stamp_from_object(obj, path)
                 source = "pickle" if stamp else None
@@ -283,7 +353,7 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
             )
         info = CheckpointFile(path, fmt, size, stamp, source, prefix, serialization_version)
         records = tuple((i.filename, i.file_size) for i in infos) if deep else ()
-        return Inspection(info, records, storages, top, byteorder)
+        return Inspection(info, records, storages, top, byteorder, {}, *listing)
 
 
 # -- legacy -------------------------------------------------------------------------
@@ -303,7 +373,7 @@ def _read_legacy(path: Path, size: int) -> Inspection:
     stamp = _stamp_from_object(obj, path)
     byteorder = "little" if sys_info.get("little_endian") else "big"
     info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
-    return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
+    return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder, {}, *_tensor_listing(obj))
 
 
 def _read_sharded(path: Path) -> Inspection:
@@ -354,4 +424,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "inspect_checkpoint", "read_stamp"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp"]
