@@ -7,6 +7,7 @@ else the ``envkit`` key of the pickled dict, read with the restricted unpickler
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import stat
@@ -405,9 +406,23 @@ def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
         prefix, data, version = fast
         info = CheckpointFile(p, "zip", size, Stamp.from_bytes(data, source=str(p)), "member", prefix, version)
         return Inspection(info)
-    if fmt == "zip":
-        return _read_zip(p, size, deep=deep)
-    return _read_legacy(p, size)
+    with _no_cycle_collection():
+        if fmt == "zip":
+            return _read_zip(p, size, deep=deep)
+        return _read_legacy(p, size)
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The full read makes an object per record and per tensor, all live until it ends: the
+    cycle collector, run again and again as they appear, finds nothing and costs a third."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def read_stamp(path: str | os.PathLike[str]) -> CheckpointFile:

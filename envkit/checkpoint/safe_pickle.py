@@ -13,11 +13,11 @@ structure with 2**60 paths through it.
 from __future__ import annotations
 
 import collections
+import gc
 import io
 import pickle
 import pickletools
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from envkit.errors import NotACheckpoint, UnsafeCheckpoint
 
@@ -189,7 +189,15 @@ def _tensor_of(name: str, qualname: str, args: tuple[Any, ...]) -> Opaque:
 def _stub_class(qualname: str) -> type:
     """A fresh class per name per load: calling or instantiating it yields an Opaque."""
     module, _, name = qualname.rpartition(".")
-    if module == "torch._utils" and (name in _TENSOR_ARGS or name in _PARAMETER_REBUILDERS):
+    if module == "torch._utils" and name == "_rebuild_tensor_v2":  # nearly every tensor: kept short
+
+        def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+            if len(args) < 3:
+                return TensorPlaceholder(qualname, None, None)
+            storage = args[0]
+            dtype = storage.dtype if type(storage) is StoragePlaceholder else _dtype_name(storage)
+            return TensorPlaceholder(qualname, dtype, _shape(args[2]))
+    elif module == "torch._utils" and (name in _TENSOR_ARGS or name in _PARAMETER_REBUILDERS):
 
         def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
             return _tensor_of(name, qualname, args)
@@ -222,11 +230,12 @@ def _encode_class() -> type:
     return type("Encode", (), {"__new__": new, "__slots__": ()})
 
 
-@dataclass(frozen=True)
-class StorageRef:
+class StorageRef(NamedTuple):
+    """One storage reference of the pickle (a NamedTuple: a 200,000-tensor file makes 200,000)."""
+
     key: str
     location: str
-    dtype: str
+    dtype: str  # torch's storage type name: FloatStorage, UntypedStorage, ...
     numel: int | None
 
 
@@ -261,14 +270,18 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5:
+        if type(pid) is tuple and len(pid) >= 5 and pid[0] == "storage":
             # str() of an arbitrary pickled object can recurse, fail or take 2**n steps
             qualname = getattr(pid[1], "qualname", None)
-            storage_type = qualname if isinstance(qualname, str) else _short(pid[1], self.source)
-            numel = pid[4] if isinstance(pid[4], int) else None
-            type_name = storage_type.rsplit(".", 1)[-1]
+            storage_type = qualname if type(qualname) is str else _short(pid[1], self.source)
+            numel = pid[4] if type(pid[4]) is int else None
+            type_name = storage_type.rpartition(".")[2]
             if len(self.storages) < MAX_WALK_NODES:
-                key, location = _short(pid[2], self.source), _short(pid[3], self.source)
+                key, location = pid[2], pid[3]
+                if type(key) is not str or len(key) > 200:
+                    key = _short(key, self.source)
+                if type(location) is not str or len(location) > 200:
+                    location = _short(location, self.source)
                 self.storages.append(StorageRef(key, location, type_name, numel))
             return StoragePlaceholder(_STORAGE_DTYPES.get(type_name), numel)
         if isinstance(pid, tuple) and pid and pid[0] == "module":
@@ -424,6 +437,10 @@ def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpick
 
 def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
     unpickler = RestrictedUnpickler(stream, source=source)
+    # Every object the load makes is live until it ends: the cycle collector, run again and again
+    # as hundreds of thousands of placeholders appear, would find nothing (reader.py does the same).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return unpickler.load(), unpickler
     except (UnsafeCheckpoint, NotACheckpoint):
@@ -434,6 +451,9 @@ def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
         raise UnsafeCheckpoint(f"{source}: the pickle asks for more memory than a checkpoint header should") from None
     except Exception as exc:  # noqa: BLE001 - every parse failure is one kind of bad input
         raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's ({type(exc).__name__}: {str(exc)[:120]})") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def to_plain(value: Any, *, source: str) -> Any:
