@@ -124,7 +124,7 @@ class StoragePlaceholder(Opaque):
 class TensorPlaceholder(Opaque):
     """Stands for a tensor torch would rebuild: dtype (None when unknown) and shape (None when unreadable)."""
 
-    __slots__ = ("dtype", "shape", "parameter")
+    __slots__ = ("dtype", "parameter", "shape")
 
     def __init__(self, qualname: str, dtype: str | None, shape: tuple[int, ...] | None, parameter: bool = False) -> None:
         self.qualname, self.dtype, self.shape, self.parameter = qualname, dtype, shape, parameter
@@ -377,12 +377,12 @@ def _scan_bytes(data: bytes, source: str) -> None:
     while i < end:
         op = data[i]
         kind = kinds[op]
+        if kind is None:
+            break
         if kind == 0:
             if op == _STOP:
                 return
             i += 1
-        elif kind is None:
-            break
         elif kind > 0:
             if op == _LONG_BINPUT and from_bytes(data[i + 1 : i + 5], "little") > i:
                 _memo_refusal(source, from_bytes(data[i + 1 : i + 5], "little"), i)
