@@ -97,23 +97,28 @@ def _last_records(fh: BinaryIO, cd_offset: int, cd_size: int, most: int) -> list
     tail = _read_at(fh, cd_offset + cd_size - window, window)
     if tail is None:
         return None
+    # every place in the tail that could start a record, by where that record would end
+    ends: dict[int, int] = {}
+    ambiguous: set[int] = set()
+    three = struct.Struct("<3H").unpack_from
+    pos = tail.find(b"PK\x01\x02")
+    while 0 <= pos <= len(tail) - _CENTRAL.size:
+        n, m, k = three(tail, pos + 28)
+        end = pos + _CENTRAL.size + n + m + k
+        if end in ends:
+            ambiguous.add(end)
+        ends[end] = pos
+        pos = tail.find(b"PK\x01\x02", pos + 1)
     records: list[bytes] = []
     end = len(tail)
     while len(records) < most and end > 0:
         if end - _LAST_RECORD_MAX < 0 and window < cd_size:
             return None  # a record ending here could start before the window
-        found, pos = None, end
-        while (pos := tail.rfind(b"PK\x01\x02", max(0, end - _LAST_RECORD_MAX), pos)) >= 0:
-            if pos + _CENTRAL.size <= end:
-                n, m, k = struct.unpack_from("<3H", tail, pos + 28)
-                if pos + _CENTRAL.size + n + m + k == end:
-                    if found is not None:
-                        return None
-                    found = pos
-        if found is None:
+        if end in ambiguous or end not in ends:
             return None
-        records.append(tail[found:end])
-        end = found
+        start = ends[end]
+        records.append(tail[start:end])
+        end = start
     return records
 
 
