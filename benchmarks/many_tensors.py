@@ -66,12 +66,13 @@ print(json.dumps(times))
 
 
 def _env(root: Path) -> dict[str, str]:
+    """Run from root too: ``python -m`` puts the working folder ahead of PYTHONPATH."""
     return {**os.environ, "PYTHONPATH": str(root)}
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=env["PYTHONPATH"], check=False)
     elapsed = time.perf_counter() - start
     if done.returncode not in (0, 1):
         raise SystemExit(f"benchmark command failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr.decode()[-2000:]}")
@@ -92,7 +93,7 @@ def medians(candidates: dict[str, list[str]], runs: int, env: dict[str, str]) ->
 def make(root: Path, n: int, path: Path) -> None:
     if not path.exists():
         print(f"writing a stamped {n:,}-tensor checkpoint to {path} ...", flush=True)
-        subprocess.run([PY, "-c", MAKE.format(root=str(root)), str(n), str(path)], check=True, env=_env(root))
+        subprocess.run([PY, "-c", MAKE.format(root=str(root)), str(n), str(path)], check=True, env=_env(root), cwd=root)
 
 
 def bench_read(root: Path, work: Path, tensors: int, runs: int, slow_runs: int) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -132,7 +133,7 @@ def bench_read(root: Path, work: Path, tensors: int, runs: int, slow_runs: int) 
 
 def bench_save(root: Path, work: Path, tensors: int, runs: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     worker = SAVE_WORKER.format(root=str(root), bench=str(BENCH))
-    out = subprocess.run([PY, "-c", worker, str(tensors), str(runs), str(work)], check=True, capture_output=True, text=True, env=_env(root))
+    out = subprocess.run([PY, "-c", worker, str(tensors), str(runs), str(work)], check=True, capture_output=True, text=True, env=_env(root), cwd=root)
     times: dict[str, list[float]] = json.loads(out.stdout.strip().splitlines()[-1])
     m = {f"{name}, {tensors:,} tensors": statistics.median(v) for name, v in times.items()}
     m["ratio envkit/torch (target <= 1.05)"] = m[f"envkit.save, {tensors:,} tensors"] / m[f"torch.save + fsync, {tensors:,} tensors"]
