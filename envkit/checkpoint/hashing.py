@@ -63,6 +63,8 @@ class _Sink(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
+        if self._owner.closing_after_error:
+            return len(memoryview(data))  # the save failed: what is still buffered is dropped, not retried
         return self._owner._write(data)
 
 
@@ -88,6 +90,7 @@ class HashingWriter:
         self._written = 0
         self._executor: Any = None
         self.error: OSError | None = None
+        self.closing_after_error = False
         self._buffered = io.BufferedWriter(_Sink(self), BUFFER_BYTES)
         self.write = self._buffered.write  # what torch calls: C, no Python frame per write
 
@@ -131,7 +134,14 @@ class HashingWriter:
         """Write what is buffered and stop the hashing thread; call before reading the file."""
         try:
             self._buffered.flush()
+        except BaseException:
+            self.closing_after_error = True
+            raise
         finally:
+            try:
+                self._buffered.close()  # not left for the garbage collector to flush into a closed file
+            except OSError:
+                pass
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
