@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
 
-from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
-from envkit.checkpoint.ziptail import MAX_STAMP_BYTES, last_stamp_member
+from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
+from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
 
 ZIP_MAGIC = b"PK\x03\x04"

@@ -21,7 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-from envkit.checkpoint.stamp import MEMBER
+from envkit.checkpoint.stamp import MAX_STAMP_BYTES, MEMBER
 
 # envkit's writer appends the stamp after torch's records, so its central-directory record
 # is the last one. Reading the end records and that one record costs a few reads however many
@@ -39,7 +39,6 @@ _LOCAL = struct.Struct("<4s2B4HL2L2H")
 _LAST_RECORD_MAX = _CENTRAL.size + 3 * 0xFFFF
 _TAIL_WINDOW = 256 * 1024
 _VERSION_WITHIN = 6  # torch writes its version record among the last few
-MAX_STAMP_BYTES = 8 * 1024 * 1024
 
 
 def _read_at(fh: BinaryIO, offset: int, n: int) -> bytes | None:

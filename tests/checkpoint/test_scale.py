@@ -220,7 +220,7 @@ def test_hostile_tails_are_exit_2_or_read_through_the_cli(small: Path, tmp_path:
     for case, blob in _hostile_tails(small, tmp_path).items():
         path = tmp_path / f"cli-{case}.pth"
         path.write_bytes(blob)
-        done = subprocess.run([sys.executable, "-m", "envkit", "check", str(path)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "envkit", "check", str(path)], capture_output=True, text=True, check=False)
         assert done.returncode in (0, 1, 2) and "Traceback" not in done.stderr, (case, done.stderr)
         if done.returncode == 2:
             assert len(done.stderr.strip().splitlines()) == 1, (case, done.stderr)
@@ -310,3 +310,50 @@ def test_tensor_listing_of_a_dag_is_bounded() -> None:
         node = [node, node]
     listed, count, complete = reader._tensor_listing({"x": node})
     assert not complete and 0 < count <= reader._MAX_LISTING_VISITS and len(listed) == reader.MAX_TENSORS_LISTED
+
+
+# -- what check no longer walks, verify still does ---------------------------------------
+
+
+def _restamped(small: Path, out: Path, extra: list[tuple[str, bytes]]) -> Path:
+    """small's records plus ``extra`` after the second, with a stamp whose payload digest is right for the new bytes."""
+    from envkit.checkpoint.stamp import Payload, Stamp
+
+    old = envkit.read_stamp(small).stamp
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(out, "w") as dst:
+        for i, info in enumerate(i for i in src.infolist() if not i.filename.endswith(MEMBER)):
+            if i == 2:
+                for name, data in extra:
+                    dst.writestr(name, data)
+            dst.writestr(info, src.read(info))
+        dst.fp.flush()  # type: ignore[union-attr]
+        length = dst.fp.tell()  # type: ignore[union-attr]
+        digest = f"xxh3_128:{xxhash.xxh3_128(out.read_bytes()[:length]).hexdigest()}"
+        stamp = Stamp(old.fingerprint, Payload(digest, length), dict(old.meta))
+        dst.writestr(zipfile.ZipInfo(f"archive/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0)), stamp.to_bytes())
+    return out
+
+
+def test_verify_still_refuses_an_archive_torch_cannot_load(small: Path, tmp_path: Path) -> None:
+    """A second top folder makes torch.load fail; read_stamp reads the tail only, verify walks the directory."""
+    path = _restamped(small, tmp_path / "mixed.pth", [("other/evil.pkl", b"x")])
+    with pytest.raises(RuntimeError, match="not in a subdirectory"):
+        torch.load(path, weights_only=True)
+    assert envkit.read_stamp(path).stamped
+    result = envkit.verify(path)
+    assert not result.ok and "not one torch.save wrote" in (result.problem or "")
+    done = subprocess.run([sys.executable, "-m", "envkit", "check", "--verify", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+
+
+def test_verify_reports_a_damaged_middle_record_without_raising(small: Path, tmp_path: Path) -> None:
+    path = _restamped(small, tmp_path / "ok.pth", [])
+    assert envkit.verify(path).ok
+    blob = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        second = zf.start_dir + blob[zf.start_dir + 1 :].index(b"PK\x01\x02") + 1  # the directory's second record
+    blob[second : second + 4] = b"XXXX"
+    path.write_bytes(bytes(blob))
+    assert envkit.read_stamp(path).stamped  # the tail is whole
+    result = envkit.verify(path)
+    assert not result.ok and result.problem
