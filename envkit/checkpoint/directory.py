@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envkit.checkpoint.reader import CheckpointFile, read_stamp
+from envkit.checkpoint.reader import CheckpointFile, no_cycle_collection, read_stamp
 from envkit.checkpoint.integrity import verify
 from envkit.errors import EnvkitError
 
@@ -388,7 +388,9 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
         except EnvkitError:
             rows.append(FolderRow(with_validity(info), None, None))
             continue
-        checked, stamp = with_validity(info, file), file.stamp
+        with no_cycle_collection():  # verify makes an object per zip record, all live until it ends
+            checked = with_validity(info, file)
+        stamp = file.stamp
         changes = diff(stamp.fingerprint, live) if stamp else (unstamped_change(),)
         rows.append(FolderRow(checked, stamp.fingerprint.digest if stamp else None, verdict(evaluate(changes, active))))
     return rows

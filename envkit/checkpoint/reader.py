@@ -406,14 +406,14 @@ def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
         prefix, data, version = fast
         info = CheckpointFile(p, "zip", size, Stamp.from_bytes(data, source=str(p)), "member", prefix, version)
         return Inspection(info)
-    with _no_cycle_collection():
+    with no_cycle_collection():
         if fmt == "zip":
             return _read_zip(p, size, deep=deep)
         return _read_legacy(p, size)
 
 
 @contextmanager
-def _no_cycle_collection() -> Iterator[None]:
+def no_cycle_collection() -> Iterator[None]:
     """The full read makes an object per record and per tensor, all live until it ends: the
     cycle collector, run again and again as they appear, finds nothing and costs a third."""
     collecting = gc.isenabled()
