@@ -138,7 +138,24 @@ def inspect_text(insp: Inspection) -> str:
             ("payload", f"{info.stamp.payload.digest} over {info.stamp.payload.length:,} bytes" if info.stamp.payload else "-"),
         ]
         rows += [(f"env {k}", v) for k, v in fingerprint_lines(info.stamp.fingerprint)]
-    return f"{info.path}\n" + table(rows)
+    return f"{info.path}\n" + table(rows) + _tensor_lines(insp)
+
+
+INSPECT_TENSORS_SHOWN = 50
+
+
+def _tensor_lines(insp: Inspection) -> str:
+    """``model.weight  float32 [4, 8]`` for the first tensors, then how many more."""
+    if not insp.tensor_count:
+        return ""
+    shown = insp.tensors[:INSPECT_TENSORS_SHOWN]
+    width = max(len(t.name) for t in shown)
+    lines = [f"  {t.name.ljust(width)}  {t.label}" for t in shown]
+    more = insp.tensor_count - len(shown)
+    bound = "" if insp.tensors_complete else " (the walk stopped at its bound: there may be more)"
+    if more > 0 or bound:
+        lines.append(f"  ... and {more} more{bound}" if more > 0 else f"  ...{bound}")
+    return f"\ntensors ({insp.tensor_count}{'' if insp.tensors_complete else '+'}):\n" + "\n".join(lines)
 
 
 def verify_text(result: VerifyResult) -> str:

@@ -70,13 +70,18 @@ def locations_in_pickle(data: bytes) -> tuple[str, ...]:
     return tuple(sorted(t.decode("ascii") for t in found))
 
 
-def with_storage_devices(stamp: Stamp, zf: zipfile.ZipFile, prefix: str) -> Stamp:
-    """The stamp, its meta naming the storage locations of the archive being written."""
-    try:
-        data = zf.read(f"{prefix}/data.pkl")
-    except (KeyError, OSError, zipfile.BadZipFile):
+def with_storage_devices(stamp: Stamp, data_pkl: bytes | None) -> Stamp:
+    """The stamp, its meta naming the storage locations that ``data_pkl`` (the archive's) names."""
+    if data_pkl is None:
         return stamp
-    return replace(stamp, meta={**stamp.meta, META_KEY: list(locations_in_pickle(data))})
+    return replace(stamp, meta={**stamp.meta, META_KEY: list(locations_in_pickle(data_pkl))})
+
+
+def data_pkl_of(zf: zipfile.ZipFile, prefix: str) -> bytes | None:
+    try:
+        return zf.read(f"{prefix}/data.pkl")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return None
 
 
 def storage_devices(info: CheckpointFile) -> tuple[str, ...] | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envkit.checkpoint.reader import read_stamp
+from envkit.checkpoint.reader import CheckpointFile, no_cycle_collection, read_stamp
 from envkit.checkpoint.integrity import verify
 from envkit.errors import EnvkitError
 
@@ -293,10 +293,11 @@ def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
     return sorted(infos, key=lambda i: i.order_key, reverse=True)
 
 
-def with_validity(info: CheckpointInfo) -> CheckpointInfo:
+def with_validity(info: CheckpointInfo, file: CheckpointFile | None = None) -> CheckpointInfo:
+    """info, verified (``file``: its stamp, when the caller has read it already)."""
     if info.valid is False:
         return info
-    result = verify(info.path)
+    result = verify(info.path, file)
     return _with(info, valid=result.ok, problem=result.problem)
 
 
@@ -382,12 +383,14 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
     live = collect()
     rows = []
     for info in sorted(scan(root), key=lambda i: (i.order_key, i.path.name)):
-        checked = with_validity(info)
         try:
-            stamp = read_stamp(info.path).stamp
+            file = read_stamp(info.path)  # the tail of the file, not its whole directory (ziptail)
         except EnvkitError:
-            rows.append(FolderRow(checked, None, None))
+            rows.append(FolderRow(with_validity(info), None, None))
             continue
+        with no_cycle_collection():  # verify makes an object per zip record, all live until it ends
+            checked = with_validity(info, file)
+        stamp = file.stamp
         changes = diff(stamp.fingerprint, live) if stamp else (unstamped_change(),)
         rows.append(FolderRow(checked, stamp.fingerprint.digest if stamp else None, verdict(evaluate(changes, active))))
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import deque
 
 import xxhash
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 CHUNK = 8 * 1024 * 1024
 _SNAPSHOTS = 16
 PARALLEL_MIN_BYTES = 1 << 20
+BUFFER_BYTES = 64 * 1024  # torch's small writes are gathered into chunks of this size
+_REREAD_MOST = 1 << 20  # digest_at re-reads at most this much past a snapshot
 
 
 def new_hasher(algorithm: str) -> Hasher:
@@ -49,13 +52,34 @@ def digest_of_file(fh: BinaryIO, length: int, algorithm: str) -> str:
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
+class _Sink(io.RawIOBase):
+    """The raw file under HashingWriter's buffer: every chunk goes to ``HashingWriter._write``."""
+
+    def __init__(self, owner: HashingWriter) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self._owner.closing_after_error:
+            return len(memoryview(data))  # the save failed: what is still buffered is dropped, not retried
+        return self._owner._write(data)
+
+
 class HashingWriter:
     """A write-only file wrapper that hashes what passes through it.
 
-    The payload ends where torch's central directory starts, which is only known
-    once torch has finished. miniz writes the central directory in one call, so a
-    snapshot of the hash state taken before each of the last few writes gives the
-    digest at that offset without re-reading anything.
+    torch makes about five writes per tensor (headers, padding, data): a state dict of
+    100,000 small tensors is half a million calls. ``write`` is the C method of an
+    ``io.BufferedWriter``, so small writes cost a copy and no Python frame; the buffer
+    reaches ``_write`` in chunks of ``BUFFER_BYTES``, and a write larger than that goes
+    straight through, hashed on a second core while the kernel copies it.
+
+    The payload ends where torch's central directory starts, which is only known once
+    torch has finished. A snapshot of the hash state before each of the last chunks gives
+    the digest at that offset by re-reading at most one chunk.
     """
 
     def __init__(self, fh: BinaryIO, algorithm: str) -> None:
@@ -63,35 +87,41 @@ class HashingWriter:
         self.algorithm = algorithm
         self._hasher = new_hasher(algorithm)
         self._snapshots: deque[tuple[int, Hasher]] = deque(maxlen=_SNAPSHOTS)
-        self.position = 0
+        self._written = 0
         self._executor: Any = None
         self.error: OSError | None = None
+        self.closing_after_error = False
+        self._buffered = io.BufferedWriter(_Sink(self), BUFFER_BYTES)
+        self.write = self._buffered.write  # what torch calls: C, no Python frame per write
 
-    def write(self, data: Any) -> int:
+    @property
+    def position(self) -> int:
+        """Bytes that reached the file (all of them after ``close``)."""
+        return self._written
+
+    def _write(self, data: Any) -> int:
+        """Write to the file and hash, in order: every byte that reaches the file passes here."""
         try:
-            return self._write(data)
+            view = memoryview(data).cast("B")
+            self._snapshots.append((self._written, self._hasher.copy()))
+            if len(view) >= PARALLEL_MIN_BYTES:
+                # Hash on a second core while the kernel copies the same bytes: both release the
+                # GIL. The caller's buffer is only valid during this call, so wait before returning.
+                pending = self._pool().submit(self._hasher.update, view)
+                try:
+                    self._fh.write(view)
+                finally:
+                    pending.result()
+            else:
+                self._fh.write(view)
+                self._hasher.update(view)
+            self._written += len(view)
+            return len(view)
         except OSError as exc:
             # torch turns an exception raised in its write callback into a RuntimeError about
             # the zip position; keep the real cause (ENOSPC, EIO) for the caller.
             self.error = self.error or exc
             raise
-
-    def _write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self._snapshots.append((self.position, self._hasher.copy()))
-        if len(view) >= PARALLEL_MIN_BYTES:
-            # Hash on a second core while the kernel copies the same bytes: both release the
-            # GIL. torch's buffer is only valid during this call, so wait before returning.
-            pending = self._pool().submit(self._hasher.update, view)
-            try:
-                self._fh.write(view)
-            finally:
-                pending.result()
-        else:
-            self._fh.write(view)
-            self._hasher.update(view)
-        self.position += len(view)
-        return len(view)
 
     def _pool(self) -> Any:
         if self._executor is None:
@@ -101,24 +131,39 @@ class HashingWriter:
         return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Write what is buffered and stop the hashing thread; call before reading the file."""
+        try:
+            self._buffered.flush()
+        except BaseException:
+            self.closing_after_error = True
+            raise
+        finally:
+            try:
+                self._buffered.close()  # not left for the garbage collector to flush into a closed file
+            except OSError:
+                pass
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def flush(self) -> None:
+        self._buffered.flush()
         self._fh.flush()
 
     def writable(self) -> bool:
         return True
 
     def digest_at(self, offset: int) -> str:
-        """The digest of the first ``offset`` bytes written."""
-        if offset == self.position:
+        """The digest of the first ``offset`` bytes written (after ``close``)."""
+        if offset == self._written:
             return f"{self.algorithm}:{self._hasher.hexdigest()}"
-        for start, snapshot in self._snapshots:
-            if start == offset:
-                return f"{self.algorithm}:{snapshot.hexdigest()}"
         self._fh.flush()
-        reader = open(self._fh.name, "rb")  # type: ignore[attr-defined]
-        with reader:
+        before = [(start, snapshot) for start, snapshot in self._snapshots if start <= offset]
+        with open(self._fh.name, "rb") as reader:  # type: ignore[attr-defined]
+            if before and offset - before[-1][0] <= _REREAD_MOST:
+                start, snapshot = before[-1]
+                hasher = snapshot.copy()
+                reader.seek(start)
+                hasher.update(reader.read(offset - start))
+                return f"{self.algorithm}:{hasher.hexdigest()}"
             return digest_of_file(reader, offset, self.algorithm)

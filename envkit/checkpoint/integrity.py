@@ -21,6 +21,7 @@ from envkit.checkpoint.reader import (
     LEGACY_MAGIC,
     ZIP_MAGIC,
     CheckpointFile,
+    archive_prefix,
     open_zip,
     read_stamp,
 )
@@ -184,14 +185,22 @@ class _Reporting:
 
 
 def _structure_problem(path: Path, fh: object, length: int) -> str | None:
-    """Every record the central directory names must start inside the hashed payload."""
-    with open_zip(path) as zf:
-        for record in zf.infolist():
-            if record.filename.endswith("/extra/envkit.json"):
-                continue
-            if record.header_offset >= length:
-                return f"{path}: record {record.filename} lies outside the verified payload"
-            fh.seek(record.header_offset)  # type: ignore[attr-defined]
-            if fh.read(4) != _LOCAL_HEADER:  # type: ignore[attr-defined]
-                return f"{path}: the central directory points {record.filename} at a wrong offset"
+    """Every record the central directory names must start inside the hashed payload.
+
+    read_stamp reads only the archive's tail, so the whole directory is checked here: a
+    damaged one, or one torch would refuse (no single prefix), is a problem, not an error.
+    """
+    try:
+        with open_zip(path) as zf:
+            archive_prefix(path, zf.namelist())
+            for record in zf.infolist():
+                if record.filename.endswith("/extra/envkit.json"):
+                    continue
+                if record.header_offset >= length:
+                    return f"{path}: record {record.filename} lies outside the verified payload"
+                fh.seek(record.header_offset)  # type: ignore[attr-defined]
+                if fh.read(4) != _LOCAL_HEADER:  # type: ignore[attr-defined]
+                    return f"{path}: the central directory points {record.filename} at a wrong offset"
+    except EnvkitError as exc:
+        return exc.message
     return None

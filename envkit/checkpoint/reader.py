@@ -7,6 +7,8 @@ else the ``envkit`` key of the pickled dict, read with the restricted unpickler
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import stat
 import zipfile
@@ -21,13 +23,18 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
 
-from envkit.checkpoint.stamp import DICT_KEY, MEMBER, Stamp
+from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
+from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 _PNG = b"\x89PNG"
 MAX_TOP_KEYS = 50
+MAX_TENSORS_LISTED = 1000  # tensors an Inspection names (inspect's text shows fewer)
+MAX_JSON_RECORDS = 1000
+_MAX_LISTING_VISITS = 1_000_000  # the walk that finds tensors (a DAG can have 2**60 paths)
+_MAX_NAME = 300
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # the most of a pickle the reader reads
 # zip flag bits zipfile cannot read stored data under: encrypted, patched data, strong encryption
 _UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
@@ -55,6 +62,25 @@ class CheckpointFile:
 
 
 @dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a checkpoint as the pickle describes it: dotted path, dtype and shape (None when unreadable)."""
+
+    name: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    parameter: bool = False
+
+    @property
+    def label(self) -> str:
+        """``float32 [4, 8]``: what ``inspect`` shows for the tensor."""
+        shape = "[?]" if self.shape is None else f"[{', '.join(map(str, self.shape))}]"
+        return f"{self.dtype or '?'} {shape}" + (" parameter" if self.parameter else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape) if self.shape is not None else None}
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What ``envkit inspect`` shows: the zip records, storages and top-level keys, without loading tensors."""
 
@@ -64,6 +90,9 @@ class Inspection:
     top_level: tuple[tuple[str, str], ...] = ()
     byteorder: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[TensorEntry, ...] = ()  # the first MAX_TENSORS_LISTED, in the pickle's order
+    tensor_count: int = 0
+    tensors_complete: bool = True  # False: the walk stopped at its bound, tensor_count is a lower bound
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -78,10 +107,16 @@ class Inspection:
             "prefix": info.prefix,
             "serialization_version": info.serialization_version,
             "byteorder": self.byteorder,
-            "records": [{"name": n, "size": s} for n, s in self.records],
+            "records": [{"name": n, "size": s} for n, s in self.records[:MAX_JSON_RECORDS]],
+            "records_total": len(self.records),
             "storages": len(self.storages),
             "devices": list(self.devices),
             "top_level": {k: t for k, t in self.top_level},
+            "tensors": {
+                "count": self.tensor_count,
+                "complete": self.tensors_complete,
+                "listed": [t.to_json() for t in self.tensors],
+            },
             "stamped": info.stamped,
             "stamp_source": info.stamp_source,
             "meta": dict(stamp.meta) if stamp else None,
@@ -214,7 +249,39 @@ def _stamp_from_object(obj: Any, path: Path) -> Stamp | None:
 def _top_level(obj: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(obj, dict):
         return (("<object>", _kind(obj)),)
-    return tuple((_key_label(k), _kind(v)) for k, v in list(obj.items())[:MAX_TOP_KEYS])
+    return tuple((_key_label(k), _kind(v)) for k, v in itertools.islice(obj.items(), MAX_TOP_KEYS))
+
+
+def _tensor_listing(obj: Any) -> tuple[tuple[TensorEntry, ...], int, bool]:
+    """(the first tensors with their dotted names, how many, whether the walk saw everything)."""
+    from envkit.checkpoint.safe_pickle import MAX_WALK_DEPTH, TensorPlaceholder
+
+    listed: list[TensorEntry] = []
+    count, visits, complete = 0, _MAX_LISTING_VISITS, True
+    stack: list[tuple[str, Any, int]] = [("", obj, 0)]
+    while stack:
+        name, value, depth = stack.pop()
+        visits -= 1
+        if visits < 0:
+            complete = False
+            break
+        if isinstance(value, TensorPlaceholder):
+            count += 1
+            if len(listed) < MAX_TENSORS_LISTED:
+                listed.append(TensorEntry(name or "<object>", value.dtype, value.shape, value.parameter))
+            continue
+        if isinstance(value, dict):
+            children = [(_key_label(k), v) for k, v in itertools.islice(value.items(), visits + 1)]
+        elif isinstance(value, (list, tuple)):
+            children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
+        else:
+            continue
+        if depth >= MAX_WALK_DEPTH:
+            complete = False
+            continue
+        prefix = f"{name}." if name else ""
+        stack.extend((f"{prefix}{k}"[:_MAX_NAME], v, depth + 1) for k, v in reversed(children))
+    return tuple(listed), count, complete
 
 
 def _key_label(k: Any) -> str:
@@ -227,8 +294,10 @@ def _key_label(k: Any) -> str:
 
 
 def _kind(v: Any) -> str:
-    from envkit.checkpoint.safe_pickle import Opaque
+    from envkit.checkpoint.safe_pickle import Opaque, TensorPlaceholder
 
+    if isinstance(v, TensorPlaceholder):
+        return TensorEntry("", v.dtype, v.shape, v.parameter).label
     if isinstance(v, Opaque):
         return v.qualname.rsplit(".", 1)[-1].lstrip("_")
     if isinstance(v, dict):
@@ -257,10 +326,11 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
         stamp, source = None, None
         member = by_name.get(f"{prefix}/{MEMBER}")
         if member is not None:
-            stamp, source = Stamp.from_bytes(_member_bytes(zf, member, path, 8 * 1024 * 1024), source=str(path)), "member"
+            stamp, source = Stamp.from_bytes(_member_bytes(zf, member, path, MAX_STAMP_BYTES), source=str(path)), "member"
 
         storages: tuple[StorageRef, ...] = ()
         top: tuple[tuple[str, str], ...] = ()
+        listing: tuple[tuple[TensorEntry, ...], int, bool] = ((), 0, True)
         if (stamp is None or deep) and not torchscript:
             pkl = by_name[f"{prefix}/data.pkl"]
             _refuse_unusual_member(pkl, path)
@@ -275,6 +345,8 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
 
             obj, unpickler = restricted_loads(data, source=str(path))
             storages, top = tuple(unpickler.storages), _top_level(obj)
+            if deep:
+                listing = _tensor_listing(obj)
             if stamp is None:
                 stamp = _stamp_from_object(obj, path)
                 source = "pickle" if stamp else None
@@ -287,7 +359,7 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
         if (source != "member" or deep) and not torchscript:  # the pickle was walked: its storages are known
             info = replace(info, storage_devices=tuple(sorted({s.location for s in storages})))
         records = tuple((i.filename, i.file_size) for i in infos) if deep else ()
-        return Inspection(info, records, storages, top, byteorder)
+        return Inspection(info, records, storages, top, byteorder, {}, *listing)
 
 
 # -- legacy -------------------------------------------------------------------------
@@ -308,7 +380,7 @@ def _read_legacy(path: Path, size: int) -> Inspection:
     byteorder = "little" if sys_info.get("little_endian") else "big"
     info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
     info = replace(info, storage_devices=tuple(sorted({s.location for s in unpickler.storages})))
-    return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder)
+    return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder, {}, *_tensor_listing(obj))
 
 
 def _read_sharded(path: Path) -> Inspection:
@@ -331,10 +403,32 @@ def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
     size = _check_regular_file(p)
     with _open(p) as fh:
         head = fh.read(len(LEGACY_MAGIC))
-    fmt = sniff(p, head)
-    if fmt == "zip":
-        return _read_zip(p, size, deep=deep)
-    return _read_legacy(p, size)
+        fmt = sniff(p, head)
+        try:
+            fast = last_stamp_member(fh, size) if fmt == "zip" and not deep else None
+        except OSError:
+            fast = None  # the full path names the read error
+    if fast is not None:
+        prefix, data, version = fast
+        info = CheckpointFile(p, "zip", size, Stamp.from_bytes(data, source=str(p)), "member", prefix, version)
+        return Inspection(info)
+    with no_cycle_collection():
+        if fmt == "zip":
+            return _read_zip(p, size, deep=deep)
+        return _read_legacy(p, size)
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """The full read makes an object per record and per tensor, all live until it ends: the
+    cycle collector, run again and again as they appear, finds nothing and costs a third."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def read_stamp(path: str | os.PathLike[str]) -> CheckpointFile:
@@ -351,4 +445,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "inspect_checkpoint", "read_stamp"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp"]

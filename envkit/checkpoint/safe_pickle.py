@@ -13,11 +13,11 @@ structure with 2**60 paths through it.
 from __future__ import annotations
 
 import collections
+import gc
 import io
 import pickle
 import pickletools
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from envkit.errors import NotACheckpoint, UnsafeCheckpoint
 
@@ -112,13 +112,113 @@ class Opaque:
         return f"<{self.qualname}>"
 
 
+class StoragePlaceholder(Opaque):
+    """Stands for a storage reference: its element type (``float32``; None when untyped) and length."""
+
+    __slots__ = ("dtype", "numel")
+
+    def __init__(self, dtype: str | None, numel: int | None) -> None:
+        self.qualname, self.dtype, self.numel = "storage", dtype, numel
+
+
+class TensorPlaceholder(Opaque):
+    """Stands for a tensor torch would rebuild: dtype (None when unknown) and shape (None when unreadable)."""
+
+    __slots__ = ("dtype", "parameter", "shape")
+
+    def __init__(self, qualname: str, dtype: str | None, shape: tuple[int, ...] | None, parameter: bool = False) -> None:
+        self.qualname, self.dtype, self.shape, self.parameter = qualname, dtype, shape, parameter
+
+
+# torch's legacy storage class names (torch.storage._dtype_to_storage_type_map) -> dtype names
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64", "QInt8Storage": "qint8", "QInt32Storage": "qint32",
+    "QUInt8Storage": "quint8", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+}  # fmt: skip
+_MAX_DIMS = 64
+_MAX_DIM = 1 << 63
+# where each rebuilder takes (storage or dtype, size): _rebuild_tensor_v2(storage, offset, size, stride, ...)
+_TENSOR_ARGS = {
+    "_rebuild_tensor": (0, 2),
+    "_rebuild_tensor_v2": (0, 2),
+    "_rebuild_tensor_v3": (0, 2),
+    "_rebuild_qtensor": (0, 2),
+    "_rebuild_meta_tensor_no_storage": (0, 1),
+}
+_PARAMETER_REBUILDERS = {"_rebuild_parameter", "_rebuild_parameter_with_state"}
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    if type(value) is not tuple or len(value) > _MAX_DIMS:
+        return None
+    for d in value:
+        if type(d) is not int or not 0 <= d < _MAX_DIM:
+            return None
+    return value
+
+
+def _dtype_name(value: Any) -> str | None:
+    """``torch.float32`` (a stub of this load), or the dtype of a storage placeholder."""
+    if isinstance(value, StoragePlaceholder):
+        return value.dtype
+    qualname = getattr(value, "qualname", None) if isinstance(value, type) else None
+    if isinstance(qualname, str) and qualname.startswith("torch.") and qualname[6:] in _TORCH_TOP:
+        return qualname[6:]
+    return None
+
+
+def _tensor_of(name: str, qualname: str, args: tuple[Any, ...]) -> Opaque:
+    """The placeholder a torch rebuilder's call yields: dtype and shape where the arguments say them."""
+    if name in _TENSOR_ARGS:
+        at_dtype, at_size = _TENSOR_ARGS[name]
+        if len(args) <= at_size:
+            return TensorPlaceholder(qualname, None, None)
+        storage = args[at_dtype]
+        dtype = storage.dtype if type(storage) is StoragePlaceholder else _dtype_name(storage)
+        if name == "_rebuild_tensor_v3" and len(args) > 6:
+            dtype = _dtype_name(args[6]) or dtype
+        return TensorPlaceholder(qualname, dtype, _shape(args[at_size]))
+    if name in _PARAMETER_REBUILDERS and args and isinstance(args[0], TensorPlaceholder):
+        return TensorPlaceholder(qualname, args[0].dtype, args[0].shape, parameter=True)
+    return Opaque(qualname)
+
+
 def _stub_class(qualname: str) -> type:
     """A fresh class per name per load: calling or instantiating it yields an Opaque."""
+    module, _, name = qualname.rpartition(".")
+    if module == "torch._utils" and name == "_rebuild_tensor_v2":  # nearly every tensor: kept short
 
-    def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
-        return Opaque(qualname)
+        def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+            if len(args) < 3:
+                return TensorPlaceholder(qualname, None, None)
+            storage = args[0]
+            dtype = storage.dtype if type(storage) is StoragePlaceholder else _dtype_name(storage)
+            return TensorPlaceholder(qualname, dtype, _shape(args[2]))
+    elif module == "torch._utils" and (name in _TENSOR_ARGS or name in _PARAMETER_REBUILDERS):
 
-    return type("Stub", (), {"__new__": new, "__slots__": (), "qualname": qualname})
+        def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+            return _tensor_of(name, qualname, args)
+    elif qualname == "torch._tensor._rebuild_from_type_v2":
+
+        def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+            # (func, new_type, args, state): a tensor subclass; func is one of this load's stubs or nothing
+            func = args[0] if args else None
+            inner = args[2] if len(args) > 2 else None
+            if isinstance(func, type) and getattr(func, "_rebuilds_tensor", False) and isinstance(inner, tuple):
+                rebuilt = func(*inner[:16])
+                if isinstance(rebuilt, TensorPlaceholder):
+                    return TensorPlaceholder(qualname, rebuilt.dtype, rebuilt.shape, rebuilt.parameter)
+            return Opaque(qualname)
+    else:
+
+        def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
+            return Opaque(qualname)
+
+    rebuilds = module == "torch._utils" and name in _TENSOR_ARGS
+    return type("Stub", (), {"__new__": new, "__slots__": (), "qualname": qualname, "_rebuilds_tensor": rebuilds})
 
 
 def _encode_class() -> type:
@@ -130,11 +230,12 @@ def _encode_class() -> type:
     return type("Encode", (), {"__new__": new, "__slots__": ()})
 
 
-@dataclass(frozen=True)
-class StorageRef:
+class StorageRef(NamedTuple):
+    """One storage reference of the pickle (a NamedTuple: a 200,000-tensor file makes 200,000)."""
+
     key: str
     location: str
-    dtype: str
+    dtype: str  # torch's storage type name: FloatStorage, UntypedStorage, ...
     numel: int | None
 
 
@@ -169,15 +270,20 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5:
+        if type(pid) is tuple and len(pid) >= 5 and pid[0] == "storage":
             # str() of an arbitrary pickled object can recurse, fail or take 2**n steps
             qualname = getattr(pid[1], "qualname", None)
-            storage_type = qualname if isinstance(qualname, str) else _short(pid[1], self.source)
-            numel = pid[4] if isinstance(pid[4], int) else None
+            storage_type = qualname if type(qualname) is str else _short(pid[1], self.source)
+            numel = pid[4] if type(pid[4]) is int else None
+            type_name = storage_type.rpartition(".")[2]
             if len(self.storages) < MAX_WALK_NODES:
-                key, location = _short(pid[2], self.source), _short(pid[3], self.source)
-                self.storages.append(StorageRef(key, location, storage_type.rsplit(".", 1)[-1], numel))
-            return Opaque("storage")
+                key, location = pid[2], pid[3]
+                if type(key) is not str or len(key) > 200:
+                    key = _short(key, self.source)
+                if type(location) is not str or len(location) > 200:
+                    location = _short(location, self.source)
+                self.storages.append(StorageRef(key, location, type_name, numel))
+            return StoragePlaceholder(_STORAGE_DTYPES.get(type_name), numel)
         if isinstance(pid, tuple) and pid and pid[0] == "module":
             return Opaque("module")
         raise UnsafeCheckpoint(f"{self.source}: unknown persistent reference in the pickle; not a torch checkpoint")
@@ -242,16 +348,99 @@ def restricted_load(stream: BinaryIO, *, source: str) -> tuple[Any, RestrictedUn
     return _load(io.BytesIO(tee.data), source)
 
 
+def _argument_kinds() -> list[int | None]:
+    """Per opcode byte: how its argument is laid out (pickletools' own table); None: no such opcode."""
+    kinds: list[int | None] = [None] * 256
+    for op in pickletools.opcodes:
+        arg = op.arg
+        if arg is None:
+            kind = 0
+        elif arg.name == "stringnl_noescape_pair":  # GLOBAL, INST: two lines
+            kind = _TWO_LINES
+        else:
+            kind = arg.n  # > 0: that many bytes; < 0: one of pickletools' length markers
+        kinds[ord(op.code.encode("latin-1"))] = kind
+    return kinds
+
+
+_TWO_LINES = -100
+_KINDS = _argument_kinds()
+_STOP, _PUT, _LONG_BINPUT = ord("."), ord("p"), ord("r")
+
+
+def _scan_bytes(data: bytes, source: str) -> None:
+    """``_scan`` over a pickle held in memory, a few times faster than pickletools.genops: it
+    steps over arguments by the same table and decodes only what the memo check needs.
+    A state dict of 200,000 tensors is six million opcodes."""
+    kinds, end, i = _KINDS, len(data), 0
+    find, from_bytes = data.find, int.from_bytes
+    while i < end:
+        op = data[i]
+        kind = kinds[op]
+        if kind is None:
+            break
+        if kind == 0:
+            if op == _STOP:
+                return
+            i += 1
+        elif kind > 0:
+            if op == _LONG_BINPUT and from_bytes(data[i + 1 : i + 5], "little") > i:
+                _memo_refusal(source, from_bytes(data[i + 1 : i + 5], "little"), i)
+            i += 1 + kind
+        elif kind == pickletools.UP_TO_NEWLINE:
+            nl = find(b"\n", i + 1)
+            if nl < 0:
+                break
+            if op == _PUT:
+                try:
+                    slot = int(data[i + 1 : nl])
+                except ValueError:
+                    break
+                if slot > i:
+                    _memo_refusal(source, slot, i)
+            i = nl + 1
+        elif kind == _TWO_LINES:
+            nl = find(b"\n", find(b"\n", i + 1) + 1) if find(b"\n", i + 1) >= 0 else -1
+            if nl < 0:
+                break
+            i = nl + 1
+        elif kind == pickletools.TAKEN_FROM_ARGUMENT1:
+            if i + 1 >= end:
+                break
+            i += 2 + data[i + 1]
+        elif kind == pickletools.TAKEN_FROM_ARGUMENT4:
+            length = from_bytes(data[i + 1 : i + 5], "little", signed=True)
+            if length < 0:
+                break
+            i += 5 + length
+        elif kind == pickletools.TAKEN_FROM_ARGUMENT4U:
+            i += 5 + from_bytes(data[i + 1 : i + 5], "little")
+        elif kind == pickletools.TAKEN_FROM_ARGUMENT8U:
+            i += 9 + from_bytes(data[i + 1 : i + 9], "little")
+        else:
+            break
+    raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's (it ends or breaks off at byte {min(i, end)})")
+
+
+def _memo_refusal(source: str, slot: int, pos: int) -> None:
+    raise UnsafeCheckpoint(
+        f"{source}: the pickle stores into memo slot {slot} at byte {pos}; that asks for "
+        "gigabytes of memory, not a checkpoint"
+    )
+
+
 def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle the object pickled in data with the restricted unpickler."""
-    stream = io.BytesIO(data)
-    _scan(stream, source)
-    stream.seek(0)
-    return _load(stream, source)
+    _scan_bytes(data, source)
+    return _load(io.BytesIO(data), source)
 
 
 def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
     unpickler = RestrictedUnpickler(stream, source=source)
+    # Every object the load makes is live until it ends: the cycle collector, run again and again
+    # as hundreds of thousands of placeholders appear, would find nothing (reader.py does the same).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return unpickler.load(), unpickler
     except (UnsafeCheckpoint, NotACheckpoint):
@@ -262,6 +451,9 @@ def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
         raise UnsafeCheckpoint(f"{source}: the pickle asks for more memory than a checkpoint header should") from None
     except Exception as exc:  # noqa: BLE001 - every parse failure is one kind of bad input
         raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's ({type(exc).__name__}: {str(exc)[:120]})") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def to_plain(value: Any, *, source: str) -> Any:

@@ -20,6 +20,8 @@ from envkit.checkpoint.hashing import HashingWriter
 from envkit.checkpoint.paths import temp_path_for, write_target
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
+from envkit.checkpoint.devices import data_pkl_of, with_storage_devices
+from envkit.checkpoint.ziptail import append_last_member, first_member, torch_layout
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
 
@@ -81,15 +83,20 @@ def write_stamped(
             finally:
                 writer.close()
             fh.flush()
-            with zipfile.ZipFile(fh, "a") as zf:
-                prefix = archive_prefix(path, zf.namelist())
-                payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
-                stamp = stamp_for(payload)
-                from envkit.checkpoint.devices import with_storage_devices
-
-                stamp = with_storage_devices(stamp, zf, prefix)  # meta["storage_devices"]: `check` reads it
-                info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
-                zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
+            layout = torch_layout(fh, writer.position)
+            if layout is not None:  # the stamp goes after torch's records without parsing its directory
+                stamp = stamp_for(Payload(writer.digest_at(layout[1]), layout[1]))
+                first = first_member(fh, layout[1], layout[1])
+                data_pkl = first[1] if first is not None and first[0] == f"{layout[0]}/data.pkl" else None
+                stamp = with_storage_devices(stamp, data_pkl)  # meta["storage_devices"]: `check` reads it
+                append_last_member(fh, layout, f"{layout[0]}/{MEMBER}", stamp.to_bytes())
+            else:
+                with zipfile.ZipFile(fh, "a") as zf:
+                    prefix = archive_prefix(path, zf.namelist())
+                    payload = Payload(writer.digest_at(zf.start_dir), zf.start_dir)
+                    stamp = with_storage_devices(stamp_for(payload), data_pkl_of(zf, prefix))
+                    info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
+                    zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

@@ -742,7 +742,7 @@ def test_real_checkpoint_reads(tmp_path: Path, torch_blobs: dict[str, bytes], fm
     top = dict(insp.top_level)
     assert list(top) == list(legit_state())
     assert top["model_state_dict"] == "dict[7]" and top["epoch"] == "int" and top["blob"] == "bytes"
-    assert top["param"] == "rebuild_parameter" and top["torch_rng"] == "rebuild_tensor_v2" and top["np_array"] == "reconstruct"
+    assert top["param"] == "float32 [2] parameter" and top["torch_rng"] == "uint8 [5056]" and top["np_array"] == "reconstruct"
     assert len(insp.storages) >= 15 and insp.devices == ("cpu",)
     json.dumps(insp.to_json())
     for args in (["inspect", path], ["inspect", "--json", path], ["check", path], ["diff", path, "live"]):
@@ -764,7 +764,8 @@ def test_sparse_and_quantized_checkpoints_read(tmp_path: Path, legacy: bool) -> 
     }
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     top = dict(envkit.inspect_checkpoint(path).top_level)
-    assert top["coo"] == top["csr"] == "rebuild_sparse_tensor" and top["q"] == top["qc"] == "rebuild_qtensor"
+    assert top["coo"] == top["csr"] == "rebuild_sparse_tensor" and top["q"] == "qint8 [3]" and top["qc"] == "quint8 [2, 3]"
+    assert top["meta"] == "float32 [2]"
 
 
 def test_stamped_checkpoint_still_reads_after_all_of_the_above(stamped: Path) -> None:
