@@ -57,14 +57,23 @@ def parse_check(args: Sequence[str]) -> dict[str, str | bool] | None:
     return options
 
 
+def safe_streams() -> None:
+    """A path is printed whatever the terminal can encode: what it cannot becomes a backslash
+    escape (``\\udcff``) instead of a UnicodeEncodeError after the answer was decided."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_check(options: dict[str, str | bool]) -> int:
     """Run a parsed ``envkit check``: print the report, return the exit code."""
     from pathlib import Path
 
     from envkit.checkpoint.compat import check_against
-    from envkit.errors import EnvkitError
-    from envkit.render import check_output
+    from envkit.errors import EnvkitError, error_document, os_error_input
+    from envkit.render import check_output, json_document
 
+    as_json = bool(options.get("--json"))
     against, prefix = (Path(str(options[n])) if isinstance(options.get(n), str) else None for n in CHECK_PATHS)
     try:
         report = check_against(
@@ -73,17 +82,22 @@ def run_check(options: dict[str, str | bool]) -> int:
             against=against,
             prefix=prefix,
         )
-    except EnvkitError as exc:
-        sys.stderr.write(f"envkit: error: {exc.message}\n")
-        return exc.exit_code
+    except (EnvkitError, OSError) as exc:
+        error = os_error_input(exc) if isinstance(exc, OSError) else exc
+        if as_json:
+            sys.stdout.write(json_document(error_document(error.message, error.exit_code)) + "\n")
+        sys.stderr.write(f"envkit: error: {error.message}\n")
+        return error.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("envkit: interrupted\n")
         return 130
-    sys.stdout.write(check_output(report, as_json=bool(options.get("--json")), against=against, prefix=prefix) + "\n")
-    return report.exit_code(str(options.get("--fail-on", "refuse")))
+    fail_on = str(options.get("--fail-on", "refuse"))
+    sys.stdout.write(check_output(report, as_json=as_json, against=against, prefix=prefix, fail_on=fail_on) + "\n")
+    return report.exit_code(fail_on)
 
 
 def main() -> None:
+    safe_streams()
     args = sys.argv[1:]
     if args[:1] == ["check"]:
         options = parse_check(args[1:])

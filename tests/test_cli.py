@@ -94,10 +94,13 @@ def test_diff_sides(stamped: Path, tmp_path: Path) -> None:
     code, out, _ = run("diff", "--json", stamped, "live")
     assert code == 0 and json.loads(out)["differences"] == []
     code, out, _ = run("diff", "--json", stamped, REFERENCE)
-    fields = {d["field"] for d in json.loads(out)["differences"]}
-    assert code == 0 and {"torch.version", "torch.cuda", "torch.cudnn", "python.version"} <= fields
+    doc = json.loads(out)
+    fields = {d["field"] for d in doc["differences"]}
+    assert {"torch.version", "torch.cuda", "torch.cudnn", "python.version"} <= fields
+    # torch 2.0.1 may not resume what a newer torch wrote: diff grades as check does, and exits so
+    assert code == 1 and doc["verdict"] == "refuse" and doc["policy"] == "compatible"
     code, out, _ = run("diff", REFERENCE, stamped)
-    assert code == 0 and "torch.version" in out
+    assert code == 0 and "torch.version" in out and out.rstrip().splitlines()[-1].startswith("warn: ")
 
 
 def test_inspect_human_and_json(stamped: Path) -> None:

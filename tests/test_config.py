@@ -40,7 +40,7 @@ def test_envkit_toml_top_level(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("preset = [", "invalid TOML"),
-        ('preset = "lenient"', "unknown policy"),
+        ('preset = "lenient"', "is not a policy"),
         ('[policy]\n"torch.cuda" = "block"', "severity must be one of"),
         ("[policy]\n\"torch.cuda\" = 3", "must map field names"),
     ],
