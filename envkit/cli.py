@@ -6,6 +6,7 @@ modules are imported inside the commands so that ``envkit --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ import click
 
 from envkit import __version__
 from envkit.entry import FAIL_ON, POLICY_PRESETS, safe_streams
-from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, BadInput, EnvkitError, error_document, os_error_input
+from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, EnvkitError, error_document, os_error_input
 
 F = TypeVar("F", bound=Callable[..., Any])
 POLICY_CHOICE = click.Choice(POLICY_PRESETS)
@@ -365,19 +366,21 @@ def lint(file: Path, as_json: bool) -> None:
     sys.exit(report.exit_code)
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    if not path.parent.is_dir():
-        raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_text_atomically(path: Path, text: str, option: str = "-o") -> None:
+    from envkit.inputs import output_file
+
+    target = output_file(path, option)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BadInput(f"{path}: cannot write ({exc.strerror}); choose another path") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise os_error_input(exc, path, "it cannot be written there; choose another path") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

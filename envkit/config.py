@@ -74,10 +74,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | Non
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
+    from envkit.inputs import read_regular_file
+
+    data = read_regular_file(source, "fix the file or remove it", error=ConfigError)
     try:
-        doc = tomllib.loads(source.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read ({exc.strerror}); fix the file or remove it") from None
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML ({exc}); fix the file") from None
     section: Any = doc.get("tool", {}).get("envkit")
