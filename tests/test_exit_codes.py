@@ -34,10 +34,9 @@ def envkit(*args: str | Path, unprivileged: bool = False, click: bool = False, e
     """``python -m envkit ARGS`` (the console script's entry; ``click=True``: the click command line itself)."""
     entry = ["-c", "import sys; from envkit.cli import main; main()"] if click else ["-m", "envkit"]
     cmd = [sys.executable, *entry, *map(str, args)]
-    if unprivileged:
-        if os.geteuid() == 0:
-            assert SETPRIV is not None
-            cmd = [SETPRIV, *DROP_DAC, *cmd]
+    if unprivileged and os.geteuid() == 0:
+        assert SETPRIV is not None
+        cmd = [SETPRIV, *DROP_DAC, *cmd]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, errors="surrogateescape", env=full_env,
                           cwd=cwd, timeout=15, check=False)
