@@ -50,6 +50,8 @@ def handle_errors(fn: F) -> F:
         except EnvkitError as exc:
             _fail(exc.message, exc.exit_code, as_json=as_json)
         except OSError as exc:  # the safety net: a path the library did not check first
+            if isinstance(exc, BrokenPipeError):  # the reader of our output went away: not an input
+                raise
             error = os_error_input(exc)
             _fail(error.message, error.exit_code, as_json=as_json)
         except KeyboardInterrupt:
@@ -83,6 +85,10 @@ class EnvkitGroup(click.Group):
             _fail(f"{exc.format_message().rstrip('.')}; see `{where} --help`", EXIT_BAD_INPUT, as_json=as_json)
         except click.ClickException as exc:
             _fail(exc.format_message(), EXIT_BAD_INPUT, as_json=as_json)
+        except BrokenPipeError:  # as click's standalone mode does: say nothing more on a closed pipe
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:
             error = os_error_input(exc)
             _fail(error.message, error.exit_code, as_json=as_json)
