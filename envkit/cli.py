@@ -6,18 +6,20 @@ modules are imported inside the commands so that ``envkit --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
 from envkit import __version__
-from envkit.entry import FAIL_ON, POLICY_PRESETS
-from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, BadInput, EnvkitError
+from envkit.entry import FAIL_ON, POLICY_PRESETS, safe_streams
+from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, EnvkitError, error_document, os_error_input
 
 F = TypeVar("F", bound=Callable[..., Any])
 POLICY_CHOICE = click.Choice(POLICY_PRESETS)
@@ -29,16 +31,29 @@ def _emit_json(doc: Any) -> None:
     click.echo(json_document(doc))
 
 
+def _fail(message: str, exit_code: int, *, as_json: bool) -> NoReturn:
+    """The one way a command ends on an error: one line on stderr (and, with --json, one document on stdout)."""
+    if as_json:
+        _emit_json(error_document(message, exit_code))
+    click.echo(f"envkit: error: {message}", err=True)
+    sys.exit(exit_code)
+
+
 def handle_errors(fn: F) -> F:
-    """EnvkitError -> one line on stderr and its exit code; no traceback."""
+    """EnvkitError -> one line on stderr and its exit code; an OSError on a path -> the same, exit 2; no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return fn(*args, **kwargs)
         except EnvkitError as exc:
-            click.echo(f"envkit: error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc.message, exc.exit_code, as_json=as_json)
+        except OSError as exc:  # the safety net: a path the library did not check first
+            if isinstance(exc, BrokenPipeError):  # the reader of our output went away: not an input
+                raise
+            error = os_error_input(exc)
+            _fail(error.message, error.exit_code, as_json=as_json)
         except KeyboardInterrupt:
             click.echo("envkit: interrupted", err=True)
             sys.exit(130)
@@ -46,7 +61,41 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _path(**checks: bool) -> click.Path:
+    """A path option or argument. Whether it exists and can be read is the library's to say (the same
+    words on both command lines), so click checks only file-or-folder where a command asks it to."""
+    return click.Path(path_type=Path, readable=False, **checks)
+
+
+class EnvkitGroup(click.Group):
+    """click's group, with usage errors as one line (and a --json document) and exit 2, like every other bad input."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        safe_streams()
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(argv, prog_name or "envkit", standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("envkit: interrupted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "envkit"
+            _fail(f"{exc.format_message().rstrip('.')}; see `{where} --help`", EXIT_BAD_INPUT, as_json=as_json)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), EXIT_BAD_INPUT, as_json=as_json)
+        except BrokenPipeError:  # as click's standalone mode does: say nothing more on a closed pipe
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as exc:
+            error = os_error_input(exc)
+            _fail(error.message, error.exit_code, as_json=as_json)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(cls=EnvkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="envkit")
 def main() -> None:
     """Environments as code, and checkpoints that know where they came from."""
@@ -54,8 +103,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the full fingerprint as JSON.")
-@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Fingerprint the environment at this prefix, from its files.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON to this file.")
+@click.option("--prefix", type=_path(), help="Fingerprint the environment at this prefix, from its files.")
+@click.option("-o", "--output", type=_path(dir_okay=False), help="Write the JSON to this file.")
 @handle_errors
 def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None:
     """Fingerprint the live environment (or the one at --prefix)."""
@@ -74,10 +123,10 @@ def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=_path())
 @click.option("--policy", type=POLICY_CHOICE, help="Policy preset (default: the project's, else compatible).")
-@click.option("--against", type=click.Path(path_type=Path), help="Compare with this fingerprint JSON instead of the live environment.")
-@click.option("--prefix", type=click.Path(path_type=Path), help="Compare with the environment installed at this prefix.")
+@click.option("--against", type=_path(), help="Compare with this fingerprint JSON instead of the live environment.")
+@click.option("--prefix", type=_path(), help="Compare with the environment installed at this prefix.")
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default="refuse", show_default=True, help="Lowest verdict that exits 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 @click.option("--verify", "verify_payload", is_flag=True, help="Also re-hash the payload against its stamp; exit 1 if it is corrupt.")
@@ -91,7 +140,7 @@ def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Pa
 
     report = check_against(checkpoint, policy=policy, against=against, prefix=prefix)
     verified = verify_with_progress(checkpoint, report.info, show=not as_json) if verify_payload else None
-    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix, verified=verified))
+    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix, fail_on=fail_on, verified=verified))
     sys.exit(max(report.exit_code(fail_on), verified.exit_code if verified is not None else EXIT_OK))
 
 
@@ -102,20 +151,23 @@ def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Pa
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as one JSON document.")
 @handle_errors
 def diff(a: str, b: str, policy: str | None, as_json: bool) -> None:
-    """Differences between two environments: each a checkpoint, a fingerprint JSON, or `live`."""
+    """Differences between two environments: each a checkpoint, a fingerprint JSON, or `live`.
+
+    The rows are graded as `check` grades them (--policy, else the project's, else compatible);
+    exit 1 when that policy refuses, as `check` does."""
     from envkit.checkpoint.compat import compare
-    from envkit.render import difference_lines
+    from envkit.render import diff_text
 
     report = compare(a, b, policy=policy)
     if as_json:
         _emit_json(report.to_json())
-        return
-    click.echo(f"{a} -> {b}")
-    click.echo("\n".join(difference_lines(report.differences)) if report.differences else "  no differences")
+    else:
+        click.echo(diff_text(report))
+    sys.exit(report.exit_code())
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=_path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def inspect(checkpoint: Path, as_json: bool) -> None:
@@ -131,7 +183,7 @@ def inspect(checkpoint: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, type=_path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
@@ -153,7 +205,7 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
 
 
 @main.command(name="ls")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=_path())
 @click.option("--policy", type=POLICY_CHOICE, help="Policy preset for the verdict column.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
@@ -185,11 +237,11 @@ def _mirrors() -> tuple[tuple[str, str], ...]:
 
 
 @main.command()
-@click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Environment file (repeatable; default environment.yml).")
+@click.option("-f", "--file", "files", multiple=True, type=_path(dir_okay=False), help="Environment file (repeatable; default environment.yml).")
 @click.option("-p", "--platform", "platforms", multiple=True, help="Platform to lock (repeatable): linux-64, osx-arm64, win-64, ...")
 @click.option("--with-cuda", metavar="VER", help="Assume this CUDA (the __cuda virtual package) when solving, e.g. 11.8. "
               "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none.")
-@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock file to write or check (default conda-lock.yml next to the spec).")
+@click.option("--lockfile", type=_path(dir_okay=False), help="Lock file to write or check (default conda-lock.yml next to the spec).")
 @click.option("--check", is_flag=True, help="Only check that the lock matches the spec; exit 1 when it is stale.")
 @click.option(
     "--engine",
@@ -227,10 +279,10 @@ def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | N
 
 
 @main.command()
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Install exactly this lock (default conda-lock.yml next to FILE).")
+@click.argument("file", required=False, type=_path(dir_okay=False))
+@click.option("--lockfile", type=_path(dir_okay=False), help="Install exactly this lock (default conda-lock.yml next to FILE).")
 @click.option("-n", "--name", help="Environment name (under $ENVKIT_ENVS_DIR, conda's envs dir, or ~/.envkit/envs).")
-@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder.")
+@click.option("-p", "--prefix", type=_path(file_okay=False), help="Environment folder.")
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True)
 @click.option("--with-cuda", metavar="VER", help="When solving FILE without a lock: assume this CUDA (picks CUDA builds). "
               "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none.")
@@ -257,10 +309,10 @@ def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: P
 
 @main.command()
 @click.option("-n", "--name", help="Environment name.")
-@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder (default: the active one, $CONDA_PREFIX).")
+@click.option("-p", "--prefix", type=_path(file_okay=False), help="Environment folder (default: the active one, $CONDA_PREFIX).")
 @click.option("--no-builds", is_flag=True, help="Pin name=version only (portable across platforms).")
 @click.option("--from-history", is_flag=True, help="Only what was asked for (the spec envkit created it from, or conda's history).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@click.option("-o", "--output", type=_path(dir_okay=False), help="Write to this file instead of stdout.")
 @handle_errors
 def export(name: str | None, prefix: Path | None, no_builds: bool, from_history: bool, output: Path | None) -> None:
     """Write an environment.yml (no `prefix:`) that installs this environment elsewhere."""
@@ -280,8 +332,8 @@ def export(name: str | None, prefix: Path | None, no_builds: bool, from_history:
 
 @main.command()
 @click.option("-n", "--name", help="Environment name.")
-@click.option("-p", "--prefix", type=click.Path(file_okay=False, path_type=Path), help="Environment folder (default: the active one).")
-@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Lock to compare with (default: the one it was created from).")
+@click.option("-p", "--prefix", type=_path(file_okay=False), help="Environment folder (default: the active one).")
+@click.option("--lockfile", type=_path(dir_okay=False), help="Lock to compare with (default: the one it was created from).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def doctor(name: str | None, prefix: Path | None, lockfile: Path | None, as_json: bool) -> None:
@@ -304,8 +356,8 @@ def doctor(name: str | None, prefix: Path | None, lockfile: Path | None, as_json
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("."), help="Folder for the files, made when missing (default: here).")
+@click.argument("checkpoint", type=_path())
+@click.option("-o", "--output", "out_dir", type=_path(), default=Path("."), help="Folder for the files, made when missing (default: here).")
 @handle_errors
 def recreate(checkpoint: Path, out_dir: Path) -> None:
     """Write the files that rebuild the environment that wrote CHECKPOINT: an @EXPLICIT list and
@@ -324,7 +376,7 @@ def recreate(checkpoint: Path, out_dir: Path) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=_path())
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON document.")
 @handle_errors
 def lint(file: Path, as_json: bool) -> None:
@@ -339,22 +391,21 @@ def lint(file: Path, as_json: bool) -> None:
     sys.exit(report.exit_code)
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    from envkit.checkpoint.paths import write_target
+def _write_text_atomically(path: Path, text: str, option: str = "-o") -> None:
+    from envkit.inputs import output_file
 
-    path = write_target(path)  # through a symlink, at its target
-    if not path.parent.is_dir():
-        raise BadInput(f"{path}: the folder {path.parent} does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    target = output_file(path, option)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BadInput(f"{path}: cannot write ({exc.strerror}); choose another path") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise os_error_input(exc, path, "it cannot be written there; choose another path") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,10 +74,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | Non
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
+    from envkit.inputs import read_regular_file
+
+    data = read_regular_file(source, "fix the file or remove it", error=ConfigError)
     try:
-        doc = tomllib.loads(source.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read ({exc.strerror}); fix the file or remove it") from None
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML ({exc}); fix the file") from None
     section: Any = doc.get("tool", {}).get("envkit")
@@ -86,16 +89,41 @@ def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | Non
     return parse_config(section or {}, source)
 
 
+# Every key [tool.envkit] knows. A new setting is added here (and read below), or the file that uses it
+# is refused as a typo.
+KEYS = ("preset", "policy", "mirrors")
+
+
 def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Config:
+    from envkit.policy import PRESETS, SEVERITIES, did_you_mean
+
     where = f"{source}: " if source else ""
     if not isinstance(section, Mapping):
         raise ConfigError(f"{where}[tool.envkit] must be a table")
+    for key in section:
+        if key not in KEYS:
+            raise ConfigError(
+                f"{where}[tool.envkit] has an unknown key {key!r}{did_you_mean(key, KEYS)}; "
+                f"the keys are {', '.join(KEYS)}: fix or remove it"
+            )
     preset = section.get("preset")
     if preset is not None and not isinstance(preset, str):
         raise ConfigError(f'{where}[tool.envkit] preset must be a string such as "strict"')
-    overrides = section.get("policy", {})
-    if not isinstance(overrides, Mapping) or not all(isinstance(v, str) for v in overrides.values()):
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(
+            f"{where}[tool.envkit] preset = {preset!r} is not a policy{did_you_mean(preset, PRESETS)}; "
+            f"use one of {', '.join(PRESETS)}"
+        )
+    raw = section.get("policy", {})
+    overrides = _dotted(raw) if isinstance(raw, Mapping) else None
+    if overrides is None or not all(isinstance(v, str) for v in overrides.values()):
         raise ConfigError(f'{where}[tool.envkit.policy] must map field names to severities, e.g. "torch.cuda" = "refuse"')
+    for field, severity in overrides.items():
+        if severity not in SEVERITIES:
+            raise ConfigError(
+                f"{where}[tool.envkit.policy] {field!r} = {severity!r}: the severity must be one of "
+                f"{', '.join(SEVERITIES)}{did_you_mean(severity, SEVERITIES)}"
+            )
     mirrors = section.get("mirrors", {})
     if not isinstance(mirrors, Mapping) or not all(isinstance(v, str) for v in mirrors.values()):
         raise ConfigError(f'{where}[tool.envkit.mirrors] must map channel names or URLs to mirror URLs, e.g. "conda-forge" = "https://mirror/conda-forge"')
@@ -103,5 +131,20 @@ def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Conf
     try:
         config.policy()
     except ConfigError as exc:
-        raise ConfigError(f"{where}{exc.message}") from None
+        raise ConfigError(f"{where}[tool.envkit.policy] {exc.message.removeprefix('policy override ')}; fix or remove it") from None
     return config
+
+
+def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any] | None:
+    """``torch.cuda = "refuse"`` written without quotes is a nested table in TOML: the same field."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            inner = _dotted(value, f"{name}.")
+            if inner is None:
+                return None
+            flat.update(inner)
+        else:
+            flat[name] = value
+    return flat

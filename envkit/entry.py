@@ -58,16 +58,24 @@ def parse_check(args: Sequence[str]) -> dict[str, str | bool] | None:
     return options
 
 
+def safe_streams() -> None:
+    """A path is printed whatever the terminal can encode: what it cannot becomes a backslash
+    escape (``\\udcff``) instead of a UnicodeEncodeError after the answer was decided."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_check(options: dict[str, str | bool]) -> int:
     """Run a parsed ``envkit check``: print the report, return the exit code."""
     from pathlib import Path
 
     from envkit.checkpoint.compat import check_against
-    from envkit.errors import EnvkitError
-    from envkit.render import check_output, verify_with_progress
+    from envkit.errors import EnvkitError, error_document, os_error_input
+    from envkit.render import check_output, json_document, verify_with_progress
 
-    against, prefix = (Path(str(options[n])) if isinstance(options.get(n), str) else None for n in CHECK_PATHS)
     as_json = bool(options.get("--json"))
+    against, prefix = (Path(str(options[n])) if isinstance(options.get(n), str) else None for n in CHECK_PATHS)
     checkpoint = Path(str(options["checkpoint"]))
     try:
         report = check_against(
@@ -77,17 +85,22 @@ def run_check(options: dict[str, str | bool]) -> int:
             prefix=prefix,
         )
         verified = verify_with_progress(checkpoint, report.info, show=not as_json) if options.get("--verify") else None
-    except EnvkitError as exc:
-        sys.stderr.write(f"envkit: error: {exc.message}\n")
-        return exc.exit_code
+    except (EnvkitError, OSError) as exc:
+        error = os_error_input(exc) if isinstance(exc, OSError) else exc
+        if as_json:
+            sys.stdout.write(json_document(error_document(error.message, error.exit_code)) + "\n")
+        sys.stderr.write(f"envkit: error: {error.message}\n")
+        return error.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("envkit: interrupted\n")
         return 130
-    sys.stdout.write(check_output(report, as_json=as_json, against=against, prefix=prefix, verified=verified) + "\n")
-    return max(report.exit_code(str(options.get("--fail-on", "refuse"))), verified.exit_code if verified is not None else 0)
+    fail_on = str(options.get("--fail-on", "refuse"))
+    sys.stdout.write(check_output(report, as_json=as_json, against=against, prefix=prefix, fail_on=fail_on, verified=verified) + "\n")
+    return max(report.exit_code(fail_on), verified.exit_code if verified is not None else 0)
 
 
 def main() -> None:
+    safe_streams()
     args = sys.argv[1:]
     if args[:1] == ["check"]:
         options = parse_check(args[1:])

@@ -7,6 +7,7 @@ as they are, without a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 
@@ -121,6 +122,39 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+# What to do about an OSError on a path the user gave, by errno.
+_OS_ERROR_FIXES = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "pass a file, not a folder",
+    errno.ENAMETOOLONG: "the path (or one of its names) is longer than this file system allows; use a shorter path",
+    errno.ELOOP: "the path goes round a loop of symbolic links; fix the links or pass the real path",
+    errno.EACCES: "check its permissions, or run as a user who may read it",
+    errno.EPERM: "check its permissions, or run as a user who may read it",
+    errno.EROFS: "the file system is read-only; choose a path on a writable one",
+    errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.EEXIST: "something is already there; remove it or choose another path",
+    errno.ENXIO: "it is a device or socket, not a file; pass a regular file",
+}
+
+
+def os_error_input(exc: OSError, path: str | os.PathLike[str] | None = None, fix: str | None = None) -> BadInput:
+    """The BadInput (exit 2) for an OSError raised on a path the user gave: the path, what happened, what to do."""
+    where = path if path is not None else exc.filename
+    reason = exc.strerror or exc.__class__.__name__
+    advice = fix or _OS_ERROR_FIXES.get(exc.errno or -1, "check the path and its permissions")
+    if where is None:
+        return BadInput(f"{reason}; {advice}")
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)
+    return BadInput(f"{os.fspath(where)}: {reason}; {advice}")
+
+
+def error_document(message: str, exit_code: int) -> dict[str, object]:
+    """What a command run with ``--json`` prints on stdout when it cannot give its answer."""
+    return {"error": message, "exit_code": exit_code}
 
 
 def warn_drift(message: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 
 from envkit.errors import ConfigError
-from envkit.fingerprint.schema import Fingerprint, Package
+from envkit.fingerprint.schema import DETERMINISM_KEYS, Fingerprint, Package
 
 SEVERITIES = ("ok", "info", "warn", "refuse")
 PRESETS = ("strict", "compatible", "warn")
@@ -65,12 +65,16 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ConfigError(f"unknown policy {self.preset!r}; use one of {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown policy {self.preset!r}{did_you_mean(self.preset, PRESETS)}; use one of {', '.join(PRESETS)}")
         for pattern, severity in self.overrides:
             if severity not in SEVERITIES:
                 raise ConfigError(
                     f"policy override {pattern!r} = {severity!r}: severity must be one of {', '.join(SEVERITIES)}"
+                    f"{did_you_mean(severity, SEVERITIES)}"
                 )
+            problem = field_problem(pattern)
+            if problem:
+                raise ConfigError(f"policy override {pattern!r}: {problem}")
 
     @classmethod
     def of(cls, preset: str | None = None, overrides: Mapping[str, str] | None = None) -> Policy:
@@ -82,6 +86,45 @@ class Policy:
             return exact
         matches = [(len(p), sev) for p, sev in self.overrides if fnmatch.fnmatchcase(field, p)]
         return max(matches)[1] if matches else None
+
+
+# -- the fields a rule can name ----------------------------------------------------
+
+PACKAGE_FIELDS = "packages.*"  # one row per package: packages.<name>
+
+
+def field_names() -> tuple[str, ...]:
+    """Every field ``diff`` can report, by name, from the one place that makes them (``flatten``);
+    packages are the open family ``packages.<name>``."""
+    fixed = flatten(Fingerprint(determinism=tuple((k, None) for k in DETERMINISM_KEYS)))
+    return (*sorted(fixed), STORAGE_FIELD, STAMP_FIELD)
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def field_problem(pattern: str) -> str | None:
+    """Why ``pattern`` names no field a policy can judge (None when it names one): a typo such as
+    ``torch.cdua`` would otherwise be a rule that never fires."""
+    names = field_names()
+    families = sorted({n.split(".", 1)[0] + ".*" for n in names if "." in n})
+    known = f"fields are {', '.join(families)}, packages.<name> and {STAMP_FIELD} (each row of `envkit check --json` names one)"
+    if pattern in names or (pattern.startswith("packages.") and len(pattern) > len("packages.")):
+        return None
+    if any(ch in pattern for ch in "*?["):
+        if any(fnmatch.fnmatchcase(n, pattern) for n in (*names, "packages.x", "packages.numpy")):
+            return None
+        return _unknown("the pattern matches no fingerprint field", pattern, names, known)
+    return _unknown("not a fingerprint field", pattern, names, known)
+
+
+def _unknown(what: str, pattern: str, names: tuple[str, ...], known: str) -> str:
+    hint = did_you_mean(pattern, (*names, PACKAGE_FIELDS))
+    return f"{what}{hint}" if hint else f"{what}; {known}"
 
 
 # -- diff --------------------------------------------------------------------------
@@ -117,11 +160,14 @@ def flatten(fp: Fingerprint) -> dict[str, Value]:
 def diff(stored: Fingerprint, live: Fingerprint) -> tuple[Change, ...]:
     """Every field whose value differs, in a stable order."""
     a, b = flatten(stored), flatten(live)
+    # torch on one side only: its CUDA, cuDNN, git and build rows would only repeat that (as "a CPU build")
+    one_torch = (stored.torch.version is None) != (live.torch.version is None)
     changes = [
         Change(name, a.get(name), b.get(name))
         for name in sorted(a.keys() | b.keys())
         if a.get(name) != b.get(name)
         and not (name.startswith("determinism.") and (stored.determinism is None or live.determinism is None))
+        and not (one_torch and name.startswith("torch.") and name != "torch.version")
     ]
     if stored.packages and live.packages:
         # An empty package list means "not recorded", not "nothing installed".
@@ -161,10 +207,21 @@ def _rule_python_version(c: Change) -> tuple[str, str]:
     return "info", f"Python patch release differs ({c.stored} -> {c.live}); safe to resume"
 
 
+NO_TORCH = (
+    "torch is not installed in this environment, so it cannot load the checkpoint at all; "
+    "install torch {stored} in it (refused under every preset and override)"
+)
+
+
+def _cannot_load(c: Change) -> bool:
+    """A target that cannot load the checkpoint at all: no preset or override makes that a warning."""
+    return c.field == "torch.version" and c.live is None and c.stored is not None
+
+
 def _rule_torch_version(c: Change) -> tuple[str, str]:
     a, b = _release(c.stored), _release(c.live)
     if c.live is None:
-        return "warn", f"torch is not installed here; install torch {c.stored} to resume"
+        return "refuse", NO_TORCH.format(stored=c.stored)
     if a is None or b is None:
         return "warn", f"torch version unknown on the checkpoint's side; this is torch {c.live}"
     pa, pb = _pad(a), _pad(b)
@@ -238,12 +295,16 @@ _COMPATIBLE: dict[str, Callable[[Change], tuple[str, str]]] = {
         "holds storages on {stored}; this machine has {live}: envkit.load maps them to the CPU "
         "(torch.load needs map_location='cpu')",
     ),
-    STAMP_FIELD: _fixed(
-        "warn",
-        "the checkpoint has no envkit stamp, so nothing is known of the environment that wrote it; "
-        "re-save it with envkit.save to stamp it",
-    ),
+    STAMP_FIELD: lambda c: ("warn", _stamp_reason(c)),
 }
+
+
+def _stamp_reason(c: Change) -> str:
+    if c.stored is None and c.live is None:
+        return "neither side has an envkit stamp, so there is nothing to compare; re-save them with envkit.save to stamp them"
+    side = "the checkpoint" if c.stored is None else "the second checkpoint"
+    return (f"{side} has no envkit stamp, so nothing is known of the environment that wrote it; "
+            "re-save it with envkit.save to stamp it")
 
 
 def _compatible(c: Change) -> tuple[str, str]:
@@ -279,6 +340,9 @@ def _judge(c: Change, preset: str) -> tuple[str, str]:
 def evaluate(changes: Iterable[Change], policy: Policy = Policy()) -> tuple[Difference, ...]:
     rows = []
     for c in changes:
+        if _cannot_load(c):
+            rows.append(Difference(c.field, c.stored, c.live, "refuse", NO_TORCH.format(stored=c.stored)))
+            continue
         severity, reason = _judge(c, policy.preset)
         override = policy.override_for(c.field)
         if override is not None and override != severity:
@@ -295,8 +359,13 @@ def verdict(rows: Iterable[Difference]) -> str:
     return {"refuse": "refuse", "warn": "warn"}.get(SEVERITIES[worst], "ok")
 
 
-def unstamped_change() -> Change:
-    return Change(STAMP_FIELD, None, "present")
+STAMPED = "present"
+
+
+def unstamped_change(stored: bool = False, live: bool = True) -> Change:
+    """The one row for a side without an envkit stamp (None); ``present`` marks a side that has one
+    (the live environment always does)."""
+    return Change(STAMP_FIELD, STAMPED if stored else None, STAMPED if live else None)
 
 
 def cuda_storage_change(devices: Iterable[str] | None, live: Fingerprint) -> Change | None:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
     from envkit.checkpoint.reader import CheckpointFile
+    from envkit.checkpoint.compat import DiffReport
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Difference
 
@@ -55,13 +56,35 @@ def difference_lines(rows: Iterable[Difference]) -> list[str]:
     shown += packages[:MAX_PACKAGE_ROWS]
     width = max((len(r.field) for r in shown), default=0)
     lines = [
-        f"  {_MARK[r.severity].ljust(6)} {r.field.ljust(width)}  {_v(r.stored)} -> {_v(r.live)}\n"
+        f"  {_MARK[r.severity].ljust(6)} {r.field.ljust(width)}  {_values(r)}\n"
         f"  {'':6} {'':{width}}  {r.reason}"
         for r in shown
     ]
     if len(packages) > MAX_PACKAGE_ROWS:
         lines.append(f"  ... and {len(packages) - MAX_PACKAGE_ROWS} more package changes (--json lists all)")
     return lines
+
+
+def _values(r: Difference) -> str:
+    if r.field == "stamp":  # policy.STAMP_FIELD: None marks a side without a stamp
+        if r.stored is None and r.live is None:
+            return "unstamped on both sides: no environment recorded"
+        return "unstamped: no environment recorded" + (" (the second side)" if r.live is None else "")
+    return f"{_v(r.stored)} -> {_v(r.live)}"
+
+
+def diff_text(report: DiffReport) -> str:
+    """What ``envkit diff`` prints: the graded differences and a verdict that agrees with the exit code."""
+    out = [f"{report.a} -> {report.b}  (policy {report.policy.preset})"]
+    out.extend(difference_lines(report.differences) if report.differences else ["  no differences"])
+    out.append("")
+    out.append({
+        "ok": f"ok: {report.b} may resume a checkpoint written by {report.a}",
+        "warn": f"warn: {report.b} may resume a checkpoint written by {report.a}, but read the warnings above",
+        "refuse": f"refuse: {report.b} may not resume a checkpoint written by {report.a} under policy "
+                  f"{report.policy.preset}; fix the rows marked REFUSE above (exit 1)",
+    }[report.verdict])
+    return "\n".join(out)
 
 
 def json_document(doc: object) -> str:
@@ -72,7 +95,13 @@ def json_document(doc: object) -> str:
 
 
 def check_output(
-    report: CheckReport, *, as_json: bool, against: object = None, prefix: object = None, verified: VerifyResult | None = None
+    report: CheckReport,
+    *,
+    as_json: bool,
+    against: object = None,
+    prefix: object = None,
+    fail_on: str = "refuse",
+    verified: VerifyResult | None = None,
 ) -> str:
     """What ``envkit check`` prints (without the final newline), whichever path parsed the command line.
 
@@ -83,11 +112,23 @@ def check_output(
         if verified is not None:
             doc["verify"] = verified.to_json()
         return json_document(doc)
-    text = check_text(report, "against" if against is not None else "prefix" if prefix is not None else "here")
+    text = check_text(report, "against" if against is not None else "prefix" if prefix is not None else "here", fail_on)
     return text if verified is None else f"{text}\n{check_verify_text(verified)}"
 
 
-def check_text(report: CheckReport, against: str) -> str:
+def verdict_line(report: CheckReport, fail_on: str = "refuse") -> str:
+    """The last line of ``envkit check``: the verdict, in words that agree with the exit code."""
+    if report.verdict == "refuse":
+        return "refuse: this environment may not resume it; fix the rows marked REFUSE above (exit 1)"
+    if report.verdict == "warn" and report.exit_code(fail_on) != 0:
+        return ("warn: failing because of --fail-on warn: this environment differs from the checkpoint's; "
+                "fix the warnings above, or drop --fail-on warn to resume anyway (exit 1)")
+    if report.verdict == "warn":
+        return "warn: this environment may resume it, but read the warnings above"
+    return "ok: this environment may resume it"
+
+
+def check_text(report: CheckReport, against: str, fail_on: str = "refuse") -> str:
     out = [f"{report.checkpoint}  ({report.info.format}, policy {report.policy.preset})"]
     stored = report.stored
     if stored is None:
@@ -107,11 +148,7 @@ def check_text(report: CheckReport, against: str) -> str:
     else:
         out.append("  no differences")
     out.append("")
-    out.append({
-        "ok": "ok: this environment may resume it",
-        "warn": "warn: this environment may resume it, but read the warnings above",
-        "refuse": "refuse: this environment may not resume it",
-    }[report.verdict])
+    out.append(verdict_line(report, fail_on))
     return "\n".join(out)
 
 

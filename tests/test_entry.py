@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,15 @@ def files(stamped: Path, tmp_path: Path, data_dir: Path) -> dict[str, str]:
     corrupt = bytearray(stamped.read_bytes())
     corrupt[100] ^= 0xFF  # inside the payload: the stamp still reads, the digest does not match
     (tmp_path / "corrupt.pth").write_bytes(bytes(corrupt))
+    (tmp_path / "not-a-fingerprint.json").write_text('{"a": 1}')
+    venv = tmp_path / "venv-no-torch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    os.mkfifo(tmp_path / "fifo")
     return {
+        "long": str(tmp_path / ("x" * 300)),
+        "not-fp": str(tmp_path / "not-a-fingerprint.json"),
+        "venv": str(venv),
+        "fifo": str(tmp_path / "fifo"),
         "ck": str(stamped),
         "old": str(data_dir / "stamp-v1.pth"),
         "ref": str(REFERENCE),
@@ -63,6 +72,17 @@ FAST = {
     "verify-corrupt-json": ["--verify", "--json", "{corrupt}"],
     "verify-old-fixture-fail-on-warn": ["--verify", "--fail-on", "warn", "{old}"],
     "corrupt-without-verify": ["{corrupt}"],
+    # issue 10: OS errors, --json errors, a prefix that is no environment, one without torch, --fail-on warn
+    "name-too-long": ["{long}"],
+    "name-too-long-json": ["--json", "{long}"],
+    "missing-json": ["{missing}", "--json"],
+    "against-fifo": ["--against", "{fifo}", "{ck}"],
+    "against-not-a-fingerprint": ["--against", "{not-fp}", "{ck}"],
+    "prefix-name-too-long": ["--prefix", "{long}", "{ck}", "--json"],
+    "prefix-without-torch": ["--prefix", "{venv}", "{ck}"],
+    "prefix-without-torch-warn": ["--prefix={venv}", "--policy", "warn", "{ck}", "--json"],
+    "prefix-is-a-file": ["--prefix", "{ck}", "{ck}"],
+    "fail-on-warn-human": ["--fail-on", "warn", "{old}"],
 }
 
 CLICK_ONLY = {
@@ -115,6 +135,8 @@ def test_the_matrix_covers_every_outcome(files: dict[str, str]) -> None:
     assert {0, 1, 2} <= set(codes.values()), codes
     assert codes["plain"] == 0 and codes["against-refuses"] == 1 and codes["missing-file"] == 2
     assert codes["verify"] == 0 and codes["verify-corrupt"] == 1 and codes["corrupt-without-verify"] == 0
+    assert codes["prefix"] == 2 and codes["prefix-without-torch"] == 1 and codes["prefix-without-torch-warn"] == 1
+    assert codes["name-too-long"] == 2 and codes["against-fifo"] == 2 and codes["fail-on-warn-human"] == 1
 
 
 def test_the_fast_path_offers_the_policy_presets_the_library_has() -> None:
@@ -144,6 +166,7 @@ def test_console_script_never_imports_click_or_torch_for_check(files: dict[str, 
 def test_console_script_hands_other_command_lines_to_click(files: dict[str, str]) -> None:
     bad = _console(["check", "--policy", "bogus", files["ck"]])
     assert bad.returncode == 2 and "Invalid value for '--policy'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("envkit: error: ")  # one line, not click's usage block
     version = _console(["--version"])
     assert version.returncode == 0 and version.stdout.startswith("envkit, version ")
 

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
 
 from envkit.errors import ConfigError
-from envkit.fingerprint.schema import Fingerprint, GpuDevice, GpuInfo, Package, PythonInfo, TorchInfo
+from envkit.fingerprint.schema import (
+    Fingerprint,
+    GpuDevice,
+    GpuInfo,
+    Package,
+    PythonInfo,
+    TorchInfo,
+)
 from envkit.policy import Change, Policy, diff, evaluate, unstamped_change, verdict
 
 BASE = Fingerprint(
@@ -115,3 +123,30 @@ def test_diff_is_pure_and_ordered() -> None:
     assert first == second
     assert [c.field for c in first] == sorted(c.field for c in first)
     assert isinstance(first[0], Change)
+
+
+# -- issue 10, items 6 and 11 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["strict", "compatible", "warn"])
+@pytest.mark.parametrize("override", [None, "ok", "info", "warn"])
+def test_a_target_without_torch_refuses_whatever_the_policy(preset: str, override: str | None) -> None:
+    rows = evaluate(diff(BASE, replace(BASE, torch=TorchInfo())), Policy.of(preset, {"torch.version": override} if override else {}))
+    assert [(r.field, r.severity) for r in rows] == [("torch.version", "refuse")]  # not "CUDA: a CPU build" rows too
+    assert "torch is not installed" in rows[0].reason and "install torch 2.0.1" in rows[0].reason
+    assert verdict(rows) == "refuse"
+
+
+def test_a_checkpoint_of_unknown_torch_is_not_refused_for_that() -> None:
+    rows = evaluate(diff(replace(BASE, torch=TorchInfo()), BASE), Policy.of("compatible"))
+    assert {r.field: r.severity for r in rows} == {"torch.version": "warn"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "says"),
+    [("torch.cdua", "did you mean 'torch.cuda'?"), ("x*", "matches no fingerprint field"), ("gpu", "not a fingerprint field")],
+)
+def test_policy_overrides_must_name_a_field(pattern: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Policy.of("compatible", {pattern: "refuse"})
+    assert Policy.of("compatible", {"packages.numpy": "refuse", "torch.*": "warn", "stamp": "refuse"}).override_for("stamp") == "refuse"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,16 @@ from pathlib import Path
 
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.config import load_config
-from envkit.errors import EXIT_OK, EXIT_REFUSED, BadInput, CorruptCheckpoint, EnvironmentMismatch, TorchNotInstalled, warn_drift
+from envkit.errors import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    BadInput,
+    CorruptCheckpoint,
+    EnvironmentMismatch,
+    TorchNotInstalled,
+    os_error_input,
+    warn_drift,
+)
 from envkit.fingerprint import Fingerprint, collect
 from envkit.policy import Difference, Policy, diff, evaluate, unstamped_change, verdict
 
@@ -174,7 +184,7 @@ def load(
 
 @dataclass(frozen=True)
 class DiffReport:
-    """What ``envkit diff`` shows: the differences between two environments."""
+    """What ``envkit diff`` shows: the differences between two environments, graded by a policy."""
 
     a: str
     b: str
@@ -182,14 +192,23 @@ class DiffReport:
     live: Fingerprint | None
     differences: tuple[Difference, ...]
     verdict: str
+    policy: Policy
 
     def to_json(self) -> dict[str, Any]:
         return {
             "a": self.a,
             "b": self.b,
             "verdict": self.verdict,
+            "policy": self.policy.preset,
             "differences": [d.to_json() for d in self.differences],
         }
+
+    def exit_code(self) -> int:
+        """``envkit diff`` exits as ``check`` does: 1 when the policy refuses (B may not resume what A wrote)."""
+        return EXIT_REFUSED if self.verdict == "refuse" else EXIT_OK
+
+
+DIFF_SIDES = "each side of `envkit diff` is a checkpoint, a fingerprint JSON (from `envkit fingerprint -o`) or `live`"
 
 
 def fingerprint_of(source: str) -> Fingerprint | None:
@@ -197,13 +216,19 @@ def fingerprint_of(source: str) -> Fingerprint | None:
     if source == "live":
         return collect()
     p = Path(source)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise BadInput(f"{p}: no such file; {DIFF_SIDES}") from None
+    except OSError as exc:
+        raise os_error_input(exc, p) from None
     head = b""
-    if p.is_file():  # a FIFO or device would block; read_stamp below names the problem
+    if stat.S_ISREG(st.st_mode):  # a FIFO or device would block; read_stamp below names the problem
         try:
             with open(p, "rb") as fh:
                 head = fh.read(64).lstrip()
-        except OSError:
-            pass
+        except OSError as exc:
+            raise os_error_input(exc, p) from None
     if head.startswith(b"{"):
         from envkit.fingerprint import read_fingerprint_file
 
@@ -217,8 +242,8 @@ def compare(a: str, b: str, *, policy: Policy | str | None = None) -> DiffReport
     active = resolve_policy(policy)
     fa, fb = fingerprint_of(a), fingerprint_of(b)
     if fa is None or fb is None:
-        changes: tuple = (unstamped_change(),)
+        changes: tuple = (unstamped_change(stored=fa is not None, live=fb is not None),)
     else:
         changes = diff(fa, fb)
     rows = evaluate(changes, active)
-    return DiffReport(a, b, fa, fb, rows, verdict(rows))
+    return DiffReport(a, b, fa, fb, rows, verdict(rows), active)

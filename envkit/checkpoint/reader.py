@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
 from envkit.checkpoint.ziptail import last_stamp_member
-from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error
+from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
@@ -134,7 +134,7 @@ def _check_regular_file(path: Path) -> int:
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file; pass the path of a checkpoint written by torch.save or envkit.save") from None
     except OSError as exc:
-        raise BadInput(f"{describe_os_error(path, exc)}; pass a readable checkpoint file") from None
+        raise os_error_input(exc, path) from None
     if stat.S_ISDIR(st.st_mode):
         raise BadInput(f"{path}: is a directory; pass a checkpoint file (envkit ls lists the checkpoints in a folder)")
     if not stat.S_ISREG(st.st_mode):
@@ -398,7 +398,11 @@ def _read_sharded(path: Path) -> Inspection:
 
 def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
     p = Path(path)
-    if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except OSError as exc:  # a name too long, a folder on the way that may not be searched
+        raise os_error_input(exc, p) from None
+    if is_dir:
         return _read_sharded(p)
     size = _check_regular_file(p)
     with _open(p) as fh:

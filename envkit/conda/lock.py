@@ -281,6 +281,9 @@ def _write_atomically(content: Any, target: Path) -> None:
 
     target = write_target(target)  # through a symlink, at its target
     # a folder of its own, so the help text conda-lock writes names the final file
+    from envkit.inputs import output_file
+
+    target = output_file(target, "--lockfile")
     folder = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         folder.mkdir()
@@ -299,12 +302,10 @@ def read_lock(path: Path) -> LockDocument:
     """A conda-lock.yml (version 1 or 2) as plain data; no conda-lock import (it costs ~1 s)."""
     import yaml
 
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LockError(f"{path}: no lock file; run `envkit lock` first or pass --lockfile") from None
-    except OSError as exc:
-        raise LockError(f"{path}: cannot read ({exc.strerror}); pass a readable --lockfile") from None
+    from envkit.inputs import read_regular_file
+
+    data = read_regular_file(path, "pass a conda-lock.yml as --lockfile", error=LockError,
+                             missing=f"{path}: no lock file; run `envkit lock` first or pass --lockfile")
     try:
         doc = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:

@@ -23,7 +23,7 @@ from typing import Mapping
 
 import yaml
 
-from envkit.errors import SpecError, describe_os_error
+from envkit.errors import SpecError
 
 KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 """The top-level keys of conda's environment.yml, plus conda-lock's ``platforms``."""
@@ -118,14 +118,9 @@ def load_spec(path: str | os.PathLike[str]) -> EnvironmentSpec:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder; give the path of the environment.yml file") from None
-    except OSError as exc:
-        raise SpecError(f"{describe_os_error(path, exc)}; check the path and its permissions") from None
+    from envkit.inputs import read_regular_file
+
+    return read_regular_file(path, "give the path of the environment.yml file", error=SpecError, missing=f"{path}: no such file; check the path")
 
 
 def _decode(path: Path, data: bytes) -> str:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from envkit.errors import BadInput, MalformedStamp, describe_os_error
+from envkit.errors import BadInput, MalformedStamp
 from envkit.fingerprint.schema import SCHEMA, Fingerprint
 
 TYPE_CHECKING = False
@@ -30,15 +30,15 @@ def __getattr__(name: str) -> Any:
 
 def read_fingerprint_file(path: str | os.PathLike[str]) -> Fingerprint:
     """A fingerprint JSON file as written by ``envkit fingerprint -o``."""
+    from envkit.inputs import read_regular_file
+
     p = Path(path)
+    data = read_regular_file(
+        p, "pass the JSON written by `envkit fingerprint -o FILE`",
+        folder=f"{p}: is a directory; pass a fingerprint JSON file", max_bytes=MAX_FINGERPRINT_BYTES,
+    )
     try:
-        if p.is_dir():
-            raise BadInput(f"{p}: is a directory; pass a fingerprint JSON file")
-        if p.stat().st_size > MAX_FINGERPRINT_BYTES:
-            raise BadInput(f"{p}: too large for a fingerprint file; pass the JSON written by `envkit fingerprint -o`")
-        doc = json.loads(p.read_bytes())
-    except OSError as exc:
-        raise BadInput(f"{describe_os_error(p, exc)}; pass a fingerprint JSON file") from None
+        doc = json.loads(data)
     except ValueError as exc:
         raise BadInput(f"{p}: not valid JSON ({exc}); write one with `envkit fingerprint -o FILE`") from None
     if isinstance(doc, dict) and "fingerprint" in doc and "schema" in doc and str(doc["schema"]).startswith("envkit.stamp"):

@@ -36,6 +36,18 @@ if TYPE_CHECKING:
     JSONValue = Any
 
 
+# The torch switches a fingerprint records under "determinism" (sources.live_torch_facts writes
+# them; policy rules may name them as "determinism.<key>").
+DETERMINISM_KEYS = (
+    "cublas_workspace_config",
+    "cudnn_benchmark",
+    "cudnn_deterministic",
+    "deterministic_algorithms",
+    "tf32_cudnn",
+    "tf32_matmul",
+)
+
+
 def canonical_json(value: JSONValue) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -257,6 +269,11 @@ class Fingerprint:
         if not isinstance(doc, Mapping):
             raise MalformedStamp(f"{source}: the fingerprint is not a JSON object")
         schema = doc.get("schema")
+        if not (isinstance(schema, str) and schema.startswith("envkit.fingerprint/")):
+            shown = "it has no \"schema\" key" if schema is None else f"its schema is {str(schema)[:80]!r}"
+            raise MalformedStamp(
+                f"{source}: not an envkit fingerprint ({shown}); pass the JSON written by `envkit fingerprint -o FILE`"
+            )
         if schema not in SUPPORTED_SCHEMAS:
             raise MalformedStamp(
                 f"{source}: unknown fingerprint schema {str(schema)[:80]!r} (this envkit reads "

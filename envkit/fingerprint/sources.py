@@ -452,6 +452,33 @@ def _importable_torch_info() -> TorchInfo:
 
 # -- entry point --------------------------------------------------------------------
 
+WHAT_A_PREFIX_IS = (
+    "pass the folder of an installed environment: a conda prefix (with conda-meta/) or a venv "
+    "(with pyvenv.cfg), the sys.prefix its python prints"
+)
+
+
+def environment_root(prefix: str | os.PathLike[str]) -> Path:
+    """``prefix`` made absolute, once it is known to be an environment: a folder with conda-meta/,
+    pyvenv.cfg, or a site-packages of its own. Anything else (``/tmp``, a file, a missing path) is
+    BadInput: an empty fingerprint of it would read as "an environment without torch"."""
+    from envkit.errors import os_error_input
+
+    given = Path(prefix)
+    try:
+        if not given.is_dir():
+            what = "no such environment folder" if not os.path.lexists(given) else "not a folder"
+            raise BadInput(f"{given}: {what}; {WHAT_A_PREFIX_IS}")
+        root = given.resolve()
+        if not ((root / "conda-meta").is_dir() or (root / "pyvenv.cfg").is_file() or site_dirs_of(root)):
+            raise BadInput(f"{given}: not a Python environment (no conda-meta/, pyvenv.cfg or lib/python3*/site-packages); {WHAT_A_PREFIX_IS}")
+    except OSError as exc:
+        raise os_error_input(exc) from None
+    except RuntimeError:  # pathlib's "Symlink loop" on Python < 3.13
+        raise BadInput(f"{given}: a loop of symbolic links; {WHAT_A_PREFIX_IS}") from None
+    return root
+
+
 
 def collect(
     prefix: str | os.PathLike[str] | None = None,
@@ -466,9 +493,7 @@ def collect(
     ``prefix`` is read from its files alone (nothing there is run). ``proc_root`` and
     ``site_dirs`` exist so that tests can feed recorded machine data.
     """
-    root = Path(prefix).resolve() if prefix is not None else None
-    if root is not None and not root.is_dir():
-        raise BadInput(f"{root}: no such environment folder; pass the prefix of an installed environment")
+    root = environment_root(prefix) if prefix is not None else None
     env_root = root if root is not None else Path(sys.prefix)
     sites = [Path(s) for s in site_dirs] if site_dirs is not None else site_dirs_of(root)
     dists = scan_dists(sites)

@@ -160,7 +160,7 @@ def test_not_utf8_names_the_line(tmp_path: Path) -> None:
     [
         (lambda tmp: tmp / "missing.yml", "no such file; check the path"),
         (lambda tmp: tmp, "is a folder; give the path of the environment.yml file"),
-        (lambda tmp: (tmp / "f.yml").write_text("a: 1") and tmp / "f.yml" / "environment.yml", "check the path and its permissions"),
+        (lambda tmp: (tmp / "f.yml").write_text("a: 1") and tmp / "f.yml" / "environment.yml", "a part of the path is a file, not a folder"),
     ],
     ids=["missing", "folder", "under-a-file"],
 )
