@@ -392,20 +392,9 @@ def lint(file: Path, as_json: bool) -> None:
 
 
 def _write_text_atomically(path: Path, text: str, option: str = "-o") -> None:
-    from envkit.inputs import output_file
+    from envkit.atomic import atomic_write
 
-    target = output_file(path, option)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise os_error_input(exc, path, "it cannot be written there; choose another path") from None
+    atomic_write(path, text, what=option)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,8 +2,7 @@
 
 Reading opens without blocking and looks at what was opened: a FIFO, a device or a socket
 named where a file belongs is BadInput (exit 2) at once, not a read that never returns.
-Writing refuses to replace anything but a regular file (``-o /dev/full`` must not put a file
-where the device was) and writes through a symbolic link, at its target.
+Files the user names for writing go through ``envkit.atomic`` (``write_target``, ``atomic_write``).
 """
 
 from __future__ import annotations
@@ -12,23 +11,8 @@ import os
 import stat
 from pathlib import Path
 
+from envkit.atomic import kind_of
 from envkit.errors import BadInput, os_error_input
-
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def kind_of(mode: int) -> str:
-    for test, name in _KINDS:
-        if test(mode):
-            return name
-    return "not a regular file"
-
 
 def read_regular_file(
     path: str | os.PathLike[str],
@@ -70,20 +54,3 @@ def read_regular_file(
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def output_file(path: str | os.PathLike[str], option: str) -> Path:
-    """Where to write the file ``option`` names: the path itself, or a symbolic link's target.
-    Anything there already must be a regular file; a missing folder above it is BadInput."""
-    p = Path(path)
-    try:
-        target = Path(os.path.realpath(p)) if p.is_symlink() else p
-        st = os.stat(target) if os.path.lexists(target) else None
-        parent_ok = target.parent.is_dir()
-    except OSError as exc:
-        raise os_error_input(exc, p) from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"{p}: {kind_of(st.st_mode)}, not a file; {option} must name a file to write")
-    if not parent_ok:
-        raise BadInput(f"{p}: the folder {target.parent} does not exist; create it first")
-    return target

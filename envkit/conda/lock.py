@@ -273,26 +273,22 @@ def _dependencies(depends: list[str]) -> dict[str, str]:
 
 
 def _write_atomically(content: Any, target: Path) -> None:
+    import tempfile
+
     from conda_lock.lockfile import write_conda_lock_file
 
-    import shutil
+    from envkit.atomic import atomic_write, write_target
 
-    from envkit.checkpoint.paths import write_target
-
-    target = write_target(target)  # through a symlink, at its target
-    # a folder of its own, so the help text conda-lock writes names the final file
-    from envkit.inputs import output_file
-
-    target = output_file(target, "--lockfile")
-    folder = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    where = write_target(target, "--lockfile")  # through a symlink, at its target; never over a device
     try:
-        folder.mkdir()
-        write_conda_lock_file(content, folder / target.name, metadata_choices=set())
-        os.replace(folder / target.name, target)
+        # conda-lock's writer takes a path, and its help text names the file: a folder of its own
+        with tempfile.TemporaryDirectory(prefix=f".{where.name}.tmp-", dir=where.parent) as folder:
+            draft = Path(folder) / where.name
+            write_conda_lock_file(content, draft, metadata_choices=set())
+            data = draft.read_bytes()
     except OSError as exc:
         raise BadInput(f"{target}: cannot write ({exc.strerror}); choose another --lockfile") from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    atomic_write(where, data, what="--lockfile")
 
 
 # -- reading ------------------------------------------------------------------------

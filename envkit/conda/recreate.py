@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from envkit.checkpoint.paths import write_target
+from envkit.atomic import fsync_dir, temp_path_for, write_target
 from envkit.conda.explicit import render_explicit
 from envkit.errors import BadInput, describe_os_error
 from envkit.fingerprint.schema import Fingerprint, Package
@@ -167,17 +167,20 @@ def _make_folder(out_dir: Path) -> list[Path]:
 
 
 def _write_all(out_dir: Path, files: dict[Path, str]) -> None:
-    """Write every file or none: temporaries first, then renamed into place."""
+    """Write every file or none: durable temporaries first (``envkit.atomic``), then renamed into place."""
     made = _make_folder(out_dir)
     temps: dict[Path, Path] = {}
     try:
         for path, text in files.items():
-            path = write_target(path)  # through a symlink, at its target
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            temps[path] = tmp
-            tmp.write_text(text)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
+            target = write_target(path, "-o")  # through a symlink, at its target
+            temps[target] = temp_path_for(target)
+            with open(temps[target], "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for target, tmp in temps.items():
+            os.replace(tmp, target)
+        fsync_dir(out_dir)
     except OSError as exc:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
