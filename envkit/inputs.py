@@ -14,6 +14,7 @@ from pathlib import Path
 from envkit.atomic import kind_of
 from envkit.errors import BadInput, os_error_input
 
+
 def read_regular_file(
     path: str | os.PathLike[str],
     fix: str,
