@@ -20,7 +20,6 @@ from envkit.fingerprint import Fingerprint, collect
 from envkit.fingerprint.schema import GpuDevice, RuntimeInfo
 from envkit.policy import diff
 from tests.conftest import needs_torch
-from tests.fakes import make_nvidia_smi_stand_in, make_proc, make_site, path_with
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,19 +125,12 @@ def test_policy_compares_what_torch_loaded_when_either_side_knows_it() -> None:
     assert [(c.field, c.stored, c.live) for c in diff(stored, live)] == [("torch.cudnn", "8.7.0", "8.9.2")]
 
 
-def test_torch_device_view_does_not_change_the_digest_mocked_gpu(
-    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_torch_device_view_does_not_change_the_digest_mocked_gpu(monkeypatch: pytest.MonkeyPatch, h200: dict) -> None:
     """The H200 machine rebuilt from its probe (no GPU here: torch.cuda is mocked with the probe's
     values). nvidia-smi says 143771 MiB, torch 143155 MiB; torch reports cuDNN 91900 and NCCL
     (2, 28, 9). With CUDA in use the digest is still the one collected without torch."""
     torch = pytest.importorskip("torch")
-    probe = json.loads((data_dir / "gpu-h200-probe.json").read_text())
-    site = make_site(tmp_path / "venv", probe["dists"], probe["version_py"])
-    proc = make_proc(tmp_path / "root", probe["/proc/driver/nvidia/version"])
-    name, _driver, cap, memory, *_ = [f.strip() for f in probe["nvidia_smi"].split(",")]
-    make_nvidia_smi_stand_in(tmp_path / "bin", f"{name}, {cap}, {memory.split()[0]}")
-    monkeypatch.setenv("PATH", path_with(tmp_path / "bin"))
+    probe, site, proc = h200["probe"], h200["site"], h200["proc"]
     without = collect(site_dirs=[site], proc_root=proc, use_live_torch=False)
 
     class Props:
