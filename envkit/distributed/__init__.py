@@ -17,7 +17,12 @@ from envkit.distributed.collectives import (
     rank,
     world_size,
 )
-from envkit.distributed.consistency import ConsistencyReport, RankDifference, check_consistency, compare_fingerprints
+from envkit.distributed.consistency import (
+    ConsistencyReport,
+    RankDifference,
+    check_consistency,
+    compare_fingerprints,
+)
 
 # The manager's name for global_rank until it calls it by its own name.
 _global_rank = global_rank

@@ -109,5 +109,5 @@ def global_rank(group: Any, group_rank: int) -> int:
     dist = _dist()
     if group is None or dist is None:
         return group_rank
-    get = getattr(dist, "get_global_rank", None) or getattr(dist.distributed_c10d, "_get_global_rank")  # torch < 2.0
+    get = getattr(dist, "get_global_rank", None) or dist.distributed_c10d._get_global_rank  # torch < 2.0
     return int(get(group, group_rank))

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from envkit.config import resolve_policy
-from envkit.distributed.collectives import all_gather, all_gather_digests, global_rank, is_distributed
+from envkit.distributed.collectives import (
+    all_gather,
+    all_gather_digests,
+    global_rank,
+    is_distributed,
+)
 from envkit.errors import EnvironmentMismatch
 from envkit.fingerprint.schema import Fingerprint
 from envkit.policy import Difference, Policy, judge
