@@ -103,7 +103,7 @@ def test_the_hash_is_of_the_bytes_that_were_parsed(tmp_path: Path) -> None:
     """lock records it; read_spec takes it from the one read, so an edit in between cannot split them."""
     import hashlib
 
-    from envkit.conda.specfile import read_spec
+    from envkit.conda.spec import read_spec
 
     path = write(tmp_path, "name: x\nchannels: [conda-forge]\ndependencies:\n  - numpy\n")
     spec = load_spec(path)
