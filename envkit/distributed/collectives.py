@@ -81,9 +81,11 @@ def all_gather_digests(digest: str, group: Any = None) -> list[str]:
     Cheaper at start-up than ``all_gather_object`` (two collectives and pickling), which
     only the rare mismatch pays for, to send the full fingerprints.
     """
+    dist = _dist()
+    if dist is None:
+        return [digest]
     import torch
 
-    dist = _dist()
     algorithm, _, hexdigest = digest.partition(":")
     raw = torch.tensor(list(bytes.fromhex(hexdigest)), dtype=torch.uint8, device=_collective_device(group))
     out = [torch.empty_like(raw) for _ in range(dist.get_world_size(group))]
