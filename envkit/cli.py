@@ -135,7 +135,7 @@ def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Pa
           verify_payload: bool) -> None:
     """May this environment resume CHECKPOINT? Reads the stamp only; never unpickles."""
     # Plain command lines take envkit.entry's click-free path; this one reads the rest.
-    from envkit.checkpoint.compat import check_against
+    from envkit.checkpoint.resume_check import check_against
     from envkit.render import check_output, verify_with_progress
 
     report = check_against(checkpoint, policy=policy, against=against, prefix=prefix)
@@ -155,7 +155,7 @@ def diff(a: str, b: str, policy: str | None, as_json: bool) -> None:
 
     The rows are graded as `check` grades them (--policy, else the project's, else compatible);
     exit 1 when that policy refuses, as `check` does."""
-    from envkit.checkpoint.compat import compare
+    from envkit.checkpoint.resume_check import compare
     from envkit.render import diff_text
 
     report = compare(a, b, policy=policy)

@@ -47,6 +47,14 @@ class Config:
         return Policy.of(preset or self.preset, dict(self.policy_overrides))
 
 
+def resolve_policy(policy: Policy | str | None = None) -> Policy:
+    """The policy to judge by: a Policy as given, else the named preset (None: the config file's)
+    with the project's per-field overrides, from the nearest config file."""
+    if isinstance(policy, Policy):
+        return policy
+    return load_config().policy(policy)
+
+
 def find_config_file(start: Path | None = None) -> Path | None:
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):

@@ -70,7 +70,7 @@ def run_check(options: dict[str, str | bool]) -> int:
     """Run a parsed ``envkit check``: print the report, return the exit code."""
     from pathlib import Path
 
-    from envkit.checkpoint.compat import check_against
+    from envkit.checkpoint.resume_check import check_against
     from envkit.errors import EnvkitError, error_document, os_error_input
     from envkit.render import check_output, json_document, verify_with_progress
 

@@ -2,6 +2,7 @@
 
 ``diff(stored, live)`` lists what differs, one row per field. ``evaluate`` gives each
 row a severity and a reason a person can act on; the verdict is the worst row.
+``judge`` is the three in one step, as check, diff, ls and the rank check use them.
 No I/O happens here.
 """
 
@@ -382,3 +383,38 @@ def cuda_storage_change(devices: Iterable[str] | None, live: Fingerprint) -> Cha
     else:
         return None
     return Change(STORAGE_FIELD, ", ".join(cuda), f"no CUDA ({why})")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a policy makes of two environments: every graded row and the verdict (the worst row)."""
+
+    differences: tuple[Difference, ...]
+    verdict: str
+
+    def rows(self, severity: str) -> tuple[Difference, ...]:
+        return tuple(d for d in self.differences if d.severity == severity)
+
+
+def judge(
+    stored: Fingerprint | None,
+    live: Fingerprint | None,
+    policy: Policy = Policy(),
+    *,
+    storage_devices: Iterable[str] | None = None,
+) -> Judgement:
+    """May ``live`` resume what ``stored`` wrote? Pure.
+
+    The rows are ``diff(stored, live)``, or the one ``stamp`` row when a side has no stamp
+    (None; the row says which), then the ``storage.devices`` row when the checkpoint holds CUDA
+    storages (``storage_devices``, its storage locations) and ``live`` has no CUDA; each graded
+    by ``policy``.
+    """
+    if stored is None or live is None:
+        changes: tuple[Change, ...] = (unstamped_change(stored=stored is not None, live=live is not None),)
+    else:
+        changes = diff(stored, live)
+    if live is not None and (on_cuda := cuda_storage_change(storage_devices, live)) is not None:
+        changes = (*changes, on_cuda)
+    rows = evaluate(changes, policy)
+    return Judgement(rows, verdict(rows))

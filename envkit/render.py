@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
     from envkit.checkpoint.reader import CheckpointFile
-    from envkit.checkpoint.compat import DiffReport
+    from envkit.checkpoint.resume_check import DiffReport
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Difference
 

@@ -117,3 +117,22 @@ def test_field_names_are_the_fields_diff_reports() -> None:
     fp = collect()
     assert fp.determinism is not None and tuple(k for k, _ in fp.determinism) == DETERMINISM_KEYS
     assert set(flatten(fp)) <= set(field_names())
+
+
+# -- issue 11: the policy is resolved here ---------------------------------------------------------------
+
+
+def test_resolve_policy_reads_the_project_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envkit.config import resolve_policy
+    from envkit.policy import Policy
+
+    (tmp_path / "envkit.toml").write_text('preset = "strict"\n[policy]\n"torch.cuda" = "info"\n')
+    monkeypatch.chdir(tmp_path)
+    assert resolve_policy(None) == Policy.of("strict", {"torch.cuda": "info"})
+    assert resolve_policy("warn") == Policy.of("warn", {"torch.cuda": "info"})  # the preset given wins, the overrides stay
+    given = Policy.of("compatible")
+    assert resolve_policy(given) is given  # a Policy is used as it is, the file is not read
+    (tmp_path / "envkit.toml").write_text("preset = [")
+    assert resolve_policy(given) is given
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        resolve_policy(None)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from envkit import policy
 from envkit.errors import ConfigError
 from envkit.fingerprint.schema import (
     Fingerprint,
@@ -150,3 +151,74 @@ def test_policy_overrides_must_name_a_field(pattern: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
         Policy.of("compatible", {pattern: "refuse"})
     assert Policy.of("compatible", {"packages.numpy": "refuse", "torch.*": "warn", "stamp": "refuse"}).override_for("stamp") == "refuse"
+
+
+# -- issue 11: one judge --------------------------------------------------------------------------------------
+
+NO_CUDA = replace(BASE, gpu=GpuInfo(None, (), None))
+CPU_TORCH = replace(BASE, torch=replace(BASE.torch, cuda=None, cudnn=None))
+
+
+@pytest.mark.parametrize("preset", ["strict", "compatible", "warn"])
+@pytest.mark.parametrize(
+    "live",
+    [
+        BASE,
+        replace(BASE, python=PythonInfo("3.10.12", "CPython")),
+        replace(BASE, torch=replace(BASE.torch, version="2.1.0", cuda="12.1")),
+        replace(BASE, torch=TorchInfo()),
+        replace(BASE, packages=(Package("numpy", "2.0.0", "pypi"),)),
+    ],
+)
+def test_judge_of_two_fingerprints_is_diff_evaluate_verdict(preset: str, live: Fingerprint) -> None:
+    active = Policy.of(preset, {"packages.*": "info"})
+    judged = policy.judge(BASE, live, active)
+    assert judged.differences == evaluate(diff(BASE, live), active)
+    assert judged.verdict == verdict(judged.differences)
+    assert judged.rows("refuse") == tuple(r for r in judged.differences if r.severity == "refuse")
+
+
+@pytest.mark.parametrize(
+    ("stored", "live", "sides", "says"),
+    [
+        (None, BASE, (None, "present"), "the checkpoint has no envkit stamp"),  # check, ls: an unstamped checkpoint
+        (BASE, None, ("present", None), "the second checkpoint has no envkit stamp"),  # diff: B is unstamped
+        (None, None, (None, None), "neither side has an envkit stamp"),
+    ],
+)
+def test_judge_gives_one_stamp_row_naming_the_unstamped_side(stored: Fingerprint | None, live: Fingerprint | None, sides: tuple, says: str) -> None:
+    for preset, expected in (("compatible", "warn"), ("strict", "refuse"), ("warn", "warn")):
+        judged = policy.judge(stored, live, Policy.of(preset), storage_devices=("cpu",))
+        assert [(r.field, (r.stored, r.live)) for r in judged.differences] == [("stamp", sides)]
+        assert says in judged.differences[0].reason and judged.verdict == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "live", "devices", "says"),
+    [
+        (BASE, NO_CUDA, ("cpu", "cuda:0", "cuda:1"), "no CUDA (no NVIDIA driver, no GPU)"),
+        (None, NO_CUDA, ("cuda:0",), "no CUDA (no NVIDIA driver, no GPU)"),  # unstamped: the reader's locations
+        (BASE, CPU_TORCH, ("cuda",), "no CUDA (torch 2.0.1 is a CPU build)"),
+        (BASE, BASE, ("cuda:0",), None),  # this machine has CUDA
+        (BASE, NO_CUDA, ("cpu",), None),  # nothing on CUDA
+        (BASE, NO_CUDA, None, None),  # not known (a fingerprint file, ls)
+        (NO_CUDA, None, ("cuda:0",), None),  # no live side to place them on
+    ],
+)
+def test_judge_adds_the_cuda_storage_row_last(stored: Fingerprint | None, live: Fingerprint | None, devices: tuple[str, ...] | None, says: str | None) -> None:
+    judged = policy.judge(stored, live, Policy.of("strict"), storage_devices=devices)
+    rows = [r for r in judged.differences if r.field == "storage.devices"]
+    if says is None:
+        assert rows == []
+        return
+    assert judged.differences[-1] == rows[0] and len(rows) == 1
+    assert rows[0].live == says and rows[0].severity == "info"
+    assert rows[0].stored == ", ".join(sorted(d for d in devices if d.startswith("cuda")))
+    assert judged.differences[:-1] == policy.judge(stored, live, Policy.of("strict")).differences
+
+
+def test_a_judgement_is_frozen() -> None:
+    judged = policy.judge(BASE, BASE)
+    assert judged == policy.Judgement((), "ok")
+    with pytest.raises(AttributeError):
+        judged.verdict = "refuse"  # type: ignore[misc]

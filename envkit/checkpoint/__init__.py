@@ -12,10 +12,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 _LAZY = {
-    "CheckReport": "envkit.checkpoint.compat",
-    "check": "envkit.checkpoint.compat",
-    "guard": "envkit.checkpoint.compat",
-    "load": "envkit.checkpoint.compat",
+    "CheckReport": "envkit.checkpoint.resume_check",
+    "check": "envkit.checkpoint.resume_check",
+    "guard": "envkit.checkpoint.resume_check",
+    "load": "envkit.checkpoint.resume_check",
     "CheckpointFile": "envkit.checkpoint.reader",
     "Inspection": "envkit.checkpoint.reader",
     "inspect_checkpoint": "envkit.checkpoint.reader",

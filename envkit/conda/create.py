@@ -26,7 +26,7 @@ from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, che
 from envkit.conda.pip_lock import PipPackage, requirements_text
 from envkit.conda.platforms import check_cuda_version, current_platform
 from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
-from envkit.conda.specfile import SpecFile, read_spec
+from envkit.conda.spec import EnvironmentSpec, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
 
 Progress = Callable[[str], None]
@@ -38,7 +38,7 @@ class CreatePlan:
     platform: str
     engine: Engine
     lock: LockDocument
-    spec: SpecFile | None
+    spec: EnvironmentSpec | None
     packages: tuple[LockedPackage, ...]
     pip: tuple[PipPackage, ...]
     """The lock's pip set for this platform: installed exactly (hashes, no dependency resolution)."""
@@ -62,7 +62,7 @@ class CreatePlan:
         out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
         if self.spec is not None and self.spec.variables:
             out.append(f"variables ({len(self.spec.variables)}):")
-            out += [f"  {k}={v}" for k, v in self.spec.variables]
+            out += [f"  {k}={v}" for k, v in sorted(self.spec.variables.items())]
         if self.pip:
             out.append(f"pip packages ({len(self.pip)}):")
             out += [f"  {p.name}=={p.version} sha256:{p.sha256}" for p in sorted(self.pip, key=lambda p: p.name)]
@@ -300,7 +300,7 @@ def _write_variables(plan: CreatePlan, prefix: Path) -> None:
         state = {}
     if not isinstance(state, dict):
         state = {}
-    state["env_vars"] = {**(state.get("env_vars") or {}), **dict(plan.spec.variables)}
+    state["env_vars"] = {**(state.get("env_vars") or {}), **dict(sorted(plan.spec.variables.items()))}
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, ensure_ascii=False))
 
@@ -319,7 +319,7 @@ def _write_meta(plan: CreatePlan, prefix: Path, *, pip: tuple[tuple[str, str], .
         "spec": {
             "path": str(spec.path.resolve()),
             "name": spec.name,
-            "channels": list(spec.channels),
+            "channels": list(spec.package_channels),
             "dependencies": list(spec.conda_specs),
             "pip": list(spec.pip_specs),
         }

@@ -21,7 +21,7 @@ from typing import Any
 from envkit.conda.channels import resolve_channels
 from envkit.conda.pip_lock import PipPackage
 from envkit.conda.platforms import check_cuda_version, check_platforms, cuda_from_specs, current_platform, virtual_package_repo, virtual_packages
-from envkit.conda.specfile import SpecFile, read_spec
+from envkit.conda.spec import EnvironmentSpec, read_spec
 from envkit.errors import BadInput, LockError
 
 DEFAULT_LOCKFILE = "conda-lock.yml"
@@ -106,7 +106,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "rattler"
 
 
-def spec_sha256(specs: tuple[SpecFile, ...]) -> str:
+def spec_sha256(specs: tuple[EnvironmentSpec, ...]) -> str:
     joined = "\n".join(s.sha256 for s in specs)
     return hashlib.sha256(joined.encode()).hexdigest() if len(specs) > 1 else specs[0].sha256
 
@@ -121,7 +121,7 @@ def requested_lines(lock_spec: Any, platform: str) -> tuple[str, ...]:
     return tuple(sorted(lines))
 
 
-def _lock_specification(specs: tuple[SpecFile, ...], platforms: tuple[str, ...]) -> Any:
+def _lock_specification(specs: tuple[EnvironmentSpec, ...], platforms: tuple[str, ...]) -> Any:
     parsed = [s.lock_specification(platforms) for s in specs]
     if len(parsed) == 1:
         return parsed[0]
@@ -221,7 +221,7 @@ def make_lock(
     return LockResult(target, chosen, tuple(sorted(hashes.items())), len(packages))
 
 
-def _lock_pip(specs: tuple[SpecFile, ...], platform: str, records: list[Any], virtual: Any, progress: Any) -> list[Any]:
+def _lock_pip(specs: tuple[EnvironmentSpec, ...], platform: str, records: list[Any], virtual: Any, progress: Any) -> list[Any]:
     """The spec's `pip:` part resolved by pip for this platform, as conda-lock's pip entries."""
     from conda_lock.lockfile.v1.models import HashModel
     from conda_lock.lockfile.v2prelim.models import LockedDependency
@@ -253,7 +253,7 @@ def _lock_pip(specs: tuple[SpecFile, ...], platform: str, records: list[Any], vi
     ]
 
 
-def _conda_lines(specs: tuple[SpecFile, ...]) -> tuple[str, ...]:
+def _conda_lines(specs: tuple[EnvironmentSpec, ...]) -> tuple[str, ...]:
     return tuple(line for spec in specs for line in spec.conda_specs)
 
 

@@ -267,7 +267,7 @@ def conda_python_packages(records: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def _pypi_names() -> dict[str, str]:
-    from envkit.conda.specfile import PIP_MAPPING
+    from envkit.conda.spec import PIP_MAPPING
 
     try:
         doc = json.loads(PIP_MAPPING.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -10,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import BadInput
+from envkit.fingerprint.sources import ENVKIT_META, read_json_object, scan_dists, site_dirs_of
 
-ENVKIT_META = "envkit.json"
 KEPT_LOCK = "envkit-lock.yml"
 """The lock `create` solved from a spec, kept in conda-meta/ beside envkit.json."""
 STATE_FILE = Path("conda-meta") / "state"
@@ -109,7 +108,7 @@ def installed_packages(prefix: Path) -> tuple[InstalledPackage, ...]:
     for path in sorted((prefix / "conda-meta").glob("*.json")):
         if path.name == ENVKIT_META:
             continue
-        doc = _read_json(path)
+        doc = read_json_object(path)
         if not doc.get("name") or not doc.get("version"):
             continue
         found.append(
@@ -129,26 +128,24 @@ def installed_packages(prefix: Path) -> tuple[InstalledPackage, ...]:
 
 
 def read_envkit_meta(prefix: Path) -> dict[str, Any]:
-    return _read_json(prefix / "conda-meta" / ENVKIT_META)
+    return read_json_object(prefix / "conda-meta" / ENVKIT_META)
 
 
 def env_vars(prefix: Path) -> dict[str, str]:
     """The environment's variables as conda keeps them (conda-meta/state ``env_vars``)."""
-    found = _read_json(prefix / STATE_FILE).get("env_vars")
+    found = read_json_object(prefix / STATE_FILE).get("env_vars")
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def conda_owned_files(prefix: Path) -> set[str]:
     owned: set[str] = set()
     for path in (prefix / "conda-meta").glob("*.json"):
-        owned.update(str(f) for f in _read_json(path).get("files") or ())
+        owned.update(str(f) for f in read_json_object(path).get("files") or ())
     return owned
 
 
 def pip_dists(prefix: Path) -> dict[str, str]:
     """Distributions in site-packages that no conda record owns: what pip put there."""
-    from envkit.fingerprint.sources import scan_dists, site_dirs_of
-
     owned = conda_owned_files(prefix)
     dists = {}
     for dist in scan_dists(site_dirs_of(prefix)).values():
@@ -157,10 +154,3 @@ def pip_dists(prefix: Path) -> dict[str, str]:
             dists[dist.name] = dist.version
     return dists
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}

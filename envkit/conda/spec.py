@@ -1,4 +1,5 @@
-"""environment.yml -> EnvironmentSpec, keeping the line of every item.
+"""environment.yml -> EnvironmentSpec, keeping the line of every item: the one model of a spec,
+which lint checks and lock and create use (``read_spec``).
 
 The file is read with PyYAML's node API (``yaml.compose``) rather than ``safe_load`` so
 that every channel, package and key keeps the line it was written on, for messages of
@@ -8,7 +9,10 @@ and conda.
 
 This module checks the structure only (a list where a list belongs) and raises
 SpecError when the file cannot be used at all. Whether the content makes sense (package
-specs, unknown keys, CUDA) is ``envkit.conda.lint``'s job.
+specs, unknown keys, CUDA) is ``envkit.conda.lint``'s job. ``read_spec`` also refuses what
+cannot be locked (a problem lint reports as an error, no package, no channel); the lock's
+dependency lines are then parsed by conda-lock's own parser
+(``EnvironmentSpec.lock_specification``), which is what its content hash is computed from.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any
 
 import yaml
 
@@ -27,6 +32,9 @@ from envkit.errors import SpecError
 
 KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 """The top-level keys of conda's environment.yml, plus conda-lock's ``platforms``."""
+
+# conda-lock downloads a PyPI->conda name mapping for `pip:` entries unless given a local one.
+PIP_MAPPING = Path(__file__).with_name("pypi_mapping.json")
 
 _NULL = "tag:yaml.org,2002:null"
 _STR = "tag:yaml.org,2002:str"
@@ -77,15 +85,21 @@ class EnvironmentSpec:
 
     @property
     def channels(self) -> list[str]:
+        """As written, ``nodefaults`` included."""
         return [i.text for i in self.channel_items]
 
     @property
+    def package_channels(self) -> tuple[str, ...]:
+        """The channels packages come from: ``nodefaults`` is an instruction to conda, not a channel."""
+        return tuple(c for c in self.channels if c != "nodefaults")
+
+    @property
     def conda_specs(self) -> list[str]:
-        return [i.text for i in self.conda_items]
+        return [i.text.strip() for i in self.conda_items]
 
     @property
     def pip_specs(self) -> list[str]:
-        return [i.text for i in self.pip_items]
+        return [i.text.strip() for i in self.pip_items]
 
     def key_line(self, key: str) -> int | None:
         """Line of the top-level key that counts (the last one), or None when it is absent."""
@@ -98,6 +112,26 @@ class EnvironmentSpec:
             first = self.problems[0]
             more = f" (and {len(self.problems) - 1} more; `envkit lint {self.path}` lists them)" if len(self.problems) > 1 else ""
             raise SpecError(f"{self.path}:{first.line}: {first.message}{more}")
+
+    def require_lockable(self) -> None:
+        """SpecError (exit 2) unless lock and create can use the spec: ``require_usable``, at least
+        one conda package and one channel."""
+        self.require_usable()  # what lint reports as not-text, invalid-pip, unknown-installer
+        if not self.conda_specs:
+            raise SpecError(f"{self.path}:{self.key_line('dependencies') or 1}: `dependencies:` lists no conda package; add the packages to install")
+        if not self.package_channels:
+            raise SpecError(f"{self.path}:{self.key_line('channels') or 1}: no channels; add `channels:` with at least one channel (envkit never guesses one)")
+
+    def lock_specification(self, platforms: tuple[str, ...]) -> Any:
+        """conda-lock's LockSpecification for these platforms (imports conda-lock: ~1 s)."""
+        from conda_lock.src_parser.environment_yaml import parse_environment_file
+
+        try:
+            spec = parse_environment_file(self.path, list(platforms), mapping_url=str(PIP_MAPPING))
+        except Exception as exc:  # noqa: BLE001 - conda-lock raises bare ValueErrors and worse
+            raise SpecError(f"{self.path}: conda-lock cannot parse it ({_one_line(exc)}); fix the dependency line it names") from None
+        spec.sources = [Path(self.path.name)]
+        return spec
 
     def source_line(self, item: str) -> int | None:
         """Line where a conda spec, pip spec, channel or top-level key is written; None if absent."""
@@ -115,6 +149,18 @@ def load_spec(path: str | os.PathLike[str]) -> EnvironmentSpec:
     text = _decode(path, data)
     root = _compose(path, text)
     return _Builder(path, _LINE_BREAK.split(text), hashlib.sha256(data).hexdigest()).build(root)
+
+
+def read_spec(path: str | os.PathLike[str]) -> EnvironmentSpec:
+    """The spec as lock and create use it: ``load_spec``, refused (SpecError) unless it can be locked."""
+    spec = load_spec(path)
+    spec.require_lockable()
+    return spec
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text[:200]
 
 
 def _read_bytes(path: Path) -> bytes:

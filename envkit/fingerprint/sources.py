@@ -35,6 +35,7 @@ from envkit.fingerprint.schema import (
 
 NVIDIA_SMI_TIMEOUT_S = 3.0
 ENVKIT_META = "envkit.json"
+"""What `envkit create` writes in conda-meta/: the spec and lock an environment was made from."""
 
 _CONDA_BUILD_CUDA = re.compile(r"cuda(\d+)\.(\d+)")
 _CONDA_BUILD_CUDNN = re.compile(r"cudnn(\d+(?:\.\d+)*)")
@@ -187,7 +188,7 @@ def platform_info(conda: dict[str, CondaRecord]) -> PlatformInfo:
 
 def conda_subdir(conda: dict[str, CondaRecord] | None = None) -> str | None:
     if conda and "python" in conda:
-        subdir = _read_json(conda["python"].path).get("subdir")
+        subdir = read_json_object(conda["python"].path).get("subdir")
         if subdir and subdir != "noarch":
             return str(subdir)
     system, machine = _uname()
@@ -373,7 +374,7 @@ def packages_of(dists: dict[str, Dist], conda: dict[str, CondaRecord]) -> tuple[
 
 
 def environment_info(prefix: Path) -> EnvironmentInfo | None:
-    meta = _read_json(prefix / "conda-meta" / ENVKIT_META)
+    meta = read_json_object(prefix / "conda-meta" / ENVKIT_META)
     if not meta:
         return None
     return EnvironmentInfo(
@@ -524,7 +525,9 @@ def collect(
     )
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing, unreadable or not an object (metadata
+    that an environment may or may not carry)."""
     try:
         with open(path, "rb") as fh:
             data = json.load(fh)

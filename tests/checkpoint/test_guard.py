@@ -39,7 +39,7 @@ def test_check_against_reference_refuses_torch_downgrade(stamped: Path) -> None:
 
 def test_guard_raises_before_unpickling(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old = replace(collect(), torch=TorchInfo(version="1.13.1"))
-    monkeypatch.setattr("envkit.checkpoint.compat.collect", lambda *a, **k: old)
+    monkeypatch.setattr("envkit.checkpoint.resume_check.collect", lambda *a, **k: old)
     calls = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
     with pytest.raises(EnvironmentMismatch, match="torch.version") as info:
@@ -51,7 +51,7 @@ def test_guard_raises_before_unpickling(stamped: Path, monkeypatch: pytest.Monke
 def test_guard_warns_on_drift(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     live = collect()
     newer = replace(live, torch=replace(live.torch, version="99.0.0"))
-    monkeypatch.setattr("envkit.checkpoint.compat.collect", lambda *a, **k: newer)
+    monkeypatch.setattr("envkit.checkpoint.resume_check.collect", lambda *a, **k: newer)
     with pytest.warns(EnvironmentDriftWarning, match="torch.version"):
         report = envkit.guard(stamped)
     assert report.verdict == "warn"
@@ -66,7 +66,7 @@ def test_guard_is_silent_when_nothing_changed(stamped: Path) -> None:
 def test_policy_argument_and_config(stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     live = collect()
     other_cuda = replace(live, torch=replace(live.torch, cuda="12.1"))
-    monkeypatch.setattr("envkit.checkpoint.compat.collect", lambda *a, **k: other_cuda)
+    monkeypatch.setattr("envkit.checkpoint.resume_check.collect", lambda *a, **k: other_cuda)
     assert envkit.check(stamped).verdict == "warn"
     assert envkit.check(stamped, policy="strict").verdict == "refuse"
     (tmp_path / "envkit.toml").write_text('[policy]\n"torch.cuda" = "refuse"\n')

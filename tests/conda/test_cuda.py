@@ -146,7 +146,7 @@ def test_lock_of_a_pytorch_cuda_spec_picks_the_cuda_build_with_no_flag(tmp_path:
     from conda_lock.src_parser.environment_yaml import parse_environment_file
     from conda_lock.virtual_package import default_virtual_package_repodata
 
-    from envkit.conda.specfile import PIP_MAPPING
+    from envkit.conda.spec import PIP_MAPPING
 
     lock_spec = parse_environment_file(spec, ["linux-64", "win-64"], mapping_url=str(PIP_MAPPING))
     assert dict(read_lock(lock).content_hash) == compute_content_hashes(lock_spec, default_virtual_package_repodata(cuda_version="11.8"))

@@ -103,7 +103,7 @@ def test_the_hash_is_of_the_bytes_that_were_parsed(tmp_path: Path) -> None:
     """lock records it; read_spec takes it from the one read, so an edit in between cannot split them."""
     import hashlib
 
-    from envkit.conda.specfile import read_spec
+    from envkit.conda.spec import read_spec
 
     path = write(tmp_path, "name: x\nchannels: [conda-forge]\ndependencies:\n  - numpy\n")
     spec = load_spec(path)
@@ -236,3 +236,43 @@ def test_pip_line_problem(line: str, problem: str | None) -> None:
 
     found = pip_line_problem(line)
     assert (found is None) if problem is None else (found is not None and problem in found), found
+
+
+# -- issue 11: one spec model --------------------------------------------------------------------------
+
+
+def test_lock_and_create_read_the_same_model_lint_does(tmp_path: Path) -> None:
+    """read_spec is load_spec plus the checks a lock needs: the same EnvironmentSpec, lines kept."""
+    import importlib.util
+
+    from envkit.conda.spec import read_spec
+
+    path = write(tmp_path, 'name: x\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n  - numpy\n  - " scipy "\n'
+                 '  - pip:\n    - requests==2.31.0\nvariables:\n  B: "2"\n  A: "1"\n')
+    spec = read_spec(path)
+    assert isinstance(spec, EnvironmentSpec) and spec == load_spec(path)
+    assert spec.source_line("numpy") == 6 and spec.source_line("requests==2.31.0") == 9
+    assert spec.channels == ["conda-forge", "nodefaults"] and spec.package_channels == ("conda-forge",)
+    assert spec.conda_specs == ["numpy", "scipy"] and [i.text for i in spec.conda_items] == ["numpy", " scipy "]
+    assert spec.pip_specs == ["requests==2.31.0"] and dict(spec.variables) == {"B": "2", "A": "1"}
+    assert importlib.util.find_spec("envkit.conda.specfile") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        ("name: x\nchannels: [conda-forge]\ndependencies:\n  - pip:\n    - requests\n", 3, "`dependencies:` lists no conda package"),
+        ("name: x\nchannels: [nodefaults]\ndependencies:\n  - numpy\n", 2, "no channels; add `channels:`"),
+        ("name: x\ndependencies:\n  - numpy\n", 1, "no channels; add `channels:`"),
+        ("channels: [conda-forge]\ndependencies:\n  - numpy\n  - pip:\n    - numpy=1.26\n", 5, "pip pins a version with `==`"),
+    ],
+)
+def test_read_spec_refuses_what_cannot_be_locked_naming_the_line(tmp_path: Path, text: str, line: int, says: str) -> None:
+    from envkit.conda.spec import read_spec
+
+    path = write(tmp_path, text)
+    load_spec(path)  # lint can still read it
+    with pytest.raises(SpecError) as caught:
+        read_spec(path)
+    assert caught.value.message.startswith(f"{path}:{line}: ") and says in caught.value.message
+    assert caught.value.exit_code == EXIT_BAD_INPUT

@@ -48,7 +48,7 @@ def test_lock_picks_cuda_build_only_with_cuda(tmp_path: Path, channel: Path) -> 
     from conda_lock.virtual_package import default_virtual_package_repodata
 
     from envkit.conda.lock import read_lock
-    from envkit.conda.specfile import PIP_MAPPING
+    from envkit.conda.spec import PIP_MAPPING
 
     lock_spec = parse_environment_file(spec, ["linux-64", "osx-arm64", "win-64"], mapping_url=str(PIP_MAPPING))
     expected = compute_content_hashes(lock_spec, default_virtual_package_repodata(cuda_version="11.8"))

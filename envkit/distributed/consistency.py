@@ -24,13 +24,19 @@ No torch import at module level: the module is importable without torch.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from envkit.config import resolve_policy
+from envkit.distributed.collectives import (
+    all_gather,
+    all_gather_digests,
+    global_rank,
+    is_distributed,
+)
 from envkit.errors import EnvironmentMismatch
 from envkit.fingerprint.schema import Fingerprint
-from envkit.policy import Difference, Policy, diff, evaluate
+from envkit.policy import Difference, Policy, judge
 
 MAX_SHOWN_ROWS = 4
 
@@ -94,115 +100,6 @@ def _show(value: object) -> str:
     return "none" if value is None else str(value)
 
 
-def _dist() -> Any | None:
-    """torch.distributed when the caller imported torch and initialised a process group."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    dist = getattr(torch, "distributed", None)
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return None
-    return dist
-
-
-def is_distributed() -> bool:
-    return _dist() is not None
-
-
-def rank(group: Any = None) -> int:
-    dist = _dist()
-    return dist.get_rank(group) if dist is not None else 0
-
-
-def world_size(group: Any = None) -> int:
-    dist = _dist()
-    return dist.get_world_size(group) if dist is not None else 1
-
-
-def _collective_device(group: Any = None) -> Any:
-    """NCCL reduces CUDA tensors only; gloo and the rest take CPU tensors."""
-    import torch
-
-    if torch.distributed.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_max(value: int, group: Any = None) -> int:
-    """The largest of every rank's value (a collective)."""
-    import torch
-
-    dist = _dist()
-    if dist is None:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=_collective_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return int(t.item())
-
-
-def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
-    """Rank ``src``'s obj on every rank (a collective); ``src`` is a global rank, as torch wants."""
-    dist = _dist()
-    if dist is None:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]
-
-
-def all_gather(obj: Any, group: Any = None) -> list[Any]:
-    dist = _dist()
-    if dist is None:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
-
-
-def _all_gather_digests(digest: str, group: Any = None) -> list[str]:
-    """Every rank's ``sha256:<hex>`` digest through one fixed-size all_gather.
-
-    Cheaper at start-up than ``all_gather_object`` (two collectives and pickling), which
-    only the rare mismatch pays for, to send the full fingerprints.
-    """
-    import torch
-
-    dist = _dist()
-    algorithm, _, hexdigest = digest.partition(":")
-    raw = torch.tensor(list(bytes.fromhex(hexdigest)), dtype=torch.uint8, device=_collective_device(group))
-    out = [torch.empty_like(raw) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, raw, group=group)
-    return [f"{algorithm}:{bytes(t.cpu().tolist()).hex()}" for t in out]
-
-
-def gather(obj: Any, group: Any = None) -> list[Any] | None:
-    """Every rank's obj, in group-rank order, on the group's rank 0; None on the others (a collective).
-
-    Pickled like any ``*_object`` collective: send plain data and CPU tensors.
-    """
-    dist = _dist()
-    if dist is None:
-        return [obj]
-    first = _global_rank(group, 0)
-    out: list[Any] | None = [None] * dist.get_world_size(group) if dist.get_rank() == first else None
-    dist.gather_object(obj, out, dst=first, group=group)
-    return out
-
-
-def barrier(group: Any = None) -> None:
-    dist = _dist()
-    if dist is not None:
-        dist.barrier(group=group)
-
-
-def _global_rank(group: Any, group_rank: int) -> int:
-    dist = _dist()
-    if group is None or dist is None:
-        return group_rank
-    get = getattr(dist, "get_global_rank", None) or getattr(dist.distributed_c10d, "_get_global_rank")  # torch < 2.0
-    return int(get(group, group_rank))
-
-
 def compare_fingerprints(fingerprints: list[Fingerprint], policy: Policy) -> tuple[RankDifference, ...]:
     """Pure: every rank whose fingerprint differs from rank 0's, with the policy's rows."""
     reference = fingerprints[0]
@@ -210,7 +107,7 @@ def compare_fingerprints(fingerprints: list[Fingerprint], policy: Policy) -> tup
     for r, fp in enumerate(fingerprints[1:], start=1):
         if fp.digest == reference.digest:
             continue
-        rows = evaluate(diff(reference, fp), policy)
+        rows = judge(reference, fp, policy).differences
         out.append(RankDifference(r, fp.host.hostname, fp.host.prefix, rows))
     return tuple(out)
 
@@ -230,17 +127,15 @@ def check_consistency(
         from envkit.fingerprint import collect
 
         fingerprint = collect()
-    if _dist() is None:
+    if not is_distributed():
         return ConsistencyReport(1, (fingerprint.digest,), fingerprint.host.hostname)
-    digests = tuple(_all_gather_digests(fingerprint.digest, group))
+    digests = tuple(all_gather_digests(fingerprint.digest, group))
     if len(set(digests)) == 1:
         return ConsistencyReport(len(digests), digests, None)
-    from envkit.checkpoint.compat import resolve_policy
-
     docs = all_gather(json.dumps(fingerprint.to_json(), separators=(",", ":")), group)
     fps = [Fingerprint.from_json(json.loads(d), source=f"rank {i}") for i, d in enumerate(docs)]
     rows = compare_fingerprints(fps, resolve_policy(policy))
-    rows = tuple(RankDifference(_global_rank(group, d.rank), d.host, d.prefix, d.rows) for d in rows)
+    rows = tuple(RankDifference(global_rank(group, d.rank), d.host, d.prefix, d.rows) for d in rows)
     report = ConsistencyReport(len(digests), digests, fps[0].host.hostname, rows)
     if not report.ok:
         raise EnvironmentMismatch(report.summary(), report)
