@@ -189,12 +189,6 @@ def gather(obj: Any, group: Any = None) -> list[Any] | None:
     return out
 
 
-def barrier(group: Any = None) -> None:
-    dist = _dist()
-    if dist is not None:
-        dist.barrier(group=group)
-
-
 def _global_rank(group: Any, group_rank: int) -> int:
     dist = _dist()
     if group is None or dist is None:

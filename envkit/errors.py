@@ -73,6 +73,10 @@ class CorruptCheckpoint(CheckFailed):
     """The checkpoint's bytes do not match the digest its stamp recorded."""
 
 
+class RequeueFailed(CheckFailed):
+    """``scontrol requeue`` did not succeed (exit 1); the checkpoint is saved, resubmit the job by hand."""
+
+
 class CheckpointWriteError(EnvkitError):
     """A save failed midway; earlier checkpoints are untouched and the temporary file is gone."""
 
@@ -163,6 +167,14 @@ def warn_drift(message: str) -> None:
 
 class LockError(BadInput):
     """A conda-lock.yml is missing, malformed, or does not cover the platform asked for."""
+
+
+class PipIndexUnreachable(LockError):
+    """The package index pip is configured with cannot be reached."""
+
+
+class NoPipDistribution(LockError):
+    """A pip requirement has no wheel for a target platform (or cannot be resolved)."""
 
 
 class ChannelError(BadInput):

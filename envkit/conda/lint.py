@@ -188,10 +188,6 @@ def _channel(spec: MatchSpec) -> str | None:
 
 # -- a dependency line, read by rattler's MatchSpec; the reason and fix when it is not a spec ------
 
-class InvalidSpec(ValueError):
-    """Why a conda dependency line is not a valid package spec, with the fix."""
-
-
 # Bracket keys rattler reads that conda knows too.
 _BRACKET_KEYS = ("build", "build_number", "channel", "fn", "license", "license_family", "md5", "sha256", "subdir",
                  "track_features", "url", "version")
@@ -199,27 +195,24 @@ _BUILD = re.compile(r"[0-9A-Za-z_.+!*-]+")
 _OPERATOR_TYPOS = {"=>": ">=", "=<": "<=", "=!": "!=", "<>": "!="}
 
 
-def parse_dependency(text: str) -> MatchSpec:
+def parse_dependency(text: str) -> MatchSpec | str:
     """rattler's MatchSpec of a conda dependency line, read as conda reads environment files
-    (``strict=False``: ``numpy 1.26.4 py311_0``, ``pytorch=2.0.1=*cuda*``). InvalidSpec, with what to
-    write instead, when rattler rejects it, or reads it only by guessing at something conda rejects
+    (``strict=False``: ``numpy 1.26.4 py311_0``, ``pytorch=2.0.1=*cuda*``); else why it is not a spec and
+    what to write instead: rattler rejects it, or reads it only by guessing at something conda rejects
     (a stray ``=``, a build string with a space or a ``$``, a channel with a space)."""
     from rattler import MatchSpec
     from rattler.exceptions import InvalidMatchSpecError
 
     line = text.strip()
     if not line:
-        raise InvalidSpec("it is empty; write a package name")
+        return "it is empty; write a package name"
     # conda reads `VERSION =BUILD` (a space, then one `=`) as `VERSION BUILD`; rattler keeps the `=` in the build
     line = re.sub(r"(\S)\s+=(?=[^\s=<>!~,|\[]+$)", r"\1 ", line)
     try:
         spec = MatchSpec(line, strict=False)
     except InvalidMatchSpecError as exc:
-        raise InvalidSpec(_rejected(line, str(exc).splitlines()[0])) from None
-    problem = _misread(line, spec)
-    if problem:
-        raise InvalidSpec(problem)
-    return spec
+        return _rejected(line, str(exc).splitlines()[0])
+    return _misread(line, spec) or spec
 
 
 def _rejected(line: str, error: str) -> str:
@@ -306,10 +299,11 @@ class _Linter:
         unusable = {p.line for p in spec.problems}  # reported once, by the problems rule
         self.pip_items = [i for i in spec.pip_items if i.line not in unusable]
         for item in (i for i in spec.conda_items if i.line not in unusable):
-            try:
-                self.parsed.append((item, parse_dependency(item.text)))
-            except InvalidSpec as exc:
-                self.invalid.append((item, str(exc)))
+            parsed = parse_dependency(item.text)
+            if isinstance(parsed, str):
+                self.invalid.append((item, parsed))
+            else:
+                self.parsed.append((item, parsed))
 
     def finding(self, line: int, severity: Severity, code: str, message: str) -> Finding:
         return Finding(self.path, line, severity, code, message)

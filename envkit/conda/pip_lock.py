@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envkit.errors import BadInput, LockError
+from envkit.errors import BadInput, LockError, NoPipDistribution, PipIndexUnreachable
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 _ARCH = {"64": "x86_64", "aarch64": "aarch64", "ppc64le": "ppc64le", "arm64": "arm64"}
@@ -61,14 +61,6 @@ class PipPackage:
     def requirement(self) -> str:
         """The line pip installs it from in hash-checking mode (conda-lock renders the same)."""
         return f"{self.name}=={self.version} --hash=sha256:{self.sha256}"
-
-
-class PipIndexUnreachable(LockError):
-    """The package index pip is configured with cannot be reached."""
-
-
-class NoPipDistribution(LockError):
-    """A pip requirement has no wheel for a target platform (or cannot be resolved)."""
 
 
 def wheel_platforms(platform: str, virtual: Iterable[Any]) -> tuple[str, ...]:

@@ -202,9 +202,6 @@ class Fingerprint:
     def digest(self) -> str:
         return sha256_of(self._content())
 
-    def package_versions(self) -> dict[str, str]:
-        return {p.name: p.version for p in self.packages}
-
     @property
     def effective_cudnn(self) -> str | None:
         """The cuDNN this process loaded when known, else the one the files say torch loads."""

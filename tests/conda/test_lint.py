@@ -255,6 +255,7 @@ def test_valid_specs_are_read_by_rattler(text: str, expected: tuple[str, str | N
     from envkit.conda.lint import parse_dependency
 
     spec = parse_dependency(text)
+    assert not isinstance(spec, str), spec
     assert (spec.name.normalized, spec.version, spec.build, spec.channel.base_url if spec.channel else None) == expected
 
 
@@ -299,11 +300,10 @@ def test_valid_specs_are_read_by_rattler(text: str, expected: tuple[str, str | N
     ],
 )
 def test_invalid_specs_say_why(text: str, says: str) -> None:
-    from envkit.conda.lint import InvalidSpec, parse_dependency
+    from envkit.conda.lint import parse_dependency
 
-    with pytest.raises(InvalidSpec) as info:
-        parse_dependency(text)
-    assert says in str(info.value)
+    reason = parse_dependency(text)
+    assert isinstance(reason, str) and says in reason, reason
 
 
 def test_duplicate_packages(tmp_path: Path) -> None:
