@@ -1,8 +1,8 @@
 """The one exception tree of envkit.
 
-Every error carries the exit code the command line uses for it (DESIGN §5) and a
-message that says what to do next. Messages are single lines: the CLI prints them
-as they are, without a traceback.
+Every error carries the exit code the command line uses for it (docs/architecture.md, the
+command-line contract) and a message that says what to do next. Messages are single lines:
+the CLI prints them as they are, without a traceback.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure comparison of two fingerprints and the rules that judge the differences (DESIGN §4).
+"""Pure comparison of two fingerprints and the rules that judge the differences (docs/architecture.md).
 
 ``diff(stored, live)`` lists what differs, one row per field. ``evaluate`` gives each
 row a severity and a reason a person can act on; the verdict is the worst row.

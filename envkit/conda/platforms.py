@@ -4,7 +4,7 @@ The set is conda-lock's own (its default-virtual-packages.yaml, with ``--with-cu
 setting or removing ``__cuda``), so that the content hash envkit writes is the one
 ``conda-lock`` computes for the same spec and options, and the solver sees exactly
 what the hash covers. Never the machine's own detection: a lock made on a laptop
-must not depend on the laptop's GPU (DESIGN §6).
+must not depend on the laptop's GPU (docs/architecture.md, conda, CUDA and rattler).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def virtual_packages(repo: Any, platform: str) -> tuple[VirtualPackage, ...]:
     return tuple(sorted(found.values(), key=lambda v: v.name))
 
 
-# -- CUDA: the __cuda a solve assumes (DESIGN §6) ---------------------------------------
+# -- CUDA: the __cuda a solve assumes -----------------------------------------------------
 
 # What the spec asks for when it names one of these packages with a version.
 CUDA_PINS = ("pytorch-cuda", "cuda-version", "cudatoolkit")
@@ -71,7 +71,7 @@ _CUDA_BUILD = re.compile(r"cuda|cu\d{2,3}", re.IGNORECASE)
 # cuda11.8 / cuda_11.8 / cuda118 / cu118 in a build string
 _CUDA_BUILD_VERSION = re.compile(r"cuda_?(\d{2})\.?(\d)(?!\d)|cu(\d{2})(\d)(?!\d)", re.IGNORECASE)
 # A CUDA intent without a version (`pytorch-cuda`, `*cuda*`) assumes a driver for the newest CUDA
-# (13.0, what the H200 probe in DESIGN §8 reports), so that any CUDA build solves; lint warns that
+# (13.0, what the H200 in tests/data/gpu-h200-probe.json reports), so that any CUDA build solves; lint warns that
 # nothing pins the CUDA version (`cuda-unpinned`).
 CUDA_WITHOUT_VERSION = "13.0"
 

@@ -2,7 +2,7 @@
 
 The file is read by ``spec.load_spec`` (the same reader lint uses), so that every problem
 is one line with the file and line number; the dependency lines are then parsed by
-conda-lock's own parser (DESIGN §6), which is what its content hash is computed from.
+conda-lock's own parser, which is what its content hash is computed from.
 """
 
 from __future__ import annotations

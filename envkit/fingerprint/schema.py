@@ -1,4 +1,4 @@
-"""The fingerprint data model, schema ``envkit.fingerprint/1`` (DESIGN §2).
+"""The fingerprint data model, schema ``envkit.fingerprint/1`` (docs/architecture.md).
 
 Frozen dataclasses in, plain JSON out. The digest is the sha256 of the canonical
 JSON (sorted keys, no whitespace) of everything except ``host``, ``runtime`` and the
