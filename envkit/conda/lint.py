@@ -206,8 +206,9 @@ def parse_dependency(text: str) -> MatchSpec | str:
     line = text.strip()
     if not line:
         return "it is empty; write a package name"
-    # conda reads `VERSION =BUILD` (a space, then one `=`) as `VERSION BUILD`; rattler keeps the `=` in the build
-    line = re.sub(r"(\S)\s+=(?=[^\s=<>!~,|\[]+$)", r"\1 ", line)
+    # conda reads `NAME VERSION =BUILD` (a space, then one `=`) as `NAME VERSION BUILD`; rattler keeps the `=`
+    name, tail = re.match(r"([^\s=<>!~]*)(.*)", line, re.DOTALL).groups()  # type: ignore[union-attr]
+    line = name + re.sub(r"(\S)\s+=(?=[^\s=<>!~,|\[]+$)", r"\1 ", tail)
     try:
         spec = MatchSpec(line, strict=False)
     except InvalidMatchSpecError as exc:

@@ -247,6 +247,8 @@ ANACONDA = "https://conda.anaconda.org/"
         ("openssl 1.1.1w", ("openssl", "==1.1.1w", None, None)),
         ("https://repo.anaconda.com/pkgs/main/linux-64/ca-certificates-2025.2.25-h06a4308_0.conda", ("ca-certificates", None, None, None)),
         ("NumPy>=1.2", ("numpy", ">=1.2", None, None)),  # names are case-insensitive
+        ("numpy =1.2", ("numpy", "1.2.*", None, None)),  # `=1.2` after a space is still 1.2.*, not a build
+        ("numpy 1.2 =py_0", ("numpy", "==1.2", "py_0", None)),
         # conda reads an empty channel before `::` as no channel, and so does rattler (envkit's old grammar refused it)
         ("::numpy", ("numpy", None, None, None)),
     ],
