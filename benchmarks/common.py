@@ -10,7 +10,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN §9's floor for reading a stamp: the standard library alone, in a whole process
+# The floor for reading a stamp: the standard library alone, in a whole process
 # (34 ms on the reference machine, where `python -c pass` takes 11 ms).
 STDLIB_READER = (
     "import json, sys, zipfile\n"

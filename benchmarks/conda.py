@@ -9,7 +9,6 @@ after the channel is indexed), `envkit --help` <= 0.2 s.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import subprocess
 import sys

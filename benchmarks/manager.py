@@ -10,7 +10,7 @@
   small stamped ones, without importing torch; with the index the manager keeps, and
   cold (index deleted: every stamp is read). Also the call alone, timed inside that
   process after its imports (what a training script that already imported envkit pays),
-  and the ratio to DESIGN §9's floor, a standard-library process reading one stamp.
+  and the ratio to the floor, a standard-library process reading one stamp.
 """
 
 from __future__ import annotations

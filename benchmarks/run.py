@@ -4,8 +4,8 @@
     python benchmarks/run.py --size-gb 8     # the 8 GB case
     python benchmarks/run.py --only check    # one group: check | fingerprint | save
 
-Anchors (DESIGN §9): ``envkit check --json`` against a process that imports torch and
-``torch.load(mmap=True, weights_only=True)``s the file, and one that loads it fully; also
+Anchors (docs/architecture.md, benchmarks' floor): ``envkit check --json`` against a process
+that imports torch and ``torch.load(mmap=True, weights_only=True)``s the file, and one that loads it fully; also
 against the floor, a standard-library process that reads the stamp member and parses it
 (34 ms on the reference machine): the ratio to it says what check costs on a machine
 whose start-up is slower or faster than that one's;

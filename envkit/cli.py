@@ -1,7 +1,8 @@
 """The ``envkit`` command line: parse options, call one library function, render, exit.
 
-Exit codes (DESIGN §5): 0 fine, 1 refused or failed check, 2 bad input. Library
-modules are imported inside the commands so that ``envkit --help`` stays fast.
+Exit codes (docs/architecture.md, the command-line contract): 0 fine, 1 refused or failed
+check, 2 bad input. Library modules are imported inside the commands so that ``envkit --help``
+stays fast.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The one exception tree of envkit.
 
-Every error carries the exit code the command line uses for it (DESIGN §5) and a
-message that says what to do next. Messages are single lines: the CLI prints them
-as they are, without a traceback.
+Every error carries the exit code the command line uses for it (docs/architecture.md, the
+command-line contract) and a message that says what to do next. Messages are single lines:
+the CLI prints them as they are, without a traceback.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ class EnvironmentMismatch(CheckFailed):
 
 class CorruptCheckpoint(CheckFailed):
     """The checkpoint's bytes do not match the digest its stamp recorded."""
+
+
+class RequeueFailed(CheckFailed):
+    """``scontrol requeue`` did not succeed (exit 1); the checkpoint is saved, resubmit the job by hand."""
 
 
 class CheckpointWriteError(EnvkitError):
@@ -163,6 +167,14 @@ def warn_drift(message: str) -> None:
 
 class LockError(BadInput):
     """A conda-lock.yml is missing, malformed, or does not cover the platform asked for."""
+
+
+class PipIndexUnreachable(LockError):
+    """The package index pip is configured with cannot be reached."""
+
+
+class NoPipDistribution(LockError):
+    """A pip requirement has no wheel for a target platform (or cannot be resolved)."""
 
 
 class ChannelError(BadInput):

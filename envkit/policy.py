@@ -1,4 +1,4 @@
-"""Pure comparison of two fingerprints and the rules that judge the differences (DESIGN §4).
+"""Pure comparison of two fingerprints and the rules that judge the differences (docs/architecture.md).
 
 ``diff(stored, live)`` lists what differs, one row per field. ``evaluate`` gives each
 row a severity and a reason a person can act on; the verdict is the worst row.
@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 
 from envkit.errors import ConfigError
 from envkit.fingerprint.schema import DETERMINISM_KEYS, Fingerprint, Package
+
+TYPE_CHECKING = False  # not typing's: `envkit check` does not import typing
+if TYPE_CHECKING:
+    from packaging.version import Version
 
 SEVERITIES = ("ok", "info", "warn", "refuse")
 PRESETS = ("strict", "compatible", "warn")
@@ -187,23 +191,37 @@ def _package_label(p: Package) -> str:
 # -- rules -------------------------------------------------------------------------
 
 
-def _release(value: Value) -> tuple[int, ...] | None:
-    match = re.match(r"\d+(?:\.\d+)*", str(value)) if value is not None else None
-    return tuple(int(x) for x in match.group(0).split(".")) if match else None
+def _version(value: Value) -> Version | None:
+    """packaging's reading of a version (``2.13.0+cpu``, ``3.12.0rc1``); for a string that is not PEP 440
+    (``3.11.4+``, a vendor's suffix) the release numbers it starts with; None when it has none. packaging
+    is imported here, when a version row differs, not on every `envkit check`."""
+    from packaging.version import InvalidVersion, Version
+
+    if value is None:
+        return None
+    try:
+        return Version(str(value))
+    except InvalidVersion:
+        numbers = re.match(r"\d+(?:\.\d+)*", str(value))
+        return Version(numbers.group(0)) if numbers else None
 
 
-def _pad(v: tuple[int, ...], n: int = 3) -> tuple[int, ...]:
-    return (v + (0,) * n)[:n]
+def _minor(v: Version) -> tuple[int, int]:
+    return v.major, v.minor
+
+
+def _patch(v: Version) -> tuple[int, int, int]:
+    return v.major, v.minor, v.micro
 
 
 def _rule_python_version(c: Change) -> tuple[str, str]:
-    a, b = _release(c.stored), _release(c.live)
+    a, b = _version(c.stored), _version(c.live)
     if a is None or b is None:
         return "warn", f"Python version unknown on one side ({c.stored} vs {c.live}); make sure both run the same Python"
-    if _pad(a)[:2] != _pad(b)[:2]:
+    if _minor(a) != _minor(b):
         return "refuse", (
             f"written by Python {c.stored}, this is {c.live}: pickled objects and extensions need the same "
-            f"major.minor; resume under Python {'.'.join(map(str, _pad(a)[:2]))} (see `envkit recreate`)"
+            f"major.minor; resume under Python {a.major}.{a.minor} (see `envkit recreate`)"
         )
     return "info", f"Python patch release differs ({c.stored} -> {c.live}); safe to resume"
 
@@ -220,12 +238,12 @@ def _cannot_load(c: Change) -> bool:
 
 
 def _rule_torch_version(c: Change) -> tuple[str, str]:
-    a, b = _release(c.stored), _release(c.live)
+    a, b = _version(c.stored), _version(c.live)
     if c.live is None:
         return "refuse", NO_TORCH.format(stored=c.stored)
     if a is None or b is None:
         return "warn", f"torch version unknown on the checkpoint's side; this is torch {c.live}"
-    pa, pb = _pad(a), _pad(b)
+    pa, pb = _patch(a), _patch(b)
     if pa[:2] > pb[:2]:
         return "refuse", (
             f"written by torch {c.stored}, this is torch {c.live}: torch serialization is not forward "
@@ -243,8 +261,8 @@ def _rule_torch_version(c: Change) -> tuple[str, str]:
 
 def _rule_minor_sensitive(label: str) -> Callable[[Change], tuple[str, str]]:
     def rule(c: Change) -> tuple[str, str]:
-        a, b = _release(c.stored), _release(c.live)
-        if a is not None and b is not None and _pad(a)[:2] == _pad(b)[:2]:
+        a, b = _version(c.stored), _version(c.live)
+        if a is not None and b is not None and _minor(a) == _minor(b):
             return "info", f"{label} patch release differs ({c.stored} -> {c.live})"
         if c.stored is None:
             return "warn", (

@@ -1,4 +1,4 @@
-"""The exit-code contract (DESIGN §5), in real processes: a path that cannot be used is exit 2 and
+"""The exit-code contract (docs/architecture.md), in real processes: a path that cannot be used is exit 2 and
 ONE line on stderr naming it and the fix (never a traceback, never exit 1, which means "refused");
 with --json, stdout holds one document ``{"error": ..., "exit_code": 2}``. Click usage errors too.
 

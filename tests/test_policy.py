@@ -222,3 +222,56 @@ def test_a_judgement_is_frozen() -> None:
     assert judged == policy.Judgement((), "ok")
     with pytest.raises(AttributeError):
         judged.verdict = "refuse"  # type: ignore[misc]
+
+
+# -- versions are read by packaging (PEP 440), with a fallback for strings that are not PEP 440 ------
+
+
+def torch_row(stored: str, live: str) -> tuple[str, str]:
+    fp = replace(BASE, torch=replace(BASE.torch, version=stored))
+    (row,) = [r for r in evaluate(diff(fp, replace(BASE, torch=replace(BASE.torch, version=live)))) if r.field == "torch.version"]
+    return row.severity, row.reason
+
+
+@pytest.mark.parametrize(
+    ("stored", "live", "severity", "says"),
+    [
+        ("2.13.0+cpu", "2.13.0+cu121", "warn", "another build of torch 2.13.0"),  # local tags: one release
+        ("2.13.0", "2.13.0+cpu", "warn", "another build of torch 2.13.0"),
+        ("2.1.0a0+git9d3b1f", "2.1.0", "warn", "another build of torch 2.1.0"),  # a pre-release of the same release
+        ("2.1.0rc1", "2.0.1", "refuse", "install torch>=2.1.0"),
+        ("2.1", "2.0.1", "refuse", "install torch>=2.1.0"),  # padded: 2.1 is 2.1.0
+        ("2.0.1", "2.0.1.post1", "warn", "another build of torch 2.0.1"),
+        ("2.0.1", "2.0.2+cu118", "info", "patch release"),
+        ("v2.1.0", "2.0.1", "refuse", "install torch>=2.1.0"),  # PEP 440 allows a leading v
+        ("2.1.0-custom build", "2.0.1", "refuse", "install torch>=2.1.0"),  # not PEP 440: its leading release numbers
+        ("unknown", "2.0.1", "warn", "torch version unknown"),
+    ],
+)
+def test_torch_versions_are_read_by_packaging(stored: str, live: str, severity: str, says: str) -> None:
+    got, reason = torch_row(stored, live)
+    assert got == severity and says in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("stored", "live", "severity"),
+    [
+        ("3.11.7", "3.11.4+", "info"),  # a CPython built from a branch: not PEP 440, read as 3.11.4
+        ("3.12.0rc1", "3.12.1", "info"),
+        ("3.11.7", "3.12.0b1", "refuse"),
+        ("v3.11.7", "3.11.8", "info"),
+        ("3.11.7", "PyPy 7.3", "warn"),  # no release numbers first: unknown
+    ],
+)
+def test_python_versions_are_read_by_packaging(stored: str, live: str, severity: str) -> None:
+    fp = replace(BASE, python=PythonInfo(stored, "CPython"))
+    rows = evaluate(diff(fp, replace(fp, python=PythonInfo(live, "CPython"))))
+    assert {r.field: r.severity for r in rows} == {"python.version": severity}
+
+
+def test_cuda_versions_compare_major_minor_by_packaging() -> None:
+    live = replace(BASE, torch=replace(BASE.torch, cuda="11.8.89"))
+    rows = {r.field: r for r in evaluate(diff(BASE, live))}
+    assert rows["torch.cuda"].severity == "info" and "patch release" in rows["torch.cuda"].reason
+    live = replace(BASE, torch=replace(BASE.torch, cuda="12.1"))
+    assert {r.field: r.severity for r in evaluate(diff(BASE, live))}["torch.cuda"] == "warn"

@@ -1,4 +1,4 @@
-"""CheckpointManager: the resumable training loop's checkpoints, that cannot lose work (DESIGN §7).
+"""CheckpointManager: the resumable training loop's checkpoints, that cannot lose work (docs/architecture.md).
 
     mgr = CheckpointManager("runs/exp1", project="exp1", keep_last=3, keep_best=1, monitor="val_loss")
     info = mgr.resume(model=model, optimizer=opt, scheduler=sched, sampler=sampler)

@@ -1,6 +1,6 @@
 """Read what a checkpoint says about itself, in milliseconds and without torch.
 
-Order (DESIGN §3): the ``<prefix>/extra/envkit.json`` member of a zip checkpoint;
+Order (docs/architecture.md, reading a stamp): the ``<prefix>/extra/envkit.json`` member of a zip checkpoint;
 else the ``envkit`` key of the pickled dict, read with the restricted unpickler
 (zip ``data.pkl`` or the legacy stream); else the file is reported unstamped.
 """

@@ -10,15 +10,11 @@ import os
 import shutil
 import subprocess
 
-from envkit.errors import EnvkitError
+from envkit.errors import RequeueFailed
+
+__all__ = ["RequeueFailed", "requeue_job", "slurm_job_id"]
 
 SCONTROL_TIMEOUT_S = 60
-
-
-class RequeueFailed(EnvkitError):
-    """``scontrol requeue`` did not succeed; the checkpoint is saved, resubmit the job by hand."""
-
-    exit_code = 1
 
 
 def slurm_job_id() -> str | None:

@@ -1,4 +1,4 @@
-"""The checkpoint stamp, schema ``envkit.stamp/1`` (DESIGN §3).
+"""The checkpoint stamp, schema ``envkit.stamp/1`` (docs/architecture.md).
 
 A stamp read from a file keeps its fingerprint as the JSON it found and builds the
 ``Fingerprint`` on first use: ``latest()`` and ``verify`` need only the payload record

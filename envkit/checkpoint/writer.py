@@ -1,4 +1,4 @@
-"""Atomic, stamped saves (DESIGN §3 and §7).
+"""Atomic, stamped saves (docs/architecture.md, checkpoints at runtime).
 
 ``torch.save`` writes into ``<dir>/.<name>.tmp-<pid>`` through a hashing wrapper;
 the stamp is appended as a zip member in the same file; the file is fsynced,

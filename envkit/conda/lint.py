@@ -13,7 +13,7 @@ says; warnings are what still works but will not reproduce or surprises later.
 | `invalid-pip`          | error    | a `pip:` line pip cannot read (`requests>>2`, `foo bar`, `numpy=1.2`, an unknown option) |
 | `invalid-name`         | error    | a `name:` conda refuses: '/', ':', '#' or a space in it, or `base`/`root` |
 | `duplicate-pip`        | error    | two `pip:` sections: conda keeps the last                                |
-| `invalid-spec`         | error    | a dependency conda's MatchSpec grammar rejects (`numpy=>1.2`)            |
+| `invalid-spec`         | error    | a dependency rattler's MatchSpec rejects, or reads otherwise than conda (`numpy=>1.2`) |
 | `duplicate-package`    | error    | one package with two different constraints (conda keeps one)           |
 |                        | warning  | one package listed twice the same way                                    |
 | `cudatoolkit-pytorch2` | error    | `cudatoolkit` with the pytorch channel's pytorch >= 2.0, whose CUDA builds need `pytorch-cuda`: the solve quietly picks the CPU build |
@@ -43,12 +43,15 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
-from envkit.conda.matchspec import InvalidMatchSpec, MatchSpec, parse_match_spec, version_clauses
+from envkit.conda.platforms import admits_at_least, lowest_version
 from envkit.conda.prefixes import env_name_problem
 from envkit.conda.spec import KNOWN_KEYS, EnvironmentSpec, Item, load_spec
 from envkit.errors import EXIT_OK, EXIT_REFUSED
+
+if TYPE_CHECKING:
+    from rattler import MatchSpec
 
 Severity = Literal["error", "warning"]
 
@@ -169,28 +172,122 @@ def _picks_cuda(build: str | None) -> bool:
 
 
 def _may_be_2_or_newer(version: str | None) -> bool:
-    """Could this pytorch version constraint admit 2.0 or later? Unpinned: yes (the newest is 2.x)."""
-    if version is None:
-        return True
-    return any(not any(_caps_below_2(op, v) for op, v in clause) for clause in version_clauses(version))
+    """Could this pytorch version constraint admit 2.0 or later? Unpinned: yes (the newest is 2.x).
+    Matched by rattler, as conda does (`2` == `2.0.0`); 2.0 pre-releases are not counted as 2.x here."""
+    return version is None or admits_at_least(version, "2")
 
 
-def _caps_below_2(op: str, version: str) -> bool:
-    """Does `op version` exclude every 2.x release? Compared as conda does (rattler's Version:
-    `2` == `2.0.0`); 2.0 pre-releases are not counted as 2.x here."""
-    from rattler import Version
-    from rattler.exceptions import InvalidVersionError
+def _name(spec: MatchSpec) -> str:
+    return spec.name.normalized if spec.name is not None else ""
 
+
+def _channel(spec: MatchSpec) -> str | None:
+    """The channel a `channel::name` spec names, as the URL rattler resolves it to (a name is on anaconda.org)."""
+    return spec.channel.base_url if spec.channel is not None else None
+
+
+# -- a dependency line, read by rattler's MatchSpec; the reason and fix when it is not a spec ------
+
+# Bracket keys rattler reads that conda knows too.
+_BRACKET_KEYS = ("build", "build_number", "channel", "fn", "license", "license_family", "md5", "sha256", "subdir",
+                 "track_features", "url", "version")
+_BUILD = re.compile(r"[0-9A-Za-z_.+!*-]+")
+_OPERATOR_TYPOS = {"=>": ">=", "=<": "<=", "=!": "!=", "<>": "!="}
+
+
+def parse_dependency(text: str) -> MatchSpec | str:
+    """rattler's MatchSpec of a conda dependency line, read as conda reads environment files
+    (``strict=False``: ``numpy 1.26.4 py311_0``, ``pytorch=2.0.1=*cuda*``); else why it is not a spec and
+    what to write instead: rattler rejects it, or reads it only by guessing at something conda rejects
+    (a stray ``=``, a build string with a space or a ``$``, a channel with a space)."""
+    from rattler import MatchSpec
+    from rattler.exceptions import InvalidMatchSpecError
+
+    line = text.strip()
+    if not line:
+        return "it is empty; write a package name"
+    # conda reads `NAME VERSION =BUILD` (a space, then one `=`) as `NAME VERSION BUILD`; rattler keeps the `=`
+    name, tail = re.match(r"([^\s=<>!~]*)(.*)", line, re.DOTALL).groups()  # type: ignore[union-attr]
+    line = name + re.sub(r"(\S)\s+=(?=[^\s=<>!~,|\[]+$)", r"\1 ", tail)
     try:
-        bound = Version(version.split("*")[0].rstrip(".") or "0")
-    except InvalidVersionError:
-        return False
-    two = Version("2")
-    if op == "<":
-        return bound <= two
-    if op in ("<=", "", "=", "==", "~="):  # `=1.13` is 1.13.*, `1.*` starts at 1: below 2 when the bound is
-        return bound < two
-    return False
+        spec = MatchSpec(line, strict=False)
+    except InvalidMatchSpecError as exc:
+        return _rejected(line, str(exc).splitlines()[0])
+    return _misread(line, spec) or spec
+
+
+def _rejected(line: str, error: str) -> str:
+    """rattler's parse error, as the mistake it usually is and its fix."""
+    head = line.split("[", 1)[0]
+    if error == "missing package name":
+        return "no package name before the version; write name>=1.0"
+    if error.startswith("invalid package name") and "[" in line:
+        return "brackets must close and come last, as in name[version='>=1.0']"
+    name = re.match(r"invalid package name '([^']*)'|\"([^\"]*)\" looks like a glob", error)
+    if name:
+        return f"{name.group(1) or name.group(2)!r} is not a package name (letters, digits, '-', '_', '.')"
+    if error.startswith("unable to parse version spec: "):
+        return _version_problem(error.removeprefix("unable to parse version spec: ")) or error
+    if error == "invalid bracket":
+        return ("cannot read the brackets; write key=value pairs separated by commas, quoting values "
+                "that hold a comma: [version='>=1,<2', build=*cuda*]")
+    if error.startswith("invalid bracket key: "):
+        key = error.removeprefix("invalid bracket key: ")
+        return f"unknown field {key!r} in brackets; use one of {', '.join(_BRACKET_KEYS)}"
+    if error.startswith("invalid build number spec"):
+        value = re.search(r"build_number\s*=\s*['\"]?([^,'\"\]]*)", line)
+        return f"build_number={value.group(1) if value else ''!r} is not a number (optionally after >=, <, ...)"
+    return _empty_bracket_value(line) or _empty_version_part(head) or f"{error}; see conda's package match specifications"
+
+
+def _version_problem(version: str) -> str | None:
+    if version.count("(") != version.count(")"):
+        return f"unbalanced parentheses in {version!r}"
+    typo = re.search("|".join(map(re.escape, _OPERATOR_TYPOS)), version)
+    if typo:
+        return (f"`{typo.group(0)}` in {version!r} is not an operator (use ==, !=, <=, >=, ~=, =, <, >); "
+                f"did you mean `{_OPERATOR_TYPOS[typo.group(0)]}`?")
+    dangling = re.search(r"(==|!=|<=|>=|~=|=|<|>)(?=$|[,|])", version)
+    if dangling:
+        op = dangling.group(1)
+        return f"`{op}` is not followed by a version; write {op}1.0 with no space, or drop it"
+    if re.search(r"(^|[,|])([,|]|$)", version):
+        return f"an empty constraint in {version!r} (a stray ',' or '|')"
+    return None
+
+
+def _empty_bracket_value(line: str) -> str | None:
+    empty = re.search(r"\[.*?\b(\w+)\s*=\s*(?:''|\"\"|(?=[,\]]))", line)
+    return f"the bracket field {empty.group(1)!r} has no value" if empty else None
+
+
+def _empty_version_part(head: str) -> str | None:
+    part = re.search(r"[\d*]*\.\.[\w.*]*|\d\w*\.(?=$|[\s=,|])", head)
+    return f"{part.group(0)!r} has an empty version part; write e.g. 1.2 or 1.2.*" if part else None
+
+
+def _misread(line: str, spec: MatchSpec) -> str | None:
+    """What rattler accepted by guessing, where conda rejects the line or reads it otherwise."""
+    head = line.split("[", 1)[0].strip()
+    channel = head.rpartition("::")[0]
+    version = re.sub(r"^[^\s=<>!~]+\s*", "", head.rpartition("::")[2])
+    if channel and re.search(r"\s", channel):
+        return f"{channel!r} before `::` is not a channel name or URL"
+    if re.search(r"(?<![=<>!~])=\s", head):  # conda and rattler read `numpy = 1.2` as 1.2.*, but it reads as a typo
+        return "`=` is not followed by a version; write =1.0 with no space, or drop it"
+    problem = _empty_bracket_value(line) or _empty_version_part(head)
+    if problem:
+        return problem
+    build = spec.build
+    if build and "=" in build:  # `numpy==1.2==`: rattler takes the second `==` for a build
+        return f"{version.lstrip('=<>!~')!r} is not a version: one `=` too many; write name==VERSION or name=VERSION=BUILD"
+    if head.endswith("="):
+        return f"{version!r} ends with '='; write version=BUILD or drop the trailing '='"
+    if build and re.search(r"\s", build):
+        return "too many space-separated parts; write name=version=build"
+    if build and not _BUILD.fullmatch(build):
+        return f"{build!r} is not a build string (letters, digits, '_', '.', '*')"
+    return None
 
 
 class _Linter:
@@ -203,16 +300,17 @@ class _Linter:
         unusable = {p.line for p in spec.problems}  # reported once, by the problems rule
         self.pip_items = [i for i in spec.pip_items if i.line not in unusable]
         for item in (i for i in spec.conda_items if i.line not in unusable):
-            try:
-                self.parsed.append((item, parse_match_spec(item.text)))
-            except InvalidMatchSpec as exc:
-                self.invalid.append((item, str(exc)))
+            parsed = parse_dependency(item.text)
+            if isinstance(parsed, str):
+                self.invalid.append((item, parsed))
+            else:
+                self.parsed.append((item, parsed))
 
     def finding(self, line: int, severity: Severity, code: str, message: str) -> Finding:
         return Finding(self.path, line, severity, code, message)
 
     def named(self, *names: str) -> list[tuple[Item, MatchSpec]]:
-        return [(i, m) for i, m in self.parsed if m.name.lower() in names]
+        return [(i, m) for i, m in self.parsed if _name(m) in names]
 
     def run(self) -> Iterator[Finding]:
         for rule in (
@@ -290,7 +388,7 @@ class _Linter:
                                        f"`{item.text}` and `{first.text}` (line {first.line}) both constrain {name} in {where}; "
                                        "only one of them takes effect; keep one line with the constraint you mean")
 
-        conda = [(i, m.name.lower(), f"{m.version or ''}={m.build or ''}") for i, m in self.parsed]
+        conda = [(i, _name(m), f"{m.version or ''}={m.build or ''}") for i, m in self.parsed]
         yield from report(conda, "the conda dependencies")
         pip = []
         for item in self.pip_items:
@@ -301,16 +399,18 @@ class _Linter:
 
     def pytorch_channel_provides(self, spec: MatchSpec) -> bool:
         """Does the pytorch channel supply this package, under strict channel priority?"""
-        if spec.channel:
-            return _channel_name(spec.channel) == "pytorch"
+        channel = _channel(spec)
+        if channel:
+            return _channel_name(channel) == "pytorch"
         carriers = [c for c in self.channels if c in _PYTORCH_CARRIERS]
         return bool(carriers) and carriers[0] == "pytorch"
 
     def public_pytorch_provides(self, spec: MatchSpec) -> bool:
         """Does this package come from the public pytorch channel (not a local channel or a mirror)?"""
-        if spec.channel:
-            return _is_public_pytorch(spec.channel)
-        if spec.name.lower() == "pytorch-cuda":  # only the pytorch channel has it
+        channel = _channel(spec)
+        if channel:
+            return _is_public_pytorch(channel)
+        if _name(spec) == "pytorch-cuda":  # only the pytorch channel has it
             return any(_is_public_pytorch(c) for c in self.spec.channels)
         carriers = [c for c in self.spec.channels if _is_public_pytorch(c) or _channel_name(c) in _PYTORCH_CARRIERS]
         return bool(carriers) and _is_public_pytorch(carriers[0])
@@ -323,18 +423,19 @@ class _Linter:
         which = f"`{torch_item.text}`" if torch_spec.version else "an unpinned `pytorch` (the newest is 2.x)"
         nvidia = "" if "nvidia" in self.channels else " and add the `nvidia` channel"
         for item, spec in self.named("cudatoolkit"):
-            cuda = re.search(r"\d+\.\d+", spec.version or "")
-            replacement = f"`pytorch-cuda={cuda.group(0)}`" if cuda else "`pytorch-cuda=X.Y` (11.7 or 11.8 for pytorch 2.0)"
+            lowest = lowest_version(spec.version) if spec.version else None
+            cuda = lowest.extend_to_length(2).as_major_minor() if lowest is not None else None
+            replacement = f"`pytorch-cuda={cuda[0]}.{cuda[1]}`" if cuda else "`pytorch-cuda=X.Y` (11.7 or 11.8 for pytorch 2.0)"
             yield self.finding(item.line, "error", "cudatoolkit-pytorch2",
                                f"`{item.text}` does nothing for {which} from the pytorch channel (line {torch_item.line}): "
                                f"since 2.0 its CUDA builds depend on `pytorch-cuda`, not cudatoolkit, so the solver quietly "
                                f"installs the CPU build; replace this line with {replacement}{nvidia}")
 
     def cuda(self) -> Iterator[Finding]:
-        requests = [(i, m) for i, m in self.parsed if m.name.lower() == "pytorch-cuda" or _picks_cuda(m.build)]
+        requests = [(i, m) for i, m in self.parsed if _name(m) == "pytorch-cuda" or _picks_cuda(m.build)]
         if not requests:
             return
-        pinned = any((m.name.lower() in _CUDA_PINS and m.version and m.version.strip("=*") != "")
+        pinned = any((_name(m) in _CUDA_PINS and m.version and m.version.strip("=*") != "")
                      or (m.build and _CUDA_BUILD_VERSION.search(m.build)) for _, m in self.parsed)
         item = requests[0][0]
         if not pinned:
@@ -344,8 +445,8 @@ class _Linter:
                                f"`cuda-version=11.8` (conda-forge)")
         # Only the public pytorch channel is known to need nvidia's; a local channel or a mirror that solves is not judged.
         needs_nvidia = [(i, m) for i, m in requests
-                        if m.name.lower() in ("pytorch-cuda", "pytorch") and self.public_pytorch_provides(m)]
-        uses_nvidia = "nvidia" in self.channels or any(m.channel and _channel_name(m.channel) == "nvidia" for _, m in self.parsed)
+                        if _name(m) in ("pytorch-cuda", "pytorch") and self.public_pytorch_provides(m)]
+        uses_nvidia = "nvidia" in self.channels or any(_channel_name(_channel(m) or "") == "nvidia" for _, m in self.parsed)
         if needs_nvidia and not uses_nvidia:
             item = needs_nvidia[0][0]
             yield self.finding(item.line, "error", "cuda-needs-nvidia",
@@ -371,7 +472,7 @@ class _Linter:
             yield self.finding(pip_sections[-1].line, "warning", "pip-without-pip",
                                "a `pip:` list but no `pip` in dependencies: conda adds a pip of its own choosing; "
                                "add `- pip` to dependencies")
-        conda_names = {re.sub(r"[-_.]+", "-", m.name.lower()): i for i, m in self.parsed}
+        conda_names = {re.sub(r"[-_.]+", "-", _name(m)): i for i, m in self.parsed}
         for item in self.pip_items:
             parsed = _pip_name(item.text)
             if not parsed or parsed[0] == "pip":

@@ -264,8 +264,7 @@ def _dependencies(depends: list[str]) -> dict[str, str]:
     for dep in depends:
         try:
             spec = MatchSpec(dep, strict=False)
-            name = spec.name.normalized if hasattr(spec.name, "normalized") else str(spec.name).split('"')[1]
-            out[name] = str(spec.version) if spec.version is not None else ""
+            out[spec.name.normalized] = spec.version or ""
         except Exception:  # noqa: BLE001 - keep an odd depends line verbatim
             name, _, rest = dep.partition(" ")
             out[name] = rest

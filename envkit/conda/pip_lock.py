@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envkit.errors import BadInput, LockError
+from envkit.errors import BadInput, LockError, NoPipDistribution, PipIndexUnreachable
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 _ARCH = {"64": "x86_64", "aarch64": "aarch64", "ppc64le": "ppc64le", "arm64": "arm64"}
@@ -63,29 +63,20 @@ class PipPackage:
         return f"{self.name}=={self.version} --hash=sha256:{self.sha256}"
 
 
-class PipIndexUnreachable(LockError):
-    """The package index pip is configured with cannot be reached."""
-
-
-class NoPipDistribution(LockError):
-    """A pip requirement has no wheel for a target platform (or cannot be resolved)."""
-
-
 def wheel_platforms(platform: str, virtual: Iterable[Any]) -> tuple[str, ...]:
     """pip ``--platform`` tags for a conda platform, from its virtual packages (__glibc, __osx)."""
     versions = {v.name: v.version for v in virtual}
     system, _, arch_name = platform.partition("-")
     arch = _ARCH.get(arch_name)
     if system == "linux" and arch:
-        minor = _minor(versions.get("__glibc", "2.17"), 17)
+        minor = _major_minor(versions.get("__glibc", "2.17"), (2, 17))[1]
         tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, 4, -1)]
         legacy = [f"manylinux{alias}_{arch}" for alias, needs in _LEGACY_MANYLINUX if minor >= needs and (alias == "2014" or arch == "x86_64")]
         return (*tags, *legacy, f"linux_{arch}")
     if system == "osx" and arch:
         from packaging.tags import mac_platforms
 
-        major, _, rest = versions.get("__osx", "11.0").partition(".")
-        return tuple(mac_platforms((int(major), int(rest.split(".")[0] or 0)), arch))
+        return tuple(mac_platforms(_major_minor(versions.get("__osx", "11.0"), (11, 0)), arch))
     if platform == "win-64":
         return ("win_amd64",)
     raise BadInput(f"{platform}: envkit cannot lock `pip:` packages for this platform; lock it without the `pip:` part")
@@ -108,9 +99,15 @@ def marker_environment(platform: str, python_version: str) -> dict[str, str]:
     }
 
 
-def _minor(version: str, default: int) -> int:
-    parts = version.split(".")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else default
+def _major_minor(version: str, default: tuple[int, int]) -> tuple[int, int]:
+    """A virtual package's version (``__glibc 2.28``, ``__osx 10.15``) as (major, minor), by rattler's Version."""
+    from rattler import Version
+    from rattler.exceptions import InvalidVersionError
+
+    try:
+        return Version(version).extend_to_length(2).as_major_minor() or default
+    except InvalidVersionError:
+        return default
 
 
 def resolve_pip(

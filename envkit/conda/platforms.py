@@ -4,7 +4,7 @@ The set is conda-lock's own (its default-virtual-packages.yaml, with ``--with-cu
 setting or removing ``__cuda``), so that the content hash envkit writes is the one
 ``conda-lock`` computes for the same spec and options, and the solver sees exactly
 what the hash covers. Never the machine's own detection: a lock made on a laptop
-must not depend on the laptop's GPU (DESIGN §6).
+must not depend on the laptop's GPU (docs/architecture.md, conda, CUDA and rattler).
 """
 
 from __future__ import annotations
@@ -49,21 +49,19 @@ def virtual_package_repo(with_cuda: str | None) -> Any:
 
 
 def virtual_packages(repo: Any, platform: str) -> tuple[VirtualPackage, ...]:
-    found = {}
+    from rattler import Version
+
+    found: dict[str, VirtualPackage] = {}
     for package, subdirs in repo.packages_by_subdir.items():
         if platform in subdirs:
             # the __osx 10.15 duplicate only exists to keep old hashes; the newest wins
             prior = found.get(package.name)
-            if prior is None or _vkey(package.version) > _vkey(prior.version):
+            if prior is None or Version(package.version) > Version(prior.version):
                 found[package.name] = VirtualPackage(package.name, package.version, package.build_string or "0")
     return tuple(sorted(found.values(), key=lambda v: v.name))
 
 
-def _vkey(version: str) -> tuple[int, ...]:
-    return tuple(int(x) if x.isdigit() else 0 for x in version.split("."))
-
-
-# -- CUDA: the __cuda a solve assumes (DESIGN §6) ---------------------------------------
+# -- CUDA: the __cuda a solve assumes -----------------------------------------------------
 
 # What the spec asks for when it names one of these packages with a version.
 CUDA_PINS = ("pytorch-cuda", "cuda-version", "cudatoolkit")
@@ -73,7 +71,7 @@ _CUDA_BUILD = re.compile(r"cuda|cu\d{2,3}", re.IGNORECASE)
 # cuda11.8 / cuda_11.8 / cuda118 / cu118 in a build string
 _CUDA_BUILD_VERSION = re.compile(r"cuda_?(\d{2})\.?(\d)(?!\d)|cu(\d{2})(\d)(?!\d)", re.IGNORECASE)
 # A CUDA intent without a version (`pytorch-cuda`, `*cuda*`) assumes a driver for the newest CUDA
-# (13.0, what the H200 probe in DESIGN §8 reports), so that any CUDA build solves; lint warns that
+# (13.0, what the H200 in tests/data/gpu-h200-probe.json reports), so that any CUDA build solves; lint warns that
 # nothing pins the CUDA version (`cuda-unpinned`).
 CUDA_WITHOUT_VERSION = "13.0"
 
@@ -100,21 +98,23 @@ def cuda_from_specs(conda_specs: tuple[str, ...] | list[str], with_cuda: str | N
     checked = check_cuda_version(with_cuda)
     if checked is not None:
         return checked or None
-    from envkit.conda.matchspec import InvalidMatchSpec, parse_match_spec
+    from rattler import MatchSpec
+    from rattler.exceptions import InvalidMatchSpecError
 
-    found: list[tuple[int, ...]] = []
+    found: list[tuple[int, int]] = []
     intent = False
     for line in conda_specs:
         try:
-            spec = parse_match_spec(line)
-        except InvalidMatchSpec:
+            spec = MatchSpec(line, strict=False)
+        except InvalidMatchSpecError:
             continue  # conda-lock's parser reports it with the line
-        name = spec.name.lower()
+        name = spec.name.normalized if spec.name is not None else ""
         if name in CUDA_PINS:
             intent = True
-            version = _lowest_bound(spec.version)
-            if version:
-                found.append(version)
+            lowest = lowest_version(spec.version) if spec.version else None
+            major_minor = lowest.extend_to_length(2).as_major_minor() if lowest is not None else None
+            if major_minor is not None:  # `=12` is 12.*: from 12.0
+                found.append(major_minor)
         if spec.build and _CUDA_BUILD.search(spec.build):
             intent = True
             m = _CUDA_BUILD_VERSION.search(spec.build)
@@ -126,17 +126,43 @@ def cuda_from_specs(conda_specs: tuple[str, ...] | list[str], with_cuda: str | N
     return CUDA_WITHOUT_VERSION if intent else None
 
 
-def _lowest_bound(version: str | None) -> tuple[int, ...] | None:
-    """``=11.8`` / ``11.8.*`` / ``>=11.7,<12`` -> (11, 8) / (11, 8) / (11, 7); ``<12`` or ``*`` -> None."""
-    from envkit.conda.matchspec import version_clauses
+# -- conda version specs, judged by rattler's own matching (conda's ordering: 2 == 2.0.0) ---------
 
-    if not version:
+_VERSION_IN_SPEC = re.compile(r"\d[\w.+!]*")
+
+
+def _witnesses(spec: str) -> list[Any]:
+    """The versions a conda version spec names, each with one just above it (``>11.7`` -> 11.7, 11.7.1),
+    sorted: where the versions it admits start, and where its ranges begin, are among them."""
+    from rattler import Version
+    from rattler.exceptions import InvalidVersionError
+
+    out = []
+    for text in _VERSION_IN_SPEC.findall(spec):
+        text = text.rstrip(".")  # `11.8.*`
+        try:
+            out += [Version(text), Version(text + ".1")]
+        except InvalidVersionError:
+            continue
+    return sorted(out)
+
+
+def lowest_version(spec: str) -> Any:
+    """The lowest version a conda version spec admits, as rattler's ``Version``: ``11.8.*`` / ``==11.8`` ->
+    11.8, ``>=11.7,<12`` -> 11.7; None when it has no lower bound (``<12``, ``*``, ``!=11.8``)."""
+    from rattler import Version, VersionSpec
+
+    admitted = VersionSpec(spec)
+    if admitted.matches(Version("0")):
         return None
-    for alternative in version_clauses(version):
-        for op, value in alternative:
-            if op in ("<", "<=", "!="):
-                continue
-            m = re.match(r"(\d+)\.(\d+)", value)
-            if m:
-                return (int(m.group(1)), int(m.group(2)))
-    return None
+    return next((v for v in _witnesses(spec) if admitted.matches(v)), None)
+
+
+def admits_at_least(spec: str, floor: str) -> bool:
+    """Does this conda version spec admit any release ``>= floor``? (``>=1.13`` and ``!=2.0`` admit 2, ``<2``,
+    ``1.13.*`` and ``~=1.13`` do not; pre-releases of ``floor`` do not count.)"""
+    from rattler import Version, VersionSpec
+
+    admitted, low = VersionSpec(spec), Version(floor)
+    candidates = [low, *_witnesses(spec), Version("999999")]
+    return any(v >= low and admitted.matches(v) for v in candidates)

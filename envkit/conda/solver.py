@@ -171,7 +171,7 @@ def _short(exc: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# -- the solved plan: a CPU pytorch next to a CUDA pin is a refusal (DESIGN §6) ------------
+# -- the solved plan: a CPU pytorch next to a CUDA pin is a refusal (docs/architecture.md) ---------
 
 TORCH_PACKAGES = ("pytorch", "torch", "libtorch", "torchvision", "torchaudio")
 CUDA_PIN_PACKAGES = ("pytorch-cuda", "cudatoolkit", "cuda-version")

@@ -1,4 +1,4 @@
-"""The environment fingerprint: what wrote a checkpoint (DESIGN §2)."""
+"""The environment fingerprint: what wrote a checkpoint (docs/architecture.md, formats on disk)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fingerprint data model, schema ``envkit.fingerprint/1`` (DESIGN §2).
+"""The fingerprint data model, schema ``envkit.fingerprint/1`` (docs/architecture.md).
 
 Frozen dataclasses in, plain JSON out. The digest is the sha256 of the canonical
 JSON (sorted keys, no whitespace) of everything except ``host``, ``runtime`` and the
@@ -201,9 +201,6 @@ class Fingerprint:
     @cached_property
     def digest(self) -> str:
         return sha256_of(self._content())
-
-    def package_versions(self) -> dict[str, str]:
-        return {p.name: p.version for p in self.packages}
 
     @property
     def effective_cudnn(self) -> str | None:

@@ -75,6 +75,43 @@ def test_cuda_intent_of_a_spec(lines: list[str], cuda: str | None) -> None:
     assert cuda_from_specs(lines) == cuda
 
 
+@pytest.mark.parametrize(
+    ("lines", "cuda"),
+    [
+        (["pytorch-cuda>11.7"], "11.7"),  # the versions just above 11.7 are 11.7.x
+        (["cuda-version=12"], "12.0"),  # `=12` is 12.*: its lowest is 12.0
+        (["cuda-version>=11.7.1,<12"], "11.7"),
+        (["cudatoolkit 11.8.0 h4ba93d1_12"], "11.8"),
+        (["pytorch-cuda!=11.8"], CUDA_WITHOUT_VERSION),  # no lower bound: nothing said about the driver
+        (["cuda-version[version='>=12.1']"], "12.1"),
+        (["pytorch-cuda=11.8|12.1"], "11.8"),
+    ],
+)
+def test_cuda_pins_are_matched_by_rattler(lines: list[str], cuda: str | None) -> None:
+    """The lowest version a pin admits, by rattler's VersionSpec (conda's ordering), not by reading digits."""
+    assert cuda_from_specs(lines) == cuda
+
+
+@pytest.mark.parametrize(
+    ("spec", "lowest", "admits_2"),
+    [
+        (">=1.13", "1.13", True), ("<2", None, False), ("1.13.*", "1.13", False), ("~=1.13", "1.13", False),
+        ("!=2.0", None, True), ("==2.0.1", "2.0.1", True), ("<=2.0", None, True), ("<2.0.1", None, True),
+        (">=1.12,<2|>=2.1", "1.12", True), (">2.5,<2.6", "2.5.1", True), ("*", None, True),
+        (">=2.0.0a1,<2.0", "2.0.0a1", False),  # only pre-releases of 2.0: not 2.x
+        ("2.*", "2", True), ("1.*|<2", None, False),
+    ],
+)
+def test_conda_version_bounds(spec: str, lowest: str | None, admits_2: bool) -> None:
+    from rattler import Version
+
+    from envkit.conda.platforms import admits_at_least, lowest_version
+
+    low = lowest_version(spec)
+    assert (low if low is None else str(low)) == (lowest if lowest is None else str(Version(lowest)))
+    assert admits_at_least(spec, "2") is admits_2
+
+
 def test_with_cuda_wins_over_the_spec_and_empty_means_none() -> None:
     assert cuda_from_specs(["pytorch-cuda=11.8"], "12.1") == "12.1"
     assert cuda_from_specs(["pytorch-cuda=11.8"], "") is None

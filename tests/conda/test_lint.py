@@ -215,6 +215,99 @@ def test_invalid_spec_is_an_error_at_its_line(tmp_path: Path, spec: str, says: s
     assert (error.code, error.line) == ("invalid-spec", 6) and f"`{spec}`" in error.message and says in error.message
 
 
+# -- a dependency line as rattler's MatchSpec reads it (moved from test_matchspec.py: envkit's own
+# grammar is gone); rattler's version is its canonical form: `=1.26` is `1.26.*`, `1.26.4` is `==1.26.4`
+
+ANACONDA = "https://conda.anaconda.org/"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("numpy", ("numpy", None, None, None)),
+        ("numpy=1.26", ("numpy", "1.26.*", None, None)),
+        ("flask==2.0.2", ("flask", "==2.0.2", None, None)),
+        ("numpy>=1.21,<2", ("numpy", ">=1.21,<2", None, None)),
+        ("numpy >=1.0 , <2.0 =py34_0", ("numpy", ">=1.0,<2.0", "py34_0", None)),  # conda's `VERSION =BUILD`
+        ("numpy>= 1.2", ("numpy", ">=1.2", None, None)),
+        ("python 3.11.*", ("python", "3.11.*", None, None)),
+        ("python>=3.8,<3.12|3.7.*", ("python", ">=3.8,<3.12|3.7.*", None, None)),
+        ("numpy 1.26.4 py311_0", ("numpy", "==1.26.4", "py311_0", None)),
+        ("pytorch=2.0.1=*cuda*", ("pytorch", "==2.0.1", "*cuda*", None)),
+        ("pytorch=*=*cuda*", ("pytorch", "*", "*cuda*", None)),
+        ("openssl=3.0.8=h0a4308_0", ("openssl", "==3.0.8", "h0a4308_0", None)),
+        ("pytorch::pytorch=2.0.1", ("pytorch", "2.0.1.*", None, ANACONDA + "pytorch/")),
+        ("conda-forge/label/dev::numpy", ("numpy", None, None, ANACONDA + "conda-forge/label/dev/")),
+        ("https://104.17.92.24:443::flask=1.0.2", ("flask", "1.0.2.*", None, "https://104.17.92.24/")),
+        ("pytorch[version='>=2', build=*cuda*]", ("pytorch", ">=2", "*cuda*", None)),
+        ('numpy[version=">=1,<2"]', ("numpy", ">=1,<2", None, None)),
+        ("numpy[build_number='>=3', channel=conda-forge]", ("numpy", None, None, ANACONDA + "conda-forge/")),
+        ("_libgcc_mutex", ("_libgcc_mutex", None, None, None)),
+        ("mkl<2024.1", ("mkl", "<2024.1", None, None)),
+        ("openssl 1.1.1w", ("openssl", "==1.1.1w", None, None)),
+        ("https://repo.anaconda.com/pkgs/main/linux-64/ca-certificates-2025.2.25-h06a4308_0.conda", ("ca-certificates", None, None, None)),
+        ("NumPy>=1.2", ("numpy", ">=1.2", None, None)),  # names are case-insensitive
+        ("numpy =1.2", ("numpy", "1.2.*", None, None)),  # `=1.2` after a space is still 1.2.*, not a build
+        ("numpy 1.2 =py_0", ("numpy", "==1.2", "py_0", None)),
+        # conda reads an empty channel before `::` as no channel, and so does rattler (envkit's old grammar refused it)
+        ("::numpy", ("numpy", None, None, None)),
+    ],
+)
+def test_valid_specs_are_read_by_rattler(text: str, expected: tuple[str, str | None, str | None, str | None]) -> None:
+    from envkit.conda.lint import parse_dependency
+
+    spec = parse_dependency(text)
+    assert not isinstance(spec, str), spec
+    assert (spec.name.normalized, spec.version, spec.build, spec.channel.base_url if spec.channel else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("numpy=>1.2", "did you mean `>=`?"),
+        ("numpy=<1", "did you mean `<=`?"),
+        ("numpy=", "`=` is not followed by a version"),
+        # conda and rattler read this as numpy 1.2.*; lint keeps calling the spaced `=` a typo
+        ("numpy = 1.2", "no space"),
+        ("numpy>=", "`>=` is not followed by a version"),
+        (">=1.0", "no package name"),
+        ("numpy,>=1", "not a package name"),
+        ("num$py", "not a package name"),
+        ("*", "not a package name"),
+        # rattler accepts the next five by guessing (a build of `=`, `.`, `py$`, `py36 extra`; a
+        # version 1.2.* for `=1.2=`); conda rejects `==1.2==` and `=1.2=`, and reads `=1.2.` as 1.2.*
+        ("numpy==1.2==", "not a version"),
+        ("numpy=1.2=", "ends with '='"),
+        ("numpy=1.2.", "empty version part"),
+        ("numpy 1.2 py36 extra", "too many space-separated parts"),
+        ("numpy=1.2=py$", "not a build string"),
+        ("numpy=1..2", "empty version part"),
+        ("numpy>=1.0,", "empty constraint"),
+        ("numpy>=1|", "empty constraint"),
+        ("numpy (>=1", "unbalanced parentheses"),
+        ("numpy >=1.2 <2", "not a build string"),  # rattler: build `<2`; conda: no such version
+        ("python>=3.8;python_version<3", "not a build string"),  # a pip marker in a conda line
+        ("bad chan::numpy", "not a channel"),  # rattler: the URL-quoted channel `bad%20chan`
+        ("numpy[version=>=1,<2]", "quoting values that hold a comma"),
+        ("numpy[colour=red]", "unknown field 'colour'"),
+        # conda knows these fields, rattler (which solves envkit's locks) does not: the lock would fail
+        ("numpy[features=mkl]", "unknown field 'features'"),
+        ("numpy[name=numpy]", "unknown field 'name'"),
+        ("numpy[version='1'", "brackets must close and come last"),
+        ("numpy[version='']", "has no value"),
+        ("numpy[build='']", "has no value"),  # rattler accepts an empty build
+        ("numpy[build_number=x]", "not a number"),
+    ],
+)
+def test_invalid_specs_say_why(text: str, says: str) -> None:
+    from envkit.conda.lint import parse_dependency
+
+    reason = parse_dependency(text)
+    assert isinstance(reason, str) and says in reason, reason
+
+
 def test_duplicate_packages(tmp_path: Path) -> None:
     report = lint_text(tmp_path, deps("- numpy", "- NumPy", "- scipy=1.11", "- scipy>=1.12", "- pip", "- pip:",
                                       "  - rich", "  - Rich", "  - attrs==23.1", "  - attrs==23.2"))

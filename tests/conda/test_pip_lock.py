@@ -235,3 +235,23 @@ def test_markers_are_evaluated_for_the_target_platform_and_python(tmp_path: Path
     spec = write_spec(old, pip_channel, "  - python=3.10\n  - pip\n  - pip:\n    - cli\n")
     run("lock", "-f", str(spec), "-p", "linux-64")
     assert set(pip_entries(old / "conda-lock.yml")["linux-64"]) == {"cli", "backport"}
+
+
+@pytest.mark.parametrize(
+    ("platform", "virtual", "first"),
+    [
+        ("linux-64", ("__glibc", "2.28"), "manylinux_2_28_x86_64"),
+        ("linux-aarch64", ("__glibc", "2.17"), "manylinux_2_17_aarch64"),
+        ("linux-64", ("__glibc", "2"), "linux_x86_64"),  # rattler's Version: 2 is 2.0, older than any manylinux
+        ("osx-arm64", ("__osx", "11.0"), "macosx_11_0_arm64"),
+        ("osx-64", ("__osx", "10.15"), "macosx_10_15_x86_64"),
+        ("osx-64", ("__osx", "13"), "macosx_13_0_x86_64"),
+        ("osx-64", ("__osx", "not a version"), "macosx_11_0_x86_64"),  # the default
+    ],
+)
+def test_wheel_platforms_read_virtual_package_versions(platform: str, virtual: tuple[str, str], first: str) -> None:
+    from envkit.conda.pip_lock import wheel_platforms
+    from envkit.conda.platforms import VirtualPackage
+
+    tags = wheel_platforms(platform, [VirtualPackage(*virtual, "0")])
+    assert tags[0] == first
