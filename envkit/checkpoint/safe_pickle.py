@@ -244,23 +244,34 @@ def _checked_class(real: type, budget: list[int], source: str) -> type:
     return meta(real.__name__, (), {"__new__": new, "__slots__": ()})
 
 
-def _charge_hashing(todo: list[Any], budget: list[int], source: str) -> None:
-    """Take from budget the nodes that hashing each of todo visits: tuples item by item, shared parts
-    each time they are reached, long ints by their length; iterative, so no depth can overflow."""
+def _charge_hashing(items: list[Any], budget: list[int], source: str) -> None:
+    """Take from budget the nodes that hashing each of items visits: tuples item by item, shared parts
+    each time they are reached, long ints by their length. Counted once per distinct tuple (by id,
+    bottom-up, with no recursion), so a DAG of 2**60 paths costs its few hundred nodes to count."""
+    known: dict[int, int] = {}
     left = budget[0]
-    while todo and left >= 0:
-        item = todo.pop()
-        left -= 1
-        if type(item) is tuple:
-            todo.extend(item)
-        elif type(item) is int and item.bit_length() > 1024:
-            left -= item.bit_length() // 128
+    for item in items:
+        left -= _hash_nodes(item, known)
+        if left < 0:
+            raise UnsafeCheckpoint(
+                f"{source}: the pickle's set or dict items take more than {MAX_HASH_NODES:,} steps to hash "
+                "(tuples built from shared parts); not a checkpoint"
+            )
     budget[0] = left
-    if left < 0:
-        raise UnsafeCheckpoint(
-            f"{source}: the pickle's set or dict items take more than {MAX_HASH_NODES:,} steps to hash "
-            "(tuples built from shared parts); not a checkpoint"
-        )
+
+
+def _hash_nodes(item: Any, known: dict[int, int]) -> int:
+    if type(item) is not tuple:
+        return 1 + item.bit_length() // 128 if type(item) is int else 1
+    todo: list[tuple[tuple[Any, ...], bool]] = [(item, False)]
+    while todo:
+        node, children_done = todo.pop()
+        if children_done:
+            known[id(node)] = 1 + sum(known[id(c)] if type(c) is tuple else _hash_nodes(c, known) for c in node)
+        elif id(node) not in known:
+            todo.append((node, True))
+            todo.extend((c, False) for c in node if type(c) is tuple and id(c) not in known)
+    return known[id(item)]
 
 
 def _encode_class() -> type:
