@@ -164,6 +164,7 @@ def test_payload_in_legacy_header_pickles_is_refused(tmp_path: Path, canary: Pat
     assert not canary.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to keep each payload's damage to itself")
 def test_payloads_are_live(tmp_path: Path) -> None:
     """Each payload, in each layout and placement, runs under torch.load(weights_only=False).
@@ -587,6 +588,7 @@ SUBPROCESS_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,build", SUBPROCESS_CASES, ids=[f"{cmd}-{i}" for i, (cmd, _) in enumerate(SUBPROCESS_CASES)])
 def test_real_process_exits_2_with_one_line(tmp_path: Path, canary: Path, command: str, build: Callable[[Path], bytes]) -> None:
     path = tmp_path / "bad.pt"
