@@ -10,7 +10,7 @@ TORCH20_SPEC ?= torch==2.0.1
 BIN20       := $(VENV20)/bin
 READY20     := $(VENV20)/.envkit-ready
 
-.PHONY: all venv test demo demo-ddp bench bench-8g bench-conda bench-ddp test-torch20 clean
+.PHONY: all venv test test-fast lint demo demo-ddp bench bench-8g bench-conda bench-ddp test-torch20 clean
 
 all: test
 
@@ -26,6 +26,15 @@ venv: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest -q
+
+# everything but the tests marked slow (process-spawning, solves, training runs): under a minute on 2 cores
+test-fast: $(READY)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (lint and import order) and mypy, configured in pyproject.toml; not yet a step of `make test`
+lint: $(READY)
+	$(BIN)/ruff check envkit tests examples benchmarks
+	$(BIN)/mypy envkit
 
 demo: $(READY)
 	$(BIN)/python examples/demo.py

@@ -22,6 +22,7 @@ def train(ckpt_dir: Path, epochs: int, *extra: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train(straight, 4).returncode == 0
@@ -35,6 +36,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(tensor, b["model_state_dict"][key]), key
 
 
+@pytest.mark.slow
 def test_guard_in_the_script_refuses_a_foreign_environment(tmp_path: Path) -> None:
     assert train(tmp_path, 1).returncode == 0
     before = sorted(p.name for p in tmp_path.iterdir())

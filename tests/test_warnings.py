@@ -114,6 +114,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_sharded_resume_warns_at_the_callers_line(tmp_path: Path) -> None:
     """A real one-rank gloo group (sharded checkpoints need one): resume -> load_sharded -> guard."""
     script = tmp_path / "sharded_train.py"
@@ -130,6 +131,7 @@ def test_sharded_resume_warns_at_the_callers_line(tmp_path: Path) -> None:
     assert drift and all(ln.startswith(f"{script}:{line}: ") for ln in drift), done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_warn_at_caller_skips_every_envkit_frame_in_a_real_script(tmp_path: Path) -> None:
     """From a script run as __main__ (the usual train.py), through envkit.load -> guard -> warn."""
     ckpt = tmp_path / "plain.pth"

@@ -17,6 +17,7 @@ import gc
 import io
 import pickle
 import pickletools
+import struct
 from typing import Any, BinaryIO, NamedTuple
 
 from envkit.errors import NotACheckpoint, UnsafeCheckpoint
@@ -221,6 +222,58 @@ def _stub_class(qualname: str) -> type:
     return type("Stub", (), {"__new__": new, "__slots__": (), "qualname": qualname, "_rebuilds_tensor": rebuilds})
 
 
+def _checked_class(real: type, budget: list[int], source: str) -> type:
+    """set, frozenset or OrderedDict for one load, counting what hashing its argument's items costs
+    first (``_scan_bytes`` cannot see into the list a pickle hands them); a fresh class, so BUILD
+    cannot reach the real one. REDUCE calls it (its metaclass's ``__call__``: ``real(*args)``),
+    NEWOBJ calls its ``__new__`` (``real.__new__(real, *args)``, which only frozenset fills)."""
+
+    def check(args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], (list, tuple, dict, set, frozenset)):
+            _charge_hashing(list(args[0]), budget, source)
+
+    def call(cls: type, *args: Any, **kwargs: Any) -> Any:
+        check(args)
+        return real(*args, **kwargs)
+
+    def new(cls: type, *args: Any, **kwargs: Any) -> Any:
+        check(args)
+        return real.__new__(real, *args, **kwargs)
+
+    meta = type("Checked", (type,), {"__call__": call})
+    return meta(real.__name__, (), {"__new__": new, "__slots__": ()})
+
+
+def _charge_hashing(items: list[Any], budget: list[int], source: str) -> None:
+    """Take from budget the nodes that hashing each of items visits: tuples item by item, shared parts
+    each time they are reached, long ints by their length. Counted once per distinct tuple (by id,
+    bottom-up, with no recursion), so a DAG of 2**60 paths costs its few hundred nodes to count."""
+    known: dict[int, int] = {}
+    left = budget[0]
+    for item in items:
+        left -= _hash_nodes(item, known)
+        if left < 0:
+            raise UnsafeCheckpoint(
+                f"{source}: the pickle's set or dict items take more than {MAX_HASH_NODES:,} steps to hash "
+                "(tuples built from shared parts); not a checkpoint"
+            )
+    budget[0] = left
+
+
+def _hash_nodes(item: Any, known: dict[int, int]) -> int:
+    if type(item) is not tuple:
+        return 1 + item.bit_length() // 128 if type(item) is int else 1
+    todo: list[tuple[tuple[Any, ...], bool]] = [(item, False)]
+    while todo:
+        node, children_done = todo.pop()
+        if children_done:
+            known[id(node)] = 1 + sum(known[id(c)] if type(c) is tuple else _hash_nodes(c, known) for c in node)
+        elif id(node) not in known:
+            todo.append((node, True))
+            todo.extend((c, False) for c in node if type(c) is tuple and id(c) not in known)
+    return known[id(item)]
+
+
 def _encode_class() -> type:
     """``_codecs.encode`` for one load: a fresh class, so BUILD cannot reach a shared function."""
 
@@ -246,16 +299,22 @@ def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, *, source: str) -> None:
+    def __init__(self, file: BinaryIO, *, source: str, checked_constructors: bool = False) -> None:
         super().__init__(file, encoding="latin1")
         self.source = source
         self.storages: list[StorageRef] = []
         self._stubs: dict[tuple[str, str], Any] = {}
+        self._checked = checked_constructors
+        self._hash_budget = [MAX_HASH_NODES]
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
         if key in _REAL:
-            return _REAL[key]
+            if not self._checked:
+                return _REAL[key]
+            if key not in self._stubs:
+                self._stubs[key] = _checked_class(_REAL[key], self._hash_budget, self.source)
+            return self._stubs[key]
         if key == ("_codecs", "encode"):
             if key not in self._stubs:
                 self._stubs[key] = _encode_class()
@@ -344,8 +403,10 @@ def _scan(fileobj: Any, source: str) -> None:
 def restricted_load(stream: BinaryIO, *, source: str) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle the next object of stream (more may follow it) with the restricted unpickler."""
     tee = _Tee(stream)
-    _scan(tee, source)
-    return _load(io.BytesIO(tee.data), source)
+    _scan(tee, source)  # finds where this pickle ends in the stream
+    data = bytes(tee.data)
+    checked = _scan_bytes(data, source)  # and bounds what hashing its keys costs
+    return _load(io.BytesIO(data), source, checked)
 
 
 def _argument_kinds() -> list[int | None]:
@@ -363,63 +424,274 @@ def _argument_kinds() -> list[int | None]:
     return kinds
 
 
+def _stack_effects() -> list[Any]:
+    """Per opcode byte, what it does to the stack, from pickletools' own table: _PUSH (one item),
+    _REPLACE (the top item by another), _NOTHING, or (pops to the mark, items popped, items pushed);
+    None for the opcodes _scan_bytes simulates itself (tuples, keys, the memo)."""
+    effects: list[Any] = [None] * 256
+    for op in pickletools.opcodes:
+        code = ord(op.code.encode("latin-1"))
+        before, after = op.stack_before, op.stack_after
+        if code in _SIMULATED:
+            continue
+        if pickletools.markobject in before:  # APPENDS keeps its list: what lies below the mark stays
+            effects[code] = (True, 0, len(after) - before.index(pickletools.markobject))
+        else:
+            effects[code] = {(0, 1): _PUSH, (1, 1): _REPLACE, (0, 0): _NOTHING}.get((len(before), len(after)), (False, len(before), len(after)))
+    return effects
+
+
 _TWO_LINES = -100
+_U32 = struct.Struct("<I")
+_op = {op.name: ord(op.code.encode("latin-1")) for op in pickletools.opcodes}
+_STOP, _PUT, _BINPUT, _LONG_BINPUT, _MEMOIZE = _op["STOP"], _op["PUT"], _op["BINPUT"], _op["LONG_BINPUT"], _op["MEMOIZE"]
+_GET, _BINGET, _LONG_BINGET = _op["GET"], _op["BINGET"], _op["LONG_BINGET"]
+_BININT1, _BINUNICODE, _MARK, _POP, _DUP = _op["BININT1"], _op["BINUNICODE"], _op["MARK"], _op["POP"], _op["DUP"]
+_EMPTY_TUPLE, _TUPLE, _TUPLE1, _TUPLE2, _TUPLE3 = _op["EMPTY_TUPLE"], _op["TUPLE"], _op["TUPLE1"], _op["TUPLE2"], _op["TUPLE3"]
+_SETITEM, _SETITEMS, _DICT, _ADDITEMS, _FROZENSET, _LONG4 = _op["SETITEM"], _op["SETITEMS"], _op["DICT"], _op["ADDITEMS"], _op["FROZENSET"], _op["LONG4"]
+_REDUCE, _GLOBAL, _STACK_GLOBAL, _INST, _OBJ, _NEWOBJ, _NEWOBJ_EX = (
+    _op["REDUCE"], _op["GLOBAL"], _op["STACK_GLOBAL"], _op["INST"], _op["OBJ"], _op["NEWOBJ"], _op["NEWOBJ_EX"]
+)
+_EXTS = {_op["EXT1"], _op["EXT2"], _op["EXT4"]}
+del _op
+_FAST = (_LONG_BINPUT, _BINGET, _BININT1, _MARK, _BINUNICODE, _TUPLE, _TUPLE1, _REDUCE)  # torch's commonest, in that order
+_SIMULATED = {_STOP, _PUT, _BINPUT, _LONG_BINPUT, _MEMOIZE, _GET, _BINGET, _LONG_BINGET, _MARK, _POP, _DUP, _EMPTY_TUPLE, _TUPLE, _TUPLE1}
+_SIMULATED |= {_TUPLE2, _TUPLE3, _SETITEM, _SETITEMS, _DICT, _ADDITEMS, _FROZENSET, _LONG4}
+_SIMULATED |= {_REDUCE, _GLOBAL, _STACK_GLOBAL, _INST, _OBJ, _NEWOBJ, _NEWOBJ_EX, *_EXTS}
+# On the simulated stack: a class that hashes the items of its argument (set, frozenset, OrderedDict),
+# or one that may be (STACK_GLOBAL's and the extension registry's names are not looked at).
+class _Constructor(tuple):  # (depth 0, one node) like any leaf, told apart by identity
+    __slots__ = ()
+
+
+_CONSTRUCTOR = _Constructor((0, 1))
+_CONSTRUCTOR_LINES = {f"{module}\n{name}\n".encode() for module, name in _REAL}
+_PUSH, _REPLACE, _NOTHING = 1, 2, 3
 _KINDS = _argument_kinds()
-_STOP, _PUT, _LONG_BINPUT = ord("."), ord("p"), ord("r")
+_EFFECTS = _stack_effects()
+
+# CPython hashes a tuple by hashing its items, recursively, with no depth check and no cache: a dict
+# key or set item that is a tuple nested 200,000 deep overflows the C stack inside the unpickler,
+# and one built from shared parts (DUP, memo GET) of depth 60 has 2**60 nodes to visit. The scan
+# keeps, for every item on a simulated stack that is a tuple (or an int long enough to cost more
+# than a step to hash), its nesting depth and its node count with shared parts counted each time
+# they are reached; every other item is None, which hashes in one step (str, bytes and frozenset
+# cache their hash, lists and dicts refuse to be hashed). Each key and set item the unpickler will
+# hash is charged its node count against one budget per pickle.
+MAX_TUPLE_DEPTH = 20_000  # about 1 MiB of C stack to hash; 8 MiB overflows near 150,000
+MAX_HASH_NODES = 10_000_000  # plus one per byte of the pickle: hashing work linear in its size
 
 
-def _scan_bytes(data: bytes, source: str) -> None:
+def _scan_bytes(data: bytes, source: str) -> bool:
     """``_scan`` over a pickle held in memory, a few times faster than pickletools.genops: it
-    steps over arguments by the same table and decodes only what the memo check needs.
-    A state dict of 200,000 tensors is six million opcodes."""
-    kinds, end, i = _KINDS, len(data), 0
-    find, from_bytes = data.find, int.from_bytes
-    while i < end:
-        op = data[i]
-        kind = kinds[op]
-        if kind is None:
-            break
-        if kind == 0:
-            if op == _STOP:
-                return
-            i += 1
-        elif kind > 0:
-            if op == _LONG_BINPUT and from_bytes(data[i + 1 : i + 5], "little") > i:
-                _memo_refusal(source, from_bytes(data[i + 1 : i + 5], "little"), i)
-            i += 1 + kind
-        elif kind == pickletools.UP_TO_NEWLINE:
-            nl = find(b"\n", i + 1)
-            if nl < 0:
-                break
-            if op == _PUT:
-                try:
-                    slot = int(data[i + 1 : nl])
-                except ValueError:
-                    break
+    steps over arguments by the same table and decodes only what the memo check and the
+    simulated stack need. A state dict of 200,000 tensors is six million opcodes: the
+    commonest ones come first and skip the general path.
+
+    Returns whether the pickle calls set, frozenset or OrderedDict with arguments: then those are
+    to be checked as they run (``checked_constructors``); torch's own pickles call ``OrderedDict()``."""
+    constructed = False
+    kinds, effects, end, i = _KINDS, _EFFECTS, len(data), 0
+    find, from_bytes, u32 = data.find, int.from_bytes, _U32.unpack_from
+    stack: list[Any] = []  # None, or (depth, nodes) for a tuple or a long int
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    push = stack.append
+    budget = MAX_HASH_NODES + end
+    LONG_BINPUT, BINGET, BININT1, MARK, BINUNICODE, TUPLE, TUPLE1, REDUCE = _FAST  # locals: read faster
+    try:
+        while True:  # data[i] past the end raises IndexError: the pickle breaks off
+            op = data[i]
+            if op == LONG_BINPUT:
+                slot = u32(data, i + 1)[0]
                 if slot > i:
                     _memo_refusal(source, slot, i)
-            i = nl + 1
-        elif kind == _TWO_LINES:
-            nl = find(b"\n", find(b"\n", i + 1) + 1) if find(b"\n", i + 1) >= 0 else -1
-            if nl < 0:
+                top = stack[-1]
+                if top is not None or slot in memo:
+                    memo[slot] = top
+                i += 5
+                continue
+            if op == BINGET:
+                push(memo.get(data[i + 1]))
+                i += 2
+                continue
+            if op == BININT1:
+                push(None)
+                i += 2
+                continue
+            if op == MARK:
+                marks.append(len(stack))
+                i += 1
+                continue
+            if op == BINUNICODE:
+                push(None)
+                i += 5 + u32(data, i + 1)[0]
+                continue
+            if op == TUPLE:
+                at = marks.pop()
+                items = stack[at:]
+                del stack[at:]
+                n = len(items)
+                push((1, n + 1) if items.count(None) == n else _tuple_of(items, source))
+                i += 1
+                continue
+            if op == TUPLE1:
+                item = stack[-1]
+                stack[-1] = (1, 2) if item is None else _tuple_of([item], source)
+                i += 1
+                continue
+            if op == REDUCE:
+                args = stack.pop()
+                if stack[-1] is _CONSTRUCTOR and args != (1, 1):
+                    constructed = True
+                stack[-1] = None
+                i += 1
+                continue
+            kind = kinds[op]
+            if kind is None:
                 break
-            i = nl + 1
-        elif kind == pickletools.TAKEN_FROM_ARGUMENT1:
-            if i + 1 >= end:
+            # step over the argument
+            start = i + 1
+            if kind == 0:
+                i = start
+            elif kind > 0:
+                i = start + kind
+            elif kind == pickletools.UP_TO_NEWLINE:
+                nl = find(b"\n", start)
+                if nl < 0:
+                    break
+                i = nl + 1
+            elif kind == _TWO_LINES:
+                nl = find(b"\n", start)
+                nl = find(b"\n", nl + 1) if nl >= 0 else -1
+                if nl < 0:
+                    break
+                i = nl + 1
+            elif kind == pickletools.TAKEN_FROM_ARGUMENT1:
+                if start >= end:
+                    break
+                i = start + 1 + data[start]
+            elif kind == pickletools.TAKEN_FROM_ARGUMENT4:
+                length = from_bytes(data[start : start + 4], "little", signed=True)
+                if length < 0:
+                    break
+                i = start + 4 + length
+            elif kind == pickletools.TAKEN_FROM_ARGUMENT4U:
+                i = start + 4 + from_bytes(data[start : start + 4], "little")
+            elif kind == pickletools.TAKEN_FROM_ARGUMENT8U:
+                i = start + 8 + from_bytes(data[start : start + 8], "little")
+            else:
                 break
-            i += 2 + data[i + 1]
-        elif kind == pickletools.TAKEN_FROM_ARGUMENT4:
-            length = from_bytes(data[i + 1 : i + 5], "little", signed=True)
-            if length < 0:
-                break
-            i += 5 + length
-        elif kind == pickletools.TAKEN_FROM_ARGUMENT4U:
-            i += 5 + from_bytes(data[i + 1 : i + 5], "little")
-        elif kind == pickletools.TAKEN_FROM_ARGUMENT8U:
-            i += 9 + from_bytes(data[i + 1 : i + 9], "little")
-        else:
-            break
+            # what it does to the stack
+            effect = effects[op]
+            if effect is not None:
+                if effect == _PUSH:
+                    push(None)
+                elif effect == _REPLACE:
+                    stack[-1] = None
+                elif effect != _NOTHING:
+                    to_mark, pops, pushes = effect
+                    if to_mark:
+                        del stack[marks.pop() :]
+                    elif pops:
+                        if len(stack) < pops:
+                            break
+                        del stack[-pops:]
+                    for _ in range(pushes):
+                        push(None)
+                continue
+            if op == _STOP:
+                return constructed
+            if op == _BINPUT:
+                top = stack[-1]
+                if top is not None or data[start] in memo:
+                    memo[data[start]] = top
+            elif op == _PUT:
+                slot = int(data[start : i - 1])
+                if slot > start - 1:
+                    _memo_refusal(source, slot, start - 1)
+                memo[slot] = stack[-1]
+            elif op == _MEMOIZE:
+                memo[len(memo)] = stack[-1]
+            elif op == _GET or op == _LONG_BINGET:
+                push(memo.get(int(data[start : i - 1]) if op == _GET else from_bytes(data[start:i], "little")))
+            elif op == _DUP:
+                push(stack[-1])
+            elif op == _POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
+            elif op == _EMPTY_TUPLE:
+                push((1, 1))
+            elif op == _TUPLE2 or op == _TUPLE3:
+                n = 2 if op == _TUPLE2 else 3
+                if len(stack) < n:
+                    break
+                items = stack[-n:]
+                del stack[-n:]
+                push(_tuple_of(items, source))
+            elif op == _SETITEM:
+                key = stack[-2]
+                if key is not None:
+                    budget -= key[1]
+                del stack[-2:]
+            elif op == _LONG4:
+                push((0, 1 + (i - start - 4) // 16))
+            elif op == _GLOBAL:
+                push(_CONSTRUCTOR if data[start:i] in _CONSTRUCTOR_LINES else None)
+            elif op == _STACK_GLOBAL:
+                del stack[-2:]
+                push(_CONSTRUCTOR)
+            elif op in _EXTS:
+                push(_CONSTRUCTOR)
+            elif op == _INST or op == _OBJ:
+                at = marks.pop()
+                if op == _INST and data[start:i] in _CONSTRUCTOR_LINES or op == _OBJ and stack[at] is _CONSTRUCTOR:
+                    constructed = True
+                del stack[at:]
+                push(None)
+            elif op == _NEWOBJ or op == _NEWOBJ_EX:
+                n = 2 if op == _NEWOBJ else 3
+                if len(stack) < n:
+                    break
+                if stack[-n] is _CONSTRUCTOR:
+                    constructed = True
+                del stack[-n:]
+                push(None)
+            else:  # SETITEMS, DICT, ADDITEMS, FROZENSET: each key or item is hashed
+                at = marks.pop()
+                for item in stack[at :: 1 if op == _ADDITEMS or op == _FROZENSET else 2]:
+                    if item is not None:
+                        budget -= item[1]
+                del stack[at:]
+                if op == _DICT or op == _FROZENSET:
+                    push(None)
+            if budget < 0:
+                raise UnsafeCheckpoint(
+                    f"{source}: the pickle's dict keys and set items take more than {MAX_HASH_NODES + end:,} steps "
+                    "to hash (tuples built from shared parts); not a checkpoint"
+                )
+    except (IndexError, ValueError, struct.error):  # read or popped past the end, a memo slot not a number
+        pass
     raise NotACheckpoint(f"{source}: the pickle is damaged or not torch's (it ends or breaks off at byte {min(i, end)})")
+
+
+def _tuple_of(items: list[Any], source: str) -> tuple[int, int]:
+    """(depth, nodes) of a tuple of items whose own (depth, nodes) the stack holds (None: (0, 1))."""
+    depth, nodes = 1, 1 + len(items)
+    for item in items:
+        if item is not None:
+            d, n = item
+            nodes += n - 1
+            if d >= depth:
+                depth = d + 1
+    if depth > MAX_TUPLE_DEPTH:
+        raise UnsafeCheckpoint(
+            f"{source}: the pickle nests tuples more than {MAX_TUPLE_DEPTH:,} deep; hashing one would overflow "
+            "the stack, not a checkpoint"
+        )
+    return depth, nodes
 
 
 def _memo_refusal(source: str, slot: int, pos: int) -> None:
@@ -431,12 +703,12 @@ def _memo_refusal(source: str, slot: int, pos: int) -> None:
 
 def restricted_loads(data: bytes, *, source: str) -> tuple[Any, RestrictedUnpickler]:
     """Unpickle the object pickled in data with the restricted unpickler."""
-    _scan_bytes(data, source)
-    return _load(io.BytesIO(data), source)
+    checked = _scan_bytes(data, source)
+    return _load(io.BytesIO(data), source, checked)
 
 
-def _load(stream: BinaryIO, source: str) -> tuple[Any, RestrictedUnpickler]:
-    unpickler = RestrictedUnpickler(stream, source=source)
+def _load(stream: BinaryIO, source: str, checked_constructors: bool) -> tuple[Any, RestrictedUnpickler]:
+    unpickler = RestrictedUnpickler(stream, source=source, checked_constructors=checked_constructors)
     # Every object the load makes is live until it ends: the cycle collector, run again and again
     # as hundreds of thousands of placeholders appear, would find nothing (reader.py does the same).
     collecting = gc.isenabled()

@@ -164,6 +164,7 @@ def test_payload_in_legacy_header_pickles_is_refused(tmp_path: Path, canary: Pat
     assert not canary.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to keep each payload's damage to itself")
 def test_payloads_are_live(tmp_path: Path) -> None:
     """Each payload, in each layout and placement, runs under torch.load(weights_only=False).
@@ -587,6 +588,7 @@ SUBPROCESS_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,build", SUBPROCESS_CASES, ids=[f"{cmd}-{i}" for i, (cmd, _) in enumerate(SUBPROCESS_CASES)])
 def test_real_process_exits_2_with_one_line(tmp_path: Path, canary: Path, command: str, build: Callable[[Path], bytes]) -> None:
     path = tmp_path / "bad.pt"
@@ -647,7 +649,7 @@ def test_damaged_checkpoints_fail_only_with_bad_input(tmp_path: Path, torch_blob
     assert outcomes["NotACheckpoint"] > 0, outcomes
 
 
-# -- known limits, kept visible: CPython itself, not envkit's code, is what fails ------------------
+# -- hashing a dict key or set item: CPython recurses with no limit and caches no tuple's hash ------
 
 
 def _run_reader(path: Path, timeout: float) -> subprocess.CompletedProcess[str] | None:
@@ -658,12 +660,6 @@ def _run_reader(path: Path, timeout: float) -> subprocess.CompletedProcess[str] 
         return None
 
 
-@pytest.mark.xfail(
-    strict=False,  # with an 8 MiB C stack; `ulimit -s unlimited` may survive it
-    reason="CPython hashes a dict key tuple recursively with no depth limit; a 500 kB pickle whose dict "
-    "key is a tuple nested 500,000 deep overflows the C stack inside the unpickler (SIGSEGV). Fixing it "
-    "needs a pre-scan that tracks tuple depth on a simulated stack.",
-)
 def test_dict_key_nested_half_a_million_deep_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "deep_key.pt"
     path.write_bytes(H.zip_checkpoint(_data_pkl(lambda a: (a.empty_dict().mark().tuple(), [a.tuple1() for _ in range(500_000)], a.int(1).setitem()), 4)))
@@ -671,16 +667,149 @@ def test_dict_key_nested_half_a_million_deep_is_rejected(tmp_path: Path) -> None
     assert out is not None and out.returncode in (0, 2), out and out.returncode
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hash() of a tuple is not cached: a dict key that is a DUP-built tuple DAG of depth 60 takes "
-    "2**60 steps to hash inside the unpickler. Fixing it needs a pre-scan that bounds tuple sizes.",
-)
 def test_dict_key_tuple_dag_is_rejected_quickly(tmp_path: Path) -> None:
     path = tmp_path / "dag_key.pt"
     path.write_bytes(H.zip_checkpoint(_data_pkl(lambda a: (a.empty_dict(), H.dag_tuple(a, 60), a.int(1).setitem()), 4)))
     out = _run_reader(path, timeout=1.5)
     assert out is not None and out.returncode in (0, 2)
+
+
+def _deep_tuple(a: Asm, depth: int) -> Asm:
+    """((((),),),) nesting ``depth`` tuples."""
+    a.mark().tuple()
+    for _ in range(depth - 1):
+        a.tuple1()
+    return a
+
+
+def _flat_tuple(a: Asm, n: int) -> Asm:
+    a.mark()
+    for i in range(n):
+        a.int(i % 256)
+    return a.tuple()
+
+
+def _flat_key_hashed(times: int) -> Callable[[Asm], Any]:
+    """{key: 1} set again ``times`` times from the memo: the key, 100,001 nodes, is hashed each time."""
+
+    def build(a: Asm) -> None:
+        _flat_tuple(a.empty_dict(), 100_000).put(0).int(0).setitem()
+        for _ in range(times):
+            a.get(0).int(1).setitem()
+
+    return build
+
+
+def _flat_item_in_set(times: int) -> Callable[[Asm], Any]:
+    """set([key, key, ...]) by REDUCE, as protocol 2 pickles a set: the set's constructor hashes them."""
+
+    def build(a: Asm) -> None:
+        _flat_tuple(a.glob("builtins", "set").empty_list(), 100_000).put(0).append()
+        for _ in range(times - 1):
+            a.get(0).append()
+        a.tuple1().reduce()
+
+    return build
+
+
+# every way the unpickler hashes what a pickle hands it: (protocol, build(a, push_key))
+HASH_SITES: dict[str, tuple[int, Callable[[Asm, Callable[[Asm], Any]], Any]]] = {
+    "setitem": (2, lambda a, key: (a.empty_dict(), key(a), a.int(1).setitem())),
+    "setitems": (2, lambda a, key: (a.empty_dict().mark(), key(a), a.int(1).setitems())),
+    "dict": (2, lambda a, key: (a.mark(), key(a), a.int(1).raw(pickle.DICT))),
+    "additems": (4, lambda a, key: (a.raw(pickle.EMPTY_SET).mark(), key(a), a.raw(pickle.ADDITEMS))),
+    "frozenset": (4, lambda a, key: (a.mark(), key(a), a.frozenset())),
+    "reduce-set": (2, lambda a, key: (a.glob("builtins", "set").empty_list(), key(a), a.append().tuple1().reduce())),
+    "reduce-frozenset": (2, lambda a, key: (a.glob("builtins", "frozenset").mark(), key(a), a.tuple().tuple1().reduce())),
+    "reduce-ordereddict": (2, lambda a, key: (a.glob("collections", "OrderedDict").empty_list(), key(a), a.int(1).tuple2().append().tuple1().reduce())),
+    "newobj-frozenset": (2, lambda a, key: (a.glob("builtins", "frozenset").empty_list(), key(a), a.append().tuple1().raw(pickle.NEWOBJ))),
+    "stack-global-set": (4, lambda a, key: (a.short_str("builtins").short_str("set").stack_global().empty_list(), key(a), a.append().tuple1().reduce())),
+}
+HOSTILE_KEYS: dict[str, Callable[[Asm], Any]] = {
+    "30000_deep": lambda a: _deep_tuple(a, 30_000),
+    "dag_60": lambda a: H.dag_tuple(a, 60),
+    "dag_24_in_a_tuple": lambda a: (a.mark().int(1), H.dag_tuple(a, 24), a.str("x").tuple()),
+}
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+@pytest.mark.parametrize("site", HASH_SITES)
+def test_hashing_a_hostile_key_is_refused_before_it_runs(tmp_path: Path, site: str, key: str) -> None:
+    proto, build = HASH_SITES[site]
+    blob = _data_pkl(lambda a: build(a, HOSTILE_KEYS[key]), proto)
+    with pytest.raises(UnsafeCheckpoint, match="nests tuples more than 20,000 deep|steps to hash"):
+        restricted_loads(blob, source="x.pt")
+    path = tmp_path / "key.pt"
+    path.write_bytes(H.zip_checkpoint(blob))
+    message = reject(path, "cli-inspect")
+    assert "nests tuples" in message or "steps to hash" in message
+
+
+@pytest.mark.parametrize("build", [_flat_key_hashed(150), _flat_item_in_set(150)], ids=["setitem", "reduce-set"])
+def test_a_key_hashed_again_and_again_is_refused(build: Callable[[Asm], Any]) -> None:
+    """Each hash of a 100,001-node tuple is cheap; 150 of them (15 million steps) are over the budget."""
+    with pytest.raises(UnsafeCheckpoint, match="steps to hash"):
+        restricted_loads(_data_pkl(build), source="x.pt")
+
+
+def test_deep_tuple_as_a_value_is_refused_too() -> None:
+    with pytest.raises(UnsafeCheckpoint, match="nests tuples more than 20,000 deep"):
+        restricted_loads(_data_pkl(lambda a: (a.empty_dict().str("k"), _deep_tuple(a, 20_001), a.setitem())), source="x.pt")
+
+
+@pytest.mark.parametrize("site", HASH_SITES)
+@pytest.mark.parametrize(
+    "key",
+    [
+        lambda a: _deep_tuple(a, safe_pickle.MAX_TUPLE_DEPTH - 2),  # some sites wrap the key in two more
+        lambda a: _flat_tuple(a, 100_000),
+        lambda a: H.dag_tuple(a, 20),  # 2 million nodes: under the budget
+        lambda a: (H.dag_frozenset(a, 40), _deep_tuple(a, 1000), a.tuple2()),  # a frozenset caches its hash
+    ],
+    ids=["19998_deep", "flat_100000", "dag_20", "frozenset_dag_and_deep"],
+)
+def test_large_but_bounded_keys_are_read(site: str, key: Callable[[Asm], Any]) -> None:
+    proto, build = HASH_SITES[site]
+    obj, _ = restricted_loads(_data_pkl(lambda a: build(a, key), proto), source="x.pt")
+    assert type(obj) in (dict, set, frozenset, collections.OrderedDict) and len(obj) == 1
+
+
+@pytest.mark.parametrize("build", [_flat_key_hashed(50), _flat_item_in_set(50)], ids=["setitem", "reduce-set"])
+def test_a_key_hashed_fifty_times_is_read(build: Callable[[Asm], Any]) -> None:
+    obj, _ = restricted_loads(_data_pkl(build), source="x.pt")
+    assert len(obj) == 1 and len(next(iter(obj))) == 100_000
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_sets_frozensets_and_tuple_keys_of_a_real_pickle_read_as_they_were(protocol: int) -> None:
+    value = {
+        ("layer", 1): 2,
+        "pairs": {(i, i + 1) for i in range(1000)},
+        "frozen": frozenset({(5, (6, 7)), frozenset({(8,)})}),
+        "order": collections.OrderedDict([((1, 2), 3), ("b", {(4, 5): 6})]),
+        "flat": tuple(range(100_000)),
+    }
+    obj, _ = restricted_loads(pickle.dumps(value, protocol=protocol), source="x.pt")
+    assert obj == value
+    assert type(obj["pairs"]) is set and type(obj["frozen"]) is frozenset and type(obj["order"]) is collections.OrderedDict
+
+
+def test_the_checked_constructors_are_this_loads_own() -> None:
+    """A pickle that calls set() with arguments gets a set of its own load: BUILD onto it reaches no real
+    class; NEWOBJ of it makes what set.__new__ makes, an empty set, as the real class would."""
+    attack = _data_pkl(
+        lambda a: (
+            a.mark(),
+            a.glob("builtins", "set").empty_list().int(1).append().tuple1().reduce(),
+            a.glob("builtins", "set").empty_list().int(1).append().tuple1().raw(pickle.NEWOBJ),
+            a.glob("builtins", "set").none().value({"poison": 1}).tuple2().build(),
+            a.glob("collections", "OrderedDict").none().value({"fromkeys": 1}).tuple2().build(),
+            a.tuple(),
+        )
+    )
+    obj, _ = restricted_loads(attack, source="x.pt")
+    assert obj[0] == {1} and type(obj[0]) is set and obj[1] == set() and type(obj[1]) is set
+    assert not hasattr(set, "poison") and collections.OrderedDict.fromkeys("a") == {"a": None}
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")

@@ -55,6 +55,7 @@ def _assert_folder_whole(folder: Path) -> int:
         mgr.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_kill_9_at_random_moments_never_loses_the_latest_checkpoint(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
@@ -152,6 +153,7 @@ def _assert_same_final_state(a: Path, b: Path) -> None:
     assert x["optimizer"]["param_groups"] == y["optimizer"]["param_groups"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, workers: int) -> None:
     reference = _train(tmp_path / "reference", tmp_path / "reference.pt", "--workers", str(workers))

@@ -143,6 +143,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_sharded_resume_warns_too(tmp_path: Path) -> None:
     pytest.importorskip("torch.distributed.checkpoint")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

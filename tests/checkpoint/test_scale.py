@@ -73,6 +73,7 @@ def small(tmp_path: Path) -> Path:
 # -- the tail reader agrees with zipfile ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_tail_reader_equals_full_parse_on_small_and_zip64_files(small: Path, many: Path, data_dir: Path) -> None:
     with zipfile.ZipFile(many) as zf:
         infos = zf.infolist()
@@ -87,6 +88,7 @@ def test_tail_reader_equals_full_parse_on_small_and_zip64_files(small: Path, man
         assert info.stamp == full.stamp and info.serialization_version == full.serialization_version == "3"
 
 
+@pytest.mark.slow
 def test_many_tensor_file_loads_and_verifies(many: Path) -> None:
     loaded = torch.load(many, weights_only=True)
     assert len(loaded) == MANY and float(loaded[f"layer{MANY - 1}.weight"][0]) == MANY - 1
@@ -215,6 +217,7 @@ def test_stamp_name_twice_reads_the_last_as_zipfile_does(small: Path, tmp_path: 
             envkit.read_stamp(path)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_hostile_tails_are_exit_2_or_read_through_the_cli(small: Path, tmp_path: Path) -> None:
     for case, blob in _hostile_tails(small, tmp_path).items():
@@ -301,6 +304,7 @@ def test_inspect_output_is_bounded(tmp_path: Path) -> None:
     assert doc["records_total"] > n and len(doc["records"]) == reader.MAX_JSON_RECORDS
 
 
+@pytest.mark.slow
 def test_tensor_listing_of_a_dag_is_bounded() -> None:
     """A few hundred bytes of pickle can describe 2**60 paths to one tensor: the walk stops at its bound."""
     from envkit.checkpoint.safe_pickle import TensorPlaceholder

@@ -189,6 +189,7 @@ def run_with_stderr_on_a_terminal(args: list[str]) -> tuple[int, bytes, bytes]:
         os.close(master)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["verify"], ["check", "--verify"]])
 def test_progress_on_a_terminal_for_a_large_file(large: Path, command: list[str]) -> None:
     rc, out, terminal = run_with_stderr_on_a_terminal([*command, str(large)])

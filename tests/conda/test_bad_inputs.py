@@ -91,6 +91,7 @@ def test_mirror_from_config_replaces_the_channel(tmp_path: Path, channel: Path, 
     assert f"url: {channel.as_uri()}/linux-64/python-3.11.4" in text and "- url: my-mirrored" in text
 
 
+@pytest.mark.slow
 def test_no_network_on_a_local_channel(tmp_path: Path, channel: Path) -> None:
     """lock + create as whole processes with every proxy pointing at a closed port (cheap; the
     real proof, a network namespace with no interface, is tests/conda/test_no_network.py)."""
@@ -102,6 +103,7 @@ def test_no_network_on_a_local_channel(tmp_path: Path, channel: Path) -> None:
         assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_pip_part_uses_the_new_environments_python_real_venv_stand_in(tmp_path: Path) -> None:
     """The test channel's python is not an interpreter, so the pip step runs with a real one:
     a venv (no pip of its own, the base interpreter's pip via system site-packages)

@@ -280,6 +280,7 @@ def test_a_cpu_environment_stays_cpu(tmp_path: Path, channel: Path) -> None:
 # -- the shipped environment ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shipped_environment_yml_plans_the_cuda_118_build_with_no_flag(tmp_path: Path) -> None:
     """environments/environment.yml as shipped, its channels (pytorch, nvidia, conda-forge) mirrored
     to local folders by [tool.envkit.mirrors], since public channels are not reachable here, and its
@@ -305,6 +306,7 @@ def test_shipped_environment_yml_plans_the_cuda_118_build_with_no_flag(tmp_path:
 # -- --with-cuda that is not a CUDA version --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["abc", "11", "11.8x", "cuda11.8", "-1"])
 @pytest.mark.parametrize("command", ["lock", "lock --check", "create"])
 def test_with_cuda_that_is_not_a_version_is_exit_2_before_any_solve(tmp_path: Path, channel: Path, command: str, value: str) -> None:

@@ -205,6 +205,7 @@ def test_engine_failure_removes_the_prefix_stand_in(tmp_path: Path, channel: Pat
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["x"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_path", [(), ("micromamba", "mamba", "conda")])
 def test_lock_always_solves_with_rattler_whatever_engine_stand_in(tmp_path: Path, channel: Path, stand_ins, no_downloads, on_path) -> None:
     """`lock --engine X` needs no X on PATH, never runs one, and writes the same lock as rattler."""

@@ -107,6 +107,7 @@ def assert_interrupted(done: subprocess.CompletedProcess[str]) -> None:
     assert lines[len(progress):] == ["envkit: interrupted"] and lines[:len(progress)] == progress, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [False, True], ids=["process", "process-group"])
 def test_ctrl_c_during_the_solve_of_lock(tmp_path: Path, channel: Path, server: HoldingServer, group: bool) -> None:
     spec = write_spec(tmp_path, Path("/unused"), "  - python=3.11\n  - pytorch=2.0.1\n")
@@ -117,6 +118,7 @@ def test_ctrl_c_during_the_solve_of_lock(tmp_path: Path, channel: Path, server: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["environment.yml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [False, True], ids=["process", "process-group"])
 def test_ctrl_c_during_the_solve_of_create_without_a_lock(tmp_path: Path, channel: Path, server: HoldingServer, group: bool) -> None:
     spec = write_spec(tmp_path, Path("/unused"), "  - python=3.11\n")
@@ -128,6 +130,7 @@ def test_ctrl_c_during_the_solve_of_create_without_a_lock(tmp_path: Path, channe
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["environment.yml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [False, True], ids=["process", "process-group"])
 def test_ctrl_c_during_the_install_of_create(tmp_path: Path, channel: Path, server: HoldingServer, group: bool) -> None:
     """The lock is solved first (nothing held); then the install waits on a package download."""

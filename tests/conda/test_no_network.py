@@ -75,6 +75,7 @@ def test_the_namespace_has_no_network(env: dict[str, str]) -> None:
     assert failure == f"OSError {errno.ENETUNREACH}"
 
 
+@pytest.mark.slow
 def test_lock_create_doctor_without_network(tmp_path: Path, channel: Path, env: dict[str, str]) -> None:
     spec = write_spec(tmp_path, channel, "  - python=3.11\n  - pytorch\n")
     out = envkit("lock", "-f", str(spec), "-p", "linux-64", "-p", "osx-arm64", "--with-cuda", "11.8", env=env)
@@ -85,6 +86,7 @@ def test_lock_create_doctor_without_network(tmp_path: Path, channel: Path, env: 
     assert json.loads((prefix / "conda-meta" / "envkit.json").read_text())["with_cuda"] == "11.8"
 
 
+@pytest.mark.slow
 def test_create_from_a_spec_without_a_lock_without_network(tmp_path: Path, channel: Path, env: dict[str, str]) -> None:
     spec = write_spec(tmp_path, channel, "  - python=3.11\n  - numpy\n")
     prefix = tmp_path / "envs" / "solved"
@@ -92,6 +94,7 @@ def test_create_from_a_spec_without_a_lock_without_network(tmp_path: Path, chann
     assert sorted(p.name.split("-")[0] for p in (prefix / "conda-meta").glob("*-*.json")) == ["numpy", "python"]
 
 
+@pytest.mark.slow
 def test_create_with_micromamba_without_network_stand_in(tmp_path: Path, channel: Path, env: dict[str, str]) -> None:
     """The external path too: conda-lock's import-time lookup and the install stay offline."""
     bin_dir = install_stand_ins(tmp_path / "bin", "micromamba")

@@ -73,6 +73,7 @@ def pip_entries(lockfile: Path) -> dict[str, dict[str, tuple[str, str, str]]]:
     return out
 
 
+@pytest.mark.slow
 def test_lock_pins_the_whole_pip_set_per_platform_with_sha256(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS)
     run("lock", "-f", str(spec), "-p", "linux-64", "-p", "win-64", "-p", "osx-arm64")
@@ -109,6 +110,7 @@ def test_lock_pins_the_whole_pip_set_per_platform_with_sha256(tmp_path: Path, pi
     assert pip_entries(lockfile)["linux-64"]["lib"][0] == "1.0"  # the resolver honours the new pin
 
 
+@pytest.mark.slow
 def test_check_is_stale_for_a_lock_that_does_not_pin_the_pip_part(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     """A lock without pip entries (as envkit wrote them before) is not the lock of a spec with `pip:`."""
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS)
@@ -125,6 +127,7 @@ def test_check_is_stale_for_a_lock_that_does_not_pin_the_pip_part(tmp_path: Path
     assert "stale" in result.stderr and not (tmp_path / "env").exists()
 
 
+@pytest.mark.slow
 def test_create_installs_exactly_the_locked_pip_set_and_doctor_sees_pip_drift(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS)
     run("lock", "-f", str(spec), "-p", "linux-64")
@@ -166,6 +169,7 @@ def test_create_installs_exactly_the_locked_pip_set_and_doctor_sees_pip_drift(tm
     }
 
 
+@pytest.mark.slow
 def test_create_without_a_lock_locks_the_pip_part_too(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS)
     prefix = tmp_path / "envs" / "fly"
@@ -186,6 +190,7 @@ def one_error_line(result: object, *needles: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_pip_package_without_a_wheel_for_one_platform_is_exit_2(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     build_index(index, [Wheel("native", "1.0", tag="cp311-cp311-manylinux_2_17_x86_64")])
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS + "    - native\n")
@@ -200,6 +205,7 @@ def test_a_pip_package_without_a_wheel_for_one_platform_is_exit_2(tmp_path: Path
     one_error_line(run("lock", "-f", str(spec), "-p", "linux-64", code=2), "lib>=5", "linux-64", "1.0, 2.0")
 
 
+@pytest.mark.slow
 def test_an_unreachable_index_is_exit_2_naming_it_and_the_platform(tmp_path: Path, pip_channel: Path, index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS)
     with socket.socket() as s:  # a port nothing listens on
@@ -212,6 +218,7 @@ def test_an_unreachable_index_is_exit_2_naming_it_and_the_platform(tmp_path: Pat
         assert not (tmp_path / "conda-lock.yml").exists()
 
 
+@pytest.mark.slow
 def test_a_pip_requirement_the_conda_version_does_not_meet_is_exit_2(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     build_index(index, [Wheel("newtool", "1.0", ("numpy>=2",))])
     spec = write_spec(tmp_path, pip_channel, PIP_DEPS + "    - newtool\n")
@@ -220,6 +227,7 @@ def test_a_pip_requirement_the_conda_version_does_not_meet_is_exit_2(tmp_path: P
 
 
 
+@pytest.mark.slow
 def test_markers_are_evaluated_for_the_target_platform_and_python(tmp_path: Path, pip_channel: Path, index: Path) -> None:
     """pip's --platform alone would take this machine's markers (linux, python 3.11) for every target."""
     build_index(index, [

@@ -93,6 +93,7 @@ def _venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+@pytest.mark.slow
 def test_pip_installs_exactly_the_recorded_set_into_a_fresh_venv(tmp_path: Path) -> None:
     """venv A gets three packages by pip; a checkpoint stamped with A's fingerprint is recreated;
     pip installs that requirements.txt into a new venv B: B holds exactly A's set."""
@@ -122,6 +123,7 @@ def _fingerprint_with(packages: list[Package]) -> Fingerprint:
     return replace(collect(use_live_torch=False), packages=tuple(sorted(packages)))
 
 
+@pytest.mark.slow
 def test_local_tags_invalid_versions_and_envkit(tmp_path: Path) -> None:
     """+cu118 builds come from the PyTorch index (named once); a local build and a version that
     is not PEP 440 are commented, never written as a pin pip would fail on. pip resolves the file."""

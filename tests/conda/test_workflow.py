@@ -33,6 +33,7 @@ def pytorch_builds(lock: Path) -> dict[str, str]:
     return {p.platform: p.build for p in read_lock(lock).packages if p.name == "pytorch"}
 
 
+@pytest.mark.slow
 def test_lock_picks_cuda_build_only_with_cuda(tmp_path: Path, channel: Path) -> None:
     spec = write_spec(tmp_path, channel, DEPS)
     cpu, cuda = tmp_path / "cpu.yml", tmp_path / "cuda.yml"
@@ -67,6 +68,7 @@ def test_check_names_platform_and_line_when_stale(tmp_path: Path, channel: Path)
     run("lock", "-f", str(spec), "--check")
 
 
+@pytest.mark.slow
 def test_conda_lock_render_accepts_the_lock(tmp_path: Path, channel: Path) -> None:
     spec = write_spec(tmp_path, channel, DEPS)
     run("lock", "-f", str(spec), *PLATFORMS, "--with-cuda", "11.8")
@@ -80,6 +82,7 @@ def test_conda_lock_render_accepts_the_lock(tmp_path: Path, channel: Path) -> No
     assert "@EXPLICIT" in explicit and f"pytorch-2.0.1-{CUDA_BUILD}.tar.bz2#" in explicit
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_create_doctor_export_recreate_create_again(tmp_path: Path, channel: Path) -> None:
     spec = write_spec(tmp_path, channel, DEPS + "  - pip\n")

@@ -72,6 +72,7 @@ def stand_in_scontrol(folder: Path) -> tuple[dict[str, str], Path]:
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}, log
 
 
+@pytest.mark.slow
 def test_two_ranks_of_one_environment_pass_and_slurm_requeue_with_stand_in_scontrol(tmp_path: Path) -> None:
     """One pair of ranks (starting ranks is the slow part) runs three checks in turn."""
     env, log = stand_in_scontrol(tmp_path)
@@ -97,6 +98,7 @@ def test_two_ranks_of_one_environment_pass_and_slurm_requeue_with_stand_in_scont
     assert not list((tmp_path / "full").glob("*.pth")), "a failed save left a file under a final name"
 
 
+@pytest.mark.slow
 def test_rank_from_another_environment_is_refused_naming_rank_and_package(tmp_path: Path, other_numpy_python: str) -> None:
     import numpy
 

@@ -54,6 +54,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "whole.pt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])
 def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(tmp_path: Path, sharded: bool, uninterrupted: Path) -> None:
     common = COMMON + (["--sharded"] if sharded else [])

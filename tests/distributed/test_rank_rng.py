@@ -41,6 +41,7 @@ def seeded_stopped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_every_ranks_rng_and_loads_weights_only(seeded_stopped: Path) -> None:
     path = seeded_stopped / "ddp_0000_00000006.pth"
     state = envkit.load(path)  # weights_only=True
@@ -49,6 +50,7 @@ def test_checkpoint_holds_every_ranks_rng_and_loads_weights_only(seeded_stopped:
     assert not same_rng(state["rng_ranks"][0], state["rng_ranks"][1])  # seed + rank: the streams differ
 
 
+@pytest.mark.slow
 def test_sigterm_resume_is_bit_identical_on_every_rank_with_per_rank_seeds(tmp_path: Path, seeded_whole: Path,
                                                                             seeded_stopped: Path) -> None:
     run = tmp_path / "run"
@@ -66,6 +68,7 @@ def test_sigterm_resume_is_bit_identical_on_every_rank_with_per_rank_seeds(tmp_p
     assert not same_rng(ends[0], ends[1])
 
 
+@pytest.mark.slow
 def test_other_world_size_restores_rank0_rng_and_warns(tmp_path: Path, seeded_stopped: Path) -> None:
     """One process resuming what 2 ranks saved: rank 0's random state, and a RankRngWarning."""
     import shutil

@@ -16,6 +16,7 @@ import envkit  # noqa: E402
 from tests.distributed.helpers import ROOT, rank_env, run_ranks, worker_commands  # noqa: E402
 
 
+@pytest.mark.slow
 def test_four_ranks_save_sharded_and_resume_exactly_and_refuse_another_world_size(tmp_path: Path) -> None:
     results = run_ranks(worker_commands(4, tmp_path, ["sharded_round_trip", "sharded_other_world"]))
     for r in results:
@@ -51,6 +52,7 @@ def test_four_ranks_save_sharded_and_resume_exactly_and_refuse_another_world_siz
     assert gone.returncode == 2 and "not a committed sharded checkpoint" in gone.stderr and "Traceback" not in gone.stderr
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_rank_during_a_sharded_save_leaves_the_previous_checkpoint_latest(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

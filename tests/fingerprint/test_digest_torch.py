@@ -35,6 +35,7 @@ def _collect_in_subprocess(before: str = "", env: dict[str, str] | None = None) 
     return digest, doc
 
 
+@pytest.mark.slow
 @needs_torch
 def test_digest_is_the_same_with_and_without_torch_imported_in_real_processes() -> None:
     plain, plain_doc = _collect_in_subprocess()
@@ -46,6 +47,7 @@ def test_digest_is_the_same_with_and_without_torch_imported_in_real_processes() 
     assert imported_doc["torch"] == plain_doc["torch"]
 
 
+@pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize(
     ("settings", "env"),
