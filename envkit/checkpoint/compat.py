@@ -75,9 +75,13 @@ def check(
     *,
     policy: Policy | str | None = None,
     live: Fingerprint | None = None,
+    info: CheckpointFile | None = None,
 ) -> CheckReport:
-    """Compare a checkpoint's stamp with the live (or a given) environment. Never unpickles."""
-    info = read_stamp(path)
+    """Compare a checkpoint's stamp with the live (or a given) environment. Never unpickles.
+
+    ``info``: its stamp, when the caller has read it already (it is not read again).
+    """
+    info = info or read_stamp(path)
     active = resolve_policy(policy)
     current = live if live is not None else collect()
     changes = diff(info.stamp.fingerprint, current) if info.stamp else (unstamped_change(),)
@@ -113,12 +117,13 @@ def guard(
     policy: Policy | str | None = None,
     *,
     live: Fingerprint | None = None,
+    info: CheckpointFile | None = None,
 ) -> CheckReport:
     """Call before ``load_state_dict``: warns on drift, raises EnvironmentMismatch on refuse.
 
     ``live`` replaces the live environment (to ask "could that machine resume it?").
     """
-    report = check(path, policy=policy, live=live)
+    report = check(path, policy=policy, live=live, info=info)
     if report.verdict == "refuse":
         raise EnvironmentMismatch(report.summary(), report)
     warned = report.rows("warn")
@@ -151,13 +156,14 @@ def load(
     map_location: Any = None,
     policy: Policy | str | None = None,
     verify: bool = True,
+    info: CheckpointFile | None = None,
 ) -> Any:
     """guard, then the payload digest, then ``torch.load(weights_only=True)``.
 
     Without ``map_location`` tensors go where they were saved when that device
-    exists here, else to the CPU.
+    exists here, else to the CPU. ``info``: its stamp, read already.
     """
-    report = guard(path, policy)
+    report = guard(path, policy, info=info)
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 

@@ -68,6 +68,45 @@ def write_stamped(
 
     ``stamp_for(payload)`` builds the stamp once the payload digest is known.
     """
+    box: list[Stamp] = []
+    tmp = write_uncommitted(obj, path, stamp_for=stamp_for, digest=digest, stamp_out=box)
+    commit_file(tmp, path)
+    return box[0]
+
+
+def commit_file(tmp: Path, path: Path) -> None:
+    """The commit of a file ``write_uncommitted`` wrote: rename over the final name, fsync the folder."""
+    target = write_target(path)
+    try:
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException as exc:
+        _discard(tmp)
+        _raise_write_error(path, exc, None)
+
+
+def _raise_write_error(path: Path, exc: BaseException, writer: HashingWriter | None) -> None:
+    cause = writer.error if writer is not None and writer.error is not None else exc
+    if isinstance(cause, OSError):
+        raise CheckpointWriteError(
+            f"{path}: save failed ({cause.strerror or cause}); earlier checkpoints are untouched and the "
+            "temporary file was removed; free space or fix the folder, then save again"
+        ) from cause
+    raise exc
+
+
+def write_uncommitted(
+    obj: Any,
+    path: Path,
+    *,
+    stamp_for: Any,
+    digest: str,
+    stamp_out: list[Stamp] | None = None,
+) -> Path:
+    """The first step of ``write_stamped``: the stamped file, fsynced, under its temporary name (returned).
+
+    Nothing under ``path`` changes until ``commit_file``; a failure removes the temporary file.
+    """
     torch = _import_torch()
     target = write_target(path)  # through a symlink: the link stays a link, its target is replaced
     folder = target.parent
@@ -99,18 +138,12 @@ def write_stamped(
                     zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        fsync_dir(folder)
     except BaseException as exc:
         _discard(tmp)
-        cause = writer.error if writer is not None and writer.error is not None else exc
-        if isinstance(cause, OSError):
-            raise CheckpointWriteError(
-                f"{path}: save failed ({cause.strerror or cause}); earlier checkpoints are untouched and the "
-                "temporary file was removed; free space or fix the folder, then save again"
-            ) from cause
-        raise
-    return stamp
+        _raise_write_error(path, exc, writer)
+    if stamp_out is not None:
+        stamp_out.append(stamp)
+    return tmp
 
 
 def _discard(tmp: Path) -> None:

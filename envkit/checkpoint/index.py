@@ -1,0 +1,216 @@
+"""The folder's cache of what its stamps say, and ``CheckpointInfo``, the model of one checkpoint.
+
+The stamps are the truth. ``.envkit-index.json`` caches what they say (epoch, step,
+metrics, project, size, saved_at) with the names newest first, so that finding the
+newest checkpoint among thousands reads one file and parses two strings (the names
+and the rows, newline-joined), not one JSON value per checkpoint; the metrics are one
+more string, parsed only when the whole listing is wanted. Names or projects holding a
+tab or a newline cannot be joined: the index then holds ``entries`` (name -> entry) and
+no order, and the newest is found by a scan. Older envkit wrote two files (``entries``
+in ``.envkit-index.json`` version 1, the order in ``.envkit-order.json``): the entries
+are still read, the order file is ignored and removed on the next write.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envkit.checkpoint.reader import read_stamp
+from envkit.errors import EnvkitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envkit.checkpoint.integrity import VerifyResult
+
+INDEX_NAME = ".envkit-index.json"
+LEGACY_ORDER_NAME = ".envkit-order.json"  # written by envkit before the one-file index; ignored, removed
+INDEX_VERSION = 2  # 2: names, rows and metrics in one file; 1 (still read): entries only
+_UNSAFE = re.compile(r"[\t\n]")
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint of a folder, as its stamp describes it."""
+
+    path: Path
+    epoch: int | None
+    step: int | None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    valid: bool | None = None  # None: not verified yet
+    project: str | None = None
+    size: int = 0
+    saved_at: str | None = None
+    problem: str | None = None
+
+    @classmethod
+    def from_meta(cls, path: Path, meta: Mapping[str, Any], *, size: int, valid: bool | None = None) -> CheckpointInfo:
+        """From a stamp's meta, or an index entry (the same keys); anything of the wrong type reads as absent."""
+        metrics = meta.get("metrics")
+        return cls(
+            path,
+            _int_or_none(meta.get("epoch")),
+            _int_or_none(meta.get("step")),
+            dict(metrics) if isinstance(metrics, Mapping) else {},
+            valid=valid,
+            project=_str_or_none(meta.get("project")),
+            size=size,
+            saved_at=_str_or_none(meta.get("saved_at")),
+        )
+
+    @property
+    def order_key(self) -> tuple[int, int, str]:
+        return (self.step if self.step is not None else -1, self.epoch if self.epoch is not None else -1, self.saved_at or "")
+
+    def to_index(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": dict(self.metrics),
+            "project": self.project,
+            "size": self.size,
+            "saved_at": self.saved_at,
+        }
+
+
+def info_from_stamp(path: Path) -> CheckpointInfo:
+    """Read one checkpoint's stamp; one that cannot be read is returned invalid, with the reason."""
+    try:
+        file = read_stamp(path)
+    except EnvkitError as exc:
+        return CheckpointInfo(path, None, None, valid=False, size=_size(path), problem=exc.message)
+    if file.stamp is None:
+        return CheckpointInfo(path, None, None, valid=False, size=file.size, problem=f"{path}: has no envkit stamp")
+    return CheckpointInfo.from_meta(path, file.stamp.meta, size=file.size)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    return sorted(infos, key=lambda i: i.order_key, reverse=True)
+
+
+# -- the cache file -------------------------------------------------------------------
+
+
+def _read_doc(folder: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((folder / INDEX_NAME).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("version") in (1, INDEX_VERSION) else {}
+
+
+def _text(value: str) -> int | None:
+    return int(value) if value else None
+
+
+def read_index(folder: Path) -> dict[str, dict[str, Any]]:
+    """name -> cached entry (the keys of ``CheckpointInfo.to_index``); {} when there is no usable index."""
+    doc = _read_doc(folder)
+    entries = doc.get("entries")
+    if isinstance(entries, dict):
+        return entries
+    try:
+        names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
+        metrics = json.loads(doc["metrics"])
+        if not (len(names) == len(rows) == len(metrics)):
+            return {}
+        out = {}
+        for name, row, m in zip(names, rows, metrics):
+            project, step, size, epoch, saved_at = row.split("\t")
+            out[name] = {"epoch": _text(epoch), "step": _text(step), "metrics": m, "project": project or None,
+                         "size": int(size), "saved_at": saved_at or None}
+        return out
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return {}
+
+
+def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
+    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later."""
+    newest = newest_first(e for e in entries if e.valid is not False)
+    doc: dict[str, Any]
+    if any(_UNSAFE.search(f"{e.path.name}{e.project or ''}{e.saved_at or ''}") for e in newest):
+        doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in newest}}
+    else:
+        doc = {
+            "version": INDEX_VERSION,
+            "names": "\n".join(e.path.name for e in newest),
+            "rows": "\n".join(
+                f"{e.project or ''}\t{_blank(e.step)}\t{e.size}\t{_blank(e.epoch)}\t{e.saved_at or ''}" for e in newest
+            ),
+            "metrics": json.dumps([dict(e.metrics) for e in newest], separators=(",", ":")),
+        }
+    tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        os.replace(tmp, folder / INDEX_NAME)
+        (folder / LEGACY_ORDER_NAME).unlink(missing_ok=True)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _blank(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def latest_from_index(
+    folder: Path, project: str | None, is_new_checkpoint: Any
+) -> tuple[CheckpointInfo, VerifyResult] | None:
+    """When the folder holds exactly the checkpoints the index names, walk its order newest first.
+
+    ``is_new_checkpoint(name)``: whether a name the index does not know is a committed
+    checkpoint. The winner is verified and its stamp must say what the index says; anything
+    else (a file added, removed or rewritten behind the manager's back) returns None: scan.
+    """
+    from envkit.checkpoint.integrity import verify
+
+    try:
+        doc = json.loads((folder / INDEX_NAME).read_bytes())
+        if doc.get("version") != INDEX_VERSION:
+            return None
+        names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
+        expected, listed = set(names), set(os.listdir(folder))
+        if len(rows) != len(names) or len(expected) != len(names) or not expected <= listed:
+            return None
+        if any(is_new_checkpoint(n) for n in listed - expected):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    for name, row in zip(names, rows):
+        try:
+            owner, step_text, size_text, _ = row.split("\t", 3)
+            step, size = _text(step_text), int(size_text)
+        except ValueError:
+            return None
+        if project is not None and owner != project:
+            continue
+        path = folder / name
+        result = verify(path)
+        if not result.ok:
+            continue
+        stamp = result.info.stamp if result.info else None
+        if stamp is None or result.info is None or stamp.meta.get("step") != step or result.info.size != size:
+            return None
+        return CheckpointInfo.from_meta(path, stamp.meta, size=result.info.size, valid=True), result
+    return None
