@@ -33,6 +33,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from collections.abc import Callable
+
     from envkit.checkpoint.integrity import VerifyResult
 
 __all__ = ["INDEX_NAME", "CheckpointInfo", "find_latest", "info_from_stamp", "read_index", "retention_plan", "scan", "write_index"]
@@ -245,3 +247,68 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
         changes = diff(stamp.fingerprint, live) if stamp else (unstamped_change(),)
         rows.append(FolderRow(checked, stamp.fingerprint.digest if stamp else None, verdict(evaluate(changes, active))))
     return rows
+
+
+def skipped_warning(folder: Path, project: str, ours: list[CheckpointInfo], chosen: CheckpointInfo | None) -> str | None:
+    """The warning for this project's checkpoints newer than ``chosen`` (all of them, when None) that do not verify.
+
+    A file whose stamp cannot be read has no step: it counts as newer when its mtime is.
+    Files without any envkit stamp (a plain torch.save in the folder) are not the
+    manager's and are not mentioned (``ours`` leaves them out).
+    """
+    newest_time = _mtime(chosen.path) if chosen is not None else None
+    skipped: list[tuple[CheckpointInfo, str]] = []
+    for info in ours:
+        if chosen is not None and info.path == chosen.path:
+            continue
+        if chosen is not None:
+            if info.valid is False and info.step is None:
+                if newest_time is None or _mtime(info.path) <= newest_time:
+                    continue
+            elif info.order_key <= chosen.order_key:
+                continue
+        result = verify(info.path)
+        if result.status in ("corrupt", "unreadable"):
+            skipped.append((info, _reason(result.problem or info.problem or "does not verify", info.path)))
+    if not skipped:
+        return None
+    skipped.sort(key=lambda pair: (pair[0].order_key, _mtime(pair[0].path)), reverse=True)
+    shown = "; ".join(f"{i.path.name} ({why})" for i, why in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    if chosen is None:
+        return (f"{folder}: no checkpoint of project {project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
+                "restore them from a copy, or delete them to silence this")
+    return (f"{folder}: resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
+            f"{shown}{more}; delete or move them, or restore them from a copy")
+
+
+def _reason(problem: str, path: Path) -> str:
+    """A problem without the leading path, to name the file once."""
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if problem.startswith(prefix):
+            return problem[len(prefix):]
+    return problem
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def apply_retention(folder: Path, project: str, delete_checkpoint: Callable[[str], None], *, keep_last: int | None,
+                    keep_best: int, monitor: str | None, mode: str, just_saved: Path) -> None:
+    """Delete what ``retention_plan`` says (through the storage's delete), then rewrite the index."""
+    from envkit.checkpoint.writer import fsync_dir
+
+    everything = scan(folder)
+    _, delete = retention_plan(
+        [i for i in everything if i.project == project],
+        keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode, protect=(just_saved,),
+    )
+    for path in delete:
+        delete_checkpoint(path.name)
+    if delete:
+        fsync_dir(folder)
+    write_index(folder, (i for i in everything if i.path not in delete))

@@ -34,37 +34,49 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from envkit import distributed as dist_util
 from envkit.checkpoint.directory import (
     CheckpointInfo,
+    apply_retention,
     find_latest,
     find_latest_verified,
     metric_value,
-    retention_plan,
     scan,
+    skipped_warning,
     with_validity,
-    write_index,
 )
 from envkit.checkpoint.folder_lock import FolderLock
+from envkit.checkpoint.naming import (
+    DEFAULT_FILENAME,
+    as_int,
+    check_template,
+    checkpoint_name,
+)
 from envkit.checkpoint.paths import ephemeral_warning
 from envkit.checkpoint.ranks import Ranks
-from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, normalise_meta, normalise_metrics
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, normalise_metrics
 from envkit.checkpoint.state import PARTS, STATE_FORMAT, warn_missing_state  # noqa: F401 - re-exported
 from envkit.checkpoint.stop import StopAgreement
 from envkit.checkpoint.storage import CheckpointStorage, open_storage
-from envkit.checkpoint.writer import build_meta, fsync_dir
-from envkit.errors import BadInput, CheckpointSkippedWarning, EphemeralDirectoryWarning, warn_at_caller
+from envkit.checkpoint.writer import build_meta
+from envkit.errors import (
+    BadInput,
+    CheckpointSkippedWarning,
+    EphemeralDirectoryWarning,
+    warn_at_caller,
+)
 from envkit.policy import Policy
-
-DEFAULT_FILENAME = "{project}_{epoch:04d}_{step:08d}.pth"
 
 
 def _resolve_policy(policy: Policy | str | None) -> Policy:
-    from envkit.checkpoint.compat import resolve_policy  # the one place the manager names where policies resolve
+    from envkit.checkpoint.compat import (
+        resolve_policy,  # the one place the manager names where policies resolve
+    )
 
     return resolve_policy(policy)
 
@@ -113,7 +125,7 @@ class CheckpointManager:
         self.project, self.keep_last, self.keep_best, self.monitor, self.mode = project, keep_last, keep_best, monitor, mode
         self.every_n_epochs, self.every_n_steps, self.filename = every_n_epochs, every_n_steps, filename
         self.policy, self.digest, self.group, self.sharded, self.requeue = policy, digest, group, sharded, requeue
-        self._check_template()
+        check_template(filename, project)
         self._fingerprint: Any = None
         self._policy: Policy | None = None
         self._consistent = False
@@ -146,14 +158,6 @@ class CheckpointManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _check_template(self) -> None:
-        try:
-            name = self.filename.format_map(_TemplateProbe(project=self.project, epoch=0, step=0))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise BadInput(f"filename template {self.filename!r} is not usable ({exc}); e.g. {DEFAULT_FILENAME!r}") from None
-        if "/" in name or os.sep in name or name.startswith("."):
-            raise BadInput(f"filename template {self.filename!r} must give a plain file name, not a path or hidden file")
 
     def _active_policy(self) -> Policy:
         """The policy, resolved once (the project's config is read at the first use, not per resume)."""
@@ -256,11 +260,11 @@ class CheckpointManager:
         """
         self.stop.agree_for_save()
         where = f"{self.directory}: save()"
-        epoch, step = _as_int(epoch, "epoch", where), _as_int(step, "step", where)
+        epoch, step = as_int(epoch, "epoch", where), as_int(step, "step", where)
         if not force and not self.is_due(epoch, step):
             return None
         numbers = normalise_metrics(metrics, source=where)  # 0-d tensors and numpy scalars become numbers
-        template_name = self.filename.format_map(_TemplateFields(numbers, project=self.project, epoch=epoch, step=step))
+        template_name = checkpoint_name(self.filename, numbers, project=self.project, epoch=epoch, step=step)
         name = self.storage.name_for(template_name)
         meta = build_meta({"epoch": epoch, "step": step, "metrics": numbers, "project": self.project}, self.directory / template_name)
         fingerprint = self._environment()
@@ -275,31 +279,14 @@ class CheckpointManager:
 
     def _after_stop_save(self) -> None:
         """Under SLURM, with requeue on, a SIGUSR1 stop requeues the job once its checkpoint is durable."""
-        if not self.requeue or self.requeued or self.stop_signal != getattr(signal, "SIGUSR1", None):
-            return
-        from envkit.checkpoint.slurm import requeue_job, slurm_job_id
+        if self.requeue and not self.requeued and self.stop_signal == getattr(signal, "SIGUSR1", None):
+            from envkit.checkpoint.slurm import requeue_after_stop
 
-        if slurm_job_id() is None:
-            return
-        if self.rank == 0:
-            requeue_job()
-        self.requeued = True
+            self.requeued = requeue_after_stop(self.rank)
 
     def _apply_retention(self, just_saved: Path) -> None:
-        everything = scan(self.directory)
-        _, delete = retention_plan(
-            [i for i in everything if i.project == self.project],
-            keep_last=self.keep_last,
-            keep_best=self.keep_best,
-            monitor=self.monitor,
-            mode=self.mode,
-            protect=(just_saved,),
-        )
-        for path in delete:
-            self.storage.delete(path.name)
-        if delete:
-            fsync_dir(self.directory)
-        write_index(self.directory, (i for i in everything if i.path not in delete))
+        apply_retention(self.directory, self.project, self.storage.delete, keep_last=self.keep_last, keep_best=self.keep_best,
+                        monitor=self.monitor, mode=self.mode, just_saved=just_saved)
 
     # -- resuming --------------------------------------------------------------------
     def resume(
@@ -324,7 +311,9 @@ class CheckpointManager:
             self._check_ranks()
         found = find_latest_verified(self.directory, self.project) if self.rank == 0 else None
         if self.rank == 0:
-            self._warn_skipped(found[0] if found is not None else None)
+            skipped = skipped_warning(self.directory, self.project, self._ours(with_unreadable=True), found[0] if found else None)
+            if skipped is not None:
+                warn_at_caller(skipped, CheckpointSkippedWarning)
         name = self.ranks.broadcast(found[0].path.name if found is not None else None)
         if name is None:
             return None
@@ -334,81 +323,3 @@ class CheckpointManager:
         parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
         state.restore(parts, path, rank=self.rank, world=self.ranks.world)
         return ResumeInfo(path, state.epoch, state.step, state.metrics, state.extra)
-
-    def _warn_skipped(self, chosen: CheckpointInfo | None) -> None:
-        """Warn about this project's checkpoints newer than ``chosen`` (all of them, when None) that do not verify.
-
-        A file whose stamp cannot be read has no step: it counts as newer when its mtime is.
-        Files without any envkit stamp (a plain torch.save in the folder) are not this
-        manager's and are not mentioned.
-        """
-        from envkit.checkpoint.integrity import verify
-
-        newest_time = _mtime(chosen.path) if chosen is not None else None
-        skipped: list[tuple[CheckpointInfo, str]] = []
-        for info in self._ours(with_unreadable=True):
-            if chosen is not None and info.path == chosen.path:
-                continue
-            if chosen is not None:
-                if info.valid is False and info.step is None:
-                    if newest_time is None or _mtime(info.path) <= newest_time:
-                        continue
-                elif info.order_key <= chosen.order_key:
-                    continue
-            result = verify(info.path)
-            if result.status in ("corrupt", "unreadable"):
-                skipped.append((info, _reason(result.problem or info.problem or "does not verify", info.path)))
-        if not skipped:
-            return
-        skipped.sort(key=lambda pair: (pair[0].order_key, _mtime(pair[0].path)), reverse=True)
-        shown = "; ".join(f"{i.path.name} ({why})" for i, why in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        where = f"{self.directory}: "
-        if chosen is None:
-            message = (f"{where}no checkpoint of project {self.project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
-                       "restore them from a copy, or delete them to silence this")
-        else:
-            message = (f"{where}resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
-                       f"{shown}{more}; delete or move them, or restore them from a copy")
-        warn_at_caller(message, CheckpointSkippedWarning)
-
-
-class _TemplateProbe(dict):
-    """Checks a template before any metric exists: every metric field reads as 0.0."""
-
-    def __missing__(self, key: str) -> float:
-        return 0.0
-
-
-class _TemplateFields(dict):
-    def __init__(self, metrics: Mapping[str, Any], **fields: Any) -> None:
-        super().__init__(metrics)
-        self.update(fields)
-
-    def __missing__(self, key: str) -> Any:
-        raise BadInput(f"the filename template names metric {key!r}, but save() got no such metric")
-
-
-def _as_int(value: Any, key: str, source: str) -> int:
-    """epoch and step: ints, numpy ints and 0-d integer tensors; BadInput otherwise."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    number = normalise_meta({key: value}, source=source)[key]
-    if number is None:
-        raise BadInput(f"{source}: {key} is None; it must be an int")
-    return int(number)
-
-
-def _reason(problem: str, path: Path) -> str:
-    """A problem without the leading path, to name the file once."""
-    for prefix in (f"{path}: ", f"{path.name}: "):
-        if problem.startswith(prefix):
-            return problem[len(prefix):]
-    return problem
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0

@@ -16,15 +16,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from envkit import distributed as dist_util
-from envkit.checkpoint import training_state as ts
-from envkit.checkpoint.dcp_format import STAMP_NAME, SUFFIX, file_digest, manifest_digest
+from envkit.checkpoint.dcp_format import (
+    STAMP_NAME,
+    SUFFIX,
+    file_digest,
+    manifest_digest,
+)
 from envkit.checkpoint.paths import temp_path_for
 from envkit.checkpoint.ranks import Ranks
 from envkit.checkpoint.reader import CheckpointFile

@@ -9,9 +9,10 @@ it builds and reads a TrainingState all the same. torch is imported only when us
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from envkit.errors import BadInput, MissingStateWarning, RankRngWarning, warn_at_caller
 

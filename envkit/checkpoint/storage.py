@@ -17,9 +17,10 @@ No torch import at module level.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from envkit.checkpoint.paths import (
     CHECKPOINT_SUFFIXES,
@@ -27,7 +28,6 @@ from envkit.checkpoint.paths import (
     is_temp_name,
     remove_checkpoint,
     remove_stale_temp_files,
-    temp_path_for,
     write_target,
 )
 from envkit.checkpoint.ranks import Ranks

@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import envkit  # noqa: E402
-from envkit.checkpoint.directory import _latest_from_index_order, find_latest, scan  # noqa: E402
-from envkit.checkpoint.index import (  # noqa: E402
+import envkit
+from envkit.checkpoint.directory import _latest_from_index_order, find_latest, scan
+from envkit.checkpoint.index import (
     INDEX_NAME,
     LEGACY_ORDER_NAME,
     CheckpointInfo,

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader
 
-from envkit.checkpoint.sampler import ResumableRandomSampler  # noqa: E402
-from envkit.errors import BadInput  # noqa: E402
+from envkit.checkpoint.sampler import ResumableRandomSampler
+from envkit.errors import BadInput
 
 DATA = list(range(20))
 
