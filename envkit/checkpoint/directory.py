@@ -12,10 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from envkit.checkpoint.folder_lock import LOCK_NAME as FOLDER_LOCK_NAME
 from envkit.checkpoint.index import (
     INDEX_NAME,
-    LEGACY_ORDER_NAME,
     CheckpointInfo,
     _int_or_none,
     info_from_stamp,
@@ -38,10 +36,6 @@ if TYPE_CHECKING:
     from envkit.checkpoint.integrity import VerifyResult
 
 __all__ = ["INDEX_NAME", "CheckpointInfo", "find_latest", "info_from_stamp", "read_index", "retention_plan", "scan", "write_index"]
-
-LOCK_NAME = FOLDER_LOCK_NAME
-ORDER_NAME = LEGACY_ORDER_NAME  # kept for callers of older envkit; the order now lives in INDEX_NAME
-
 
 def _sharded_size(folder: str) -> int | None:
     from envkit.checkpoint.dcp_format import committed_size

@@ -1,14 +1,15 @@
 """The folder's cache of what its stamps say, and ``CheckpointInfo``, the model of one checkpoint.
 
 The stamps are the truth. ``.envkit-index.json`` caches what they say (epoch, step,
-metrics, project, size, saved_at) with the names newest first, so that finding the
-newest checkpoint among thousands reads one file and parses two strings (the names
-and the rows, newline-joined), not one JSON value per checkpoint; the metrics are one
-more string, parsed only when the whole listing is wanted. Names or projects holding a
-tab or a newline cannot be joined: the index then holds ``entries`` (name -> entry) and
-no order, and the newest is found by a scan. Older envkit wrote two files (``entries``
-in ``.envkit-index.json`` version 1, the order in ``.envkit-order.json``): the entries
-are still read, the order file is ignored and removed on the next write.
+metrics, project, size, saved_at) in two JSON lines: first the names newest first with
+a ``project<TAB>step<TAB>size`` row each, newline-joined, so that finding the newest
+checkpoint among thousands parses two strings of that line alone, not one JSON value per
+checkpoint; then the entries (name -> what the stamp says), parsed only when a listing
+is wanted. Names or projects holding a tab or a newline cannot be joined: the first line
+then has no names, and the newest is found by a scan. Older envkit wrote two files
+(``entries`` in ``.envkit-index.json`` version 1, the order in ``.envkit-order.json``):
+those entries are still read, the order file is ignored and removed on the next write;
+an older envkit reading this file finds no usable index and reads the stamps.
 No torch import here.
 """
 
@@ -113,65 +114,52 @@ def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
 # -- the cache file -------------------------------------------------------------------
 
 
-def _read_doc(folder: Path) -> dict[str, Any]:
+def _read_lines(folder: Path) -> tuple[bytes, bytes] | None:
+    """The index's two lines: the order (what latest() parses) and the entries (what a listing parses)."""
     try:
-        doc = json.loads((folder / INDEX_NAME).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) and doc.get("version") in (1, INDEX_VERSION) else {}
-
-
-def _text(value: str) -> int | None:
-    return int(value) if value else None
+        data = (folder / INDEX_NAME).read_bytes()
+    except OSError:
+        return None
+    order, _, entries = data.partition(b"\n")
+    return order, entries
 
 
 def read_index(folder: Path) -> dict[str, dict[str, Any]]:
     """name -> cached entry (the keys of ``CheckpointInfo.to_index``); {} when there is no usable index."""
-    doc = _read_doc(folder)
-    entries = doc.get("entries")
-    if isinstance(entries, dict):
-        return entries
-    try:
-        names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
-        metrics = json.loads(doc["metrics"])
-        if not (len(names) == len(rows) == len(metrics)):
-            return {}
-        out = {}
-        for name, row, m in zip(names, rows, metrics):
-            project, step, size, epoch, saved_at = row.split("\t")
-            out[name] = {"epoch": _text(epoch), "step": _text(step), "metrics": m, "project": project or None,
-                         "size": int(size), "saved_at": saved_at or None}
-        return out
-    except (KeyError, TypeError, AttributeError, ValueError):
+    lines = _read_lines(folder)
+    if lines is None:
         return {}
+    try:
+        head = json.loads(lines[0])
+        version = head.get("version") if isinstance(head, dict) else None
+        doc = head if version == 1 else json.loads(lines[1]) if version == INDEX_VERSION else None  # 1: one line, entries
+    except ValueError:
+        return {}
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    return entries if isinstance(entries, dict) else {}
 
 
 def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
-    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later."""
+    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later.
+
+    Two JSON lines: ``{"version": 2, "names": ..., "rows": ...}`` (names newest first and
+    ``project<TAB>step<TAB>size`` rows, newline-joined; no names when one cannot be joined),
+    then ``{"entries": {name: entry}}``.
+    """
     newest = newest_first(e for e in entries if e.valid is not False)
-    doc: dict[str, Any]
-    if any(_UNSAFE.search(f"{e.path.name}{e.project or ''}{e.saved_at or ''}") for e in newest):
-        doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in newest}}
-    else:
-        doc = {
-            "version": INDEX_VERSION,
-            "names": "\n".join(e.path.name for e in newest),
-            "rows": "\n".join(
-                f"{e.project or ''}\t{_blank(e.step)}\t{e.size}\t{_blank(e.epoch)}\t{e.saved_at or ''}" for e in newest
-            ),
-            "metrics": json.dumps([dict(e.metrics) for e in newest], separators=(",", ":")),
-        }
+    order: dict[str, Any] = {"version": INDEX_VERSION}
+    if not any(_UNSAFE.search(f"{e.path.name}{e.project or ''}") for e in newest):
+        order["names"] = "\n".join(e.path.name for e in newest)
+        order["rows"] = "\n".join(f"{e.project or ''}\t{e.step}\t{e.size}" for e in newest)
+    text = json.dumps(order, separators=(",", ":")) + "\n" + json.dumps(
+        {"entries": {e.path.name: e.to_index() for e in newest}}, separators=(",", ":"))
     tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
     try:
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        tmp.write_text(text)
         os.replace(tmp, folder / INDEX_NAME)
         (folder / LEGACY_ORDER_NAME).unlink(missing_ok=True)
     except OSError:
         tmp.unlink(missing_ok=True)
-
-
-def _blank(value: int | None) -> str:
-    return "" if value is None else str(value)
 
 
 def latest_from_index(
@@ -186,7 +174,8 @@ def latest_from_index(
     from envkit.checkpoint.integrity import verify
 
     try:
-        doc = json.loads((folder / INDEX_NAME).read_bytes())
+        with open(folder / INDEX_NAME, "rb") as fh:
+            doc = json.loads(fh.readline())  # the order line only: the entries are neither read nor parsed
         if doc.get("version") != INDEX_VERSION:
             return None
         names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
@@ -199,8 +188,8 @@ def latest_from_index(
         return None
     for name, row in zip(names, rows):
         try:
-            owner, step_text, size_text, _ = row.split("\t", 3)
-            step, size = _text(step_text), int(size_text)
+            owner, step_text, size_text = row.split("\t")
+            step, size = (int(step_text) if step_text != "None" else None), int(size_text)
         except ValueError:
             return None
         if project is not None and owner != project:

@@ -74,9 +74,8 @@ from envkit.policy import Policy
 
 
 def _resolve_policy(policy: Policy | str | None) -> Policy:
-    from envkit.checkpoint.compat import (
-        resolve_policy,  # the one place the manager names where policies resolve
-    )
+    """The one line that names where policies are resolved."""
+    from envkit.checkpoint.compat import resolve_policy
 
     return resolve_policy(policy)
 

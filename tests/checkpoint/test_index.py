@@ -37,6 +37,11 @@ def save_steps(mgr: envkit.CheckpointManager, steps: list[int]) -> None:
         mgr.save(epoch=step // 10, step=step, metrics={"val_loss": 1.0 / step}, model=model, optimizer=opt)
 
 
+def order_line(folder: Path) -> dict:
+    """The index's first line: the version, and the names newest first when they can be joined."""
+    return json.loads((folder / INDEX_NAME).read_text().split("\n", 1)[0])
+
+
 def write_two_file_cache(folder: Path) -> None:
     """The cache as envkit wrote it before the one-file index: entries in .envkit-index.json (version 1),
     the order in .envkit-order.json (version 2, newline-joined names and project/step/size rows)."""
@@ -53,7 +58,7 @@ def test_index_is_one_file_holding_entries_and_order(tmp_path: Path) -> None:
     with envkit.CheckpointManager(tmp_path, project="p", keep_last=None) as mgr:
         save_steps(mgr, [1, 2, 3])
     assert not (tmp_path / LEGACY_ORDER_NAME).exists()
-    doc = json.loads((tmp_path / INDEX_NAME).read_text())
+    doc = order_line(tmp_path)
     assert doc["names"].split("\n") == ["p_0000_00000003.pth", "p_0000_00000002.pth", "p_0000_00000001.pth"]
     entries = read_index(tmp_path)
     assert {n: (e["step"], e["epoch"], e["project"], e["metrics"]) for n, e in entries.items()} == {
@@ -75,7 +80,7 @@ def test_index_round_trip_keeps_absent_values_absent(tmp_path: Path) -> None:
 def test_names_the_order_cannot_carry_keep_entries_but_no_order(tmp_path: Path) -> None:
     infos = [CheckpointInfo(tmp_path / "p\t1.pth", 0, 1, {}, project="p", size=3)]
     write_index(tmp_path, infos)
-    doc = json.loads((tmp_path / INDEX_NAME).read_text())
+    doc = order_line(tmp_path)
     assert "names" not in doc and read_index(tmp_path) == {"p\t1.pth": infos[0].to_index()}
 
 
@@ -89,7 +94,7 @@ def test_cache_from_an_older_envkit_or_unsafe_names_fall_back_to_a_scan(tmp_path
         assert mgr.latest().step == 2
     with envkit.CheckpointManager(tmp_path / "tabs", project="p", keep_last=None, filename="p\t{step}.pth") as mgr:
         save_steps(mgr, [1, 2])
-        assert "names" not in json.loads((tmp_path / "tabs" / INDEX_NAME).read_text())  # a name the order cannot carry
+        assert "names" not in order_line(tmp_path / "tabs")  # a name the order cannot carry
         assert _latest_from_index_order(tmp_path / "tabs", "p") is None
         assert mgr.latest().step == 2
 
@@ -106,7 +111,7 @@ def test_a_folder_with_the_two_file_cache_of_an_older_envkit_still_resumes(tmp_p
         assert (info.step, info.path.name) == (3, "p_0000_00000003.pth")
         save_steps(mgr, [4])
     assert not (tmp_path / LEGACY_ORDER_NAME).exists()  # the next write leaves one file
-    assert json.loads((tmp_path / INDEX_NAME).read_text())["version"] == 2
+    assert order_line(tmp_path)["version"] == 2
     assert find_latest(tmp_path, "p").step == 4
 
 

@@ -55,3 +55,26 @@ def test_resume_opens_the_newest_checkpoint_twice_and_parses_its_stamp_once(tmp_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"step": 3, "opens": 2, "parses": 1}
+
+
+def test_the_manager_resolves_its_policy_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's config is read at the manager's first resume, not again per resume path."""
+    import warnings
+
+    import torch
+
+    import envkit
+    from envkit.checkpoint import compat
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "envkit.toml").write_text('preset = "compatible"\n')
+    reads = []
+    real = compat.load_config
+    monkeypatch.setattr(compat, "load_config", lambda *a, **k: reads.append(1) or real(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with envkit.CheckpointManager(tmp_path / "ck", project="p") as mgr:
+            mgr.save(epoch=0, step=1, model=torch.nn.Linear(2, 2))
+            for _ in range(3):
+                assert mgr.resume(model=torch.nn.Linear(2, 2)).step == 1
+    assert len(reads) == 1
