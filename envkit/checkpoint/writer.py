@@ -14,7 +14,7 @@ import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from envkit.checkpoint.hashing import HashingWriter
 from envkit.checkpoint.paths import temp_path_for, write_target
@@ -80,12 +80,12 @@ def commit_file(tmp: Path, path: Path) -> None:
     try:
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the temporary file goes, the error is raised
         _discard(tmp)
         _raise_write_error(path, exc, None)
 
 
-def _raise_write_error(path: Path, exc: BaseException, writer: HashingWriter | None) -> None:
+def _raise_write_error(path: Path, exc: BaseException, writer: HashingWriter | None) -> NoReturn:
     cause = writer.error if writer is not None and writer.error is not None else exc
     if isinstance(cause, OSError):
         raise CheckpointWriteError(
@@ -138,7 +138,7 @@ def write_uncommitted(
                     zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the temporary file goes, the error is raised
         _discard(tmp)
         _raise_write_error(path, exc, writer)
     if stamp_out is not None:
