@@ -60,7 +60,7 @@ from envkit.checkpoint.naming import (
 from envkit.checkpoint.paths import ephemeral_warning
 from envkit.checkpoint.ranks import Ranks
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, normalise_metrics
-from envkit.checkpoint.state import PARTS, STATE_FORMAT, warn_missing_state  # noqa: F401 - re-exported
+from envkit.checkpoint.state import STATE_FORMAT  # noqa: F401 - re-exported (the format name lives in state.py)
 from envkit.checkpoint.stop import StopAgreement
 from envkit.checkpoint.storage import CheckpointStorage, open_storage
 from envkit.checkpoint.writer import build_meta
