@@ -26,7 +26,7 @@ _LAZY = {
     "save": "envkit.checkpoint.writer",
     "CheckpointManager": "envkit.checkpoint.manager",
     "ResumeInfo": "envkit.checkpoint.manager",
-    "CheckpointInfo": "envkit.checkpoint.directory",
+    "CheckpointInfo": "envkit.checkpoint.index",
 }
 
 __all__ = sorted(_LAZY)

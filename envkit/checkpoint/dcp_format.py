@@ -22,8 +22,12 @@ FORMAT = "dcp"
 SUFFIX = ".dcp"
 
 
-def is_sharded_dir(path: Path) -> bool:
-    return path.is_dir() and (path / STAMP_NAME).is_file()
+def committed_size(folder: str) -> int | None:
+    """A sharded folder's size key, its stamp's size (the stamp is written last); None: not committed."""
+    try:
+        return os.stat(os.path.join(folder, STAMP_NAME)).st_size
+    except OSError:
+        return None
 
 
 def manifest_digest(files: Mapping[str, Mapping[str, Any]], algorithm: str) -> str:

@@ -1,147 +1,46 @@
-"""A folder of stamped checkpoints: listing, the newest valid one, retention, the writer lock.
+"""A folder of stamped checkpoints: listing, the newest valid one, retention, the ``ls`` report.
 
-The stamps are the truth. ``.envkit-index.json`` caches what they say (epoch, step,
-metrics, size) so that finding the newest checkpoint among thousands reads one file;
-anything the index does not know, or knows with another size, is read from its stamp.
+The stamps are the truth; ``index`` caches what they say (see there). Anything the
+index does not know, or knows with another size, is read from its stamp.
 No torch import here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from envkit.checkpoint.reader import CheckpointFile, no_cycle_collection, read_stamp
+from envkit.checkpoint.index import (
+    INDEX_NAME,
+    CheckpointInfo,
+    _int_or_none,
+    info_from_stamp,
+    latest_from_index,
+    newest_first,
+    read_index,
+    write_index,
+)
 from envkit.checkpoint.integrity import verify
+from envkit.checkpoint.paths import CHECKPOINT_SUFFIXES, is_folder_checkpoint
+from envkit.checkpoint.reader import CheckpointFile, no_cycle_collection, read_stamp
 from envkit.errors import EnvkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-INDEX_NAME = ".envkit-index.json"
-ORDER_NAME = ".envkit-order.json"  # names newest first: all latest() reads when nothing changed
-LOCK_NAME = ".envkit.lock"
-INDEX_VERSION = 1
-ORDER_VERSION = 2  # 2: names and rows as newline-joined strings, so a reader parses two JSON strings, not 40,000 values
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".dcp")  # .dcp: a sharded checkpoint folder
+    from collections.abc import Callable
 
+    from envkit.checkpoint.integrity import VerifyResult
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One checkpoint of a folder, as its stamp describes it."""
-
-    path: Path
-    epoch: int | None
-    step: int | None
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    valid: bool | None = None  # None: not verified yet
-    project: str | None = None
-    size: int = 0
-    saved_at: str | None = None
-    problem: str | None = None
-
-    @property
-    def order_key(self) -> tuple[int, int, str]:
-        return (self.step if self.step is not None else -1, self.epoch if self.epoch is not None else -1, self.saved_at or "")
-
-    def to_index(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "metrics": dict(self.metrics),
-            "project": self.project,
-            "size": self.size,
-            "saved_at": self.saved_at,
-        }
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def info_from_stamp(path: Path) -> CheckpointInfo:
-    """Read one file's stamp; a file that cannot be read is returned invalid, with the reason."""
-    try:
-        file = read_stamp(path)
-    except EnvkitError as exc:
-        return CheckpointInfo(path, None, None, valid=False, size=_size(path), problem=exc.message)
-    if file.stamp is None:
-        return CheckpointInfo(path, None, None, valid=False, size=file.size, problem=f"{path}: has no envkit stamp")
-    meta = file.stamp.meta
-    metrics = meta.get("metrics")
-    return CheckpointInfo(
-        path,
-        _int_or_none(meta.get("epoch")),
-        _int_or_none(meta.get("step")),
-        dict(metrics) if isinstance(metrics, Mapping) else {},
-        project=meta.get("project") if isinstance(meta.get("project"), str) else None,
-        size=file.size,
-        saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
-    )
-
+__all__ = ["INDEX_NAME", "CheckpointInfo", "find_latest", "info_from_stamp", "read_index", "retention_plan", "scan", "write_index"]
 
 def _sharded_size(folder: str) -> int | None:
-    """A committed sharded folder's size key: its stamp's size (the stamp is written last)."""
-    from envkit.checkpoint.dcp_format import STAMP_NAME
+    from envkit.checkpoint.dcp_format import committed_size
 
-    try:
-        return os.stat(os.path.join(folder, STAMP_NAME)).st_size
-    except OSError:
-        return None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _read_index_doc(folder: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads((folder / INDEX_NAME).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION or not isinstance(doc.get("entries"), dict):
-        return {}
-    return doc
-
-
-def read_index(folder: Path) -> dict[str, dict[str, Any]]:
-    return _read_index_doc(folder).get("entries", {})
-
-
-def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
-    """Atomically replace the index. It is a cache: a lost update only costs stamp reads later.
-
-    ``order`` lists the names newest first, so that finding the newest among thousands
-    needs no per-file work when the folder holds exactly the files the index names.
-    """
-    kept = [e for e in entries if e.valid is not False]
-    entries_doc = {"version": INDEX_VERSION, "entries": {e.path.name: e.to_index() for e in kept}}
-    newest = newest_first(kept)
-    docs: list[tuple[str, dict[str, Any]]] = [(INDEX_NAME, entries_doc)]
-    if not any(_UNSAFE_IN_ORDER.search(f"{e.path.name}{e.project or ''}") for e in newest):
-        order_doc = {
-            "version": ORDER_VERSION,
-            "names": "\n".join(e.path.name for e in newest),
-            "rows": "\n".join(f"{e.project or ''}\t{e.step}\t{e.size}" for e in newest),
-        }
-        docs.append((ORDER_NAME, order_doc))
-    else:  # a name the joined strings cannot carry: latest() scans instead
-        (folder / ORDER_NAME).unlink(missing_ok=True)
-    for name, doc in docs:
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        try:
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp, folder / name)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+    return committed_size(folder)
 
 
 def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
@@ -157,7 +56,7 @@ def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]
         if name.startswith(".") or not name.endswith(CHECKPOINT_SUFFIXES):
             continue
         try:
-            if entry.is_dir():
+            if is_folder_checkpoint(entry):
                 size = _sharded_size(entry.path)  # None: no commit marker yet, not a checkpoint
                 if size is None:
                     continue
@@ -176,16 +75,7 @@ def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]
 
 
 def _from_index(folder: Path, name: str, cached: Mapping[str, Any]) -> CheckpointInfo:
-    metrics = cached.get("metrics")
-    return CheckpointInfo(
-        folder / name,
-        _int_or_none(cached.get("epoch")),
-        _int_or_none(cached.get("step")),
-        metrics if isinstance(metrics, dict) else {},
-        project=cached.get("project"),
-        size=int(cached.get("size") or 0),
-        saved_at=cached.get("saved_at"),
-    )
+    return CheckpointInfo.from_meta(folder / name, cached, size=int(cached.get("size") or 0))
 
 
 def scan(folder: Path) -> list[CheckpointInfo]:
@@ -196,7 +86,13 @@ def scan(folder: Path) -> list[CheckpointInfo]:
 
 def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | None:
     """The newest checkpoint that verifies, by the step its stamp records; only the winner becomes an object."""
-    fast = _latest_from_index_order(folder, project)
+    found = find_latest_verified(folder, project)
+    return found[0] if found is not None else None
+
+
+def find_latest_verified(folder: Path, project: str | None = None) -> tuple[CheckpointInfo, VerifyResult] | None:
+    """``find_latest``, with the winner's verify result (its stamp: what resume() guards and loads with)."""
+    fast = latest_from_index(folder, project, lambda name: _is_checkpoint_name(name) and _committed(folder, name))
     if fast is not None:
         return fast
     known, unknown = _listing(folder)
@@ -225,59 +121,14 @@ def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | No
             candidates.append((fresh.order_key, name, fresh))
             candidates.sort(key=lambda t: t[0], reverse=True)
             continue
-        return _with(info, valid=True)
+        return _with(info, valid=True), result
     return None
 
 
 def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInfo | None:
-    """When the folder holds exactly the files the order file names, walk it newest first.
-
-    The winner is verified and its stamp must say what the order file says; anything else
-    (a file added, removed or rewritten behind the manager's back) falls back to a scan.
-    """
-    try:
-        doc = json.loads((folder / ORDER_NAME).read_bytes())
-        if doc.get("version") != ORDER_VERSION:
-            return None
-        names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
-        expected, listed = set(names), set(os.listdir(folder))
-        if len(rows) != len(names) or len(expected) != len(names) or not expected <= listed:
-            return None
-        if any(_is_checkpoint_name(n) and _committed(folder, n) for n in listed - expected):
-            return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    for name, row in zip(names, rows):
-        try:
-            owner, step_text, size_text = row.split("\t")
-            step, size = (int(step_text) if step_text != "None" else None), int(size_text)
-        except ValueError:
-            return None
-        if project is not None and owner != project:
-            continue
-        path = folder / name
-        result = verify(path)
-        if not result.ok:
-            continue
-        stamp = result.info.stamp if result.info else None
-        if stamp is None or stamp.meta.get("step") != step or result.info.size != size:
-            return None
-        meta = stamp.meta
-        metrics = meta.get("metrics")
-        return CheckpointInfo(
-            path,
-            _int_or_none(meta.get("epoch")),
-            step,
-            dict(metrics) if isinstance(metrics, Mapping) else {},
-            valid=True,
-            project=owner or None,
-            size=result.info.size,
-            saved_at=meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else None,
-        )
-    return None
-
-
-_UNSAFE_IN_ORDER = re.compile(r"[\t\n]")
+    """The index's fast path alone (None: it cannot answer, find_latest scans)."""
+    fast = latest_from_index(folder, project, lambda name: _is_checkpoint_name(name) and _committed(folder, name))
+    return fast[0] if fast is not None else None
 
 
 def _is_checkpoint_name(name: str) -> bool:
@@ -285,12 +136,8 @@ def _is_checkpoint_name(name: str) -> bool:
 
 
 def _committed(folder: Path, name: str) -> bool:
-    """A sharded folder is a checkpoint once its stamp is written; a file always is."""
-    return not name.endswith(".dcp") or _sharded_size(str(folder / name)) is not None
-
-
-def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
-    return sorted(infos, key=lambda i: i.order_key, reverse=True)
+    """A folder checkpoint is one once its stamp is written; a file always is."""
+    return not is_folder_checkpoint(folder / name) or _sharded_size(str(folder / name)) is not None
 
 
 def with_validity(info: CheckpointInfo, file: CheckpointFile | None = None) -> CheckpointInfo:
@@ -375,9 +222,9 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to")
-    from envkit.checkpoint.compat import resolve_policy
+    from envkit.config import resolve_policy
     from envkit.fingerprint import collect
-    from envkit.policy import diff, evaluate, unstamped_change, verdict
+    from envkit.policy import judge
 
     active = resolve_policy(policy)
     live = collect()
@@ -390,7 +237,71 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
             continue
         with no_cycle_collection():  # verify makes an object per zip record, all live until it ends
             checked = with_validity(info, file)
-        stamp = file.stamp
-        changes = diff(stamp.fingerprint, live) if stamp else (unstamped_change(),)
-        rows.append(FolderRow(checked, stamp.fingerprint.digest if stamp else None, verdict(evaluate(changes, active))))
+        stored = file.stamp.fingerprint if file.stamp else None
+        rows.append(FolderRow(checked, stored.digest if stored else None, judge(stored, live, active).verdict))
     return rows
+
+
+def skipped_warning(folder: Path, project: str, ours: list[CheckpointInfo], chosen: CheckpointInfo | None) -> str | None:
+    """The warning for this project's checkpoints newer than ``chosen`` (all of them, when None) that do not verify.
+
+    A file whose stamp cannot be read has no step: it counts as newer when its mtime is.
+    Files without any envkit stamp (a plain torch.save in the folder) are not the
+    manager's and are not mentioned (``ours`` leaves them out).
+    """
+    newest_time = _mtime(chosen.path) if chosen is not None else None
+    skipped: list[tuple[CheckpointInfo, str]] = []
+    for info in ours:
+        if chosen is not None and info.path == chosen.path:
+            continue
+        if chosen is not None:
+            if info.valid is False and info.step is None:
+                if newest_time is None or _mtime(info.path) <= newest_time:
+                    continue
+            elif info.order_key <= chosen.order_key:
+                continue
+        result = verify(info.path)
+        if result.status in ("corrupt", "unreadable"):
+            skipped.append((info, _reason(result.problem or info.problem or "does not verify", info.path)))
+    if not skipped:
+        return None
+    skipped.sort(key=lambda pair: (pair[0].order_key, _mtime(pair[0].path)), reverse=True)
+    shown = "; ".join(f"{i.path.name} ({why})" for i, why in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    if chosen is None:
+        return (f"{folder}: no checkpoint of project {project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
+                "restore them from a copy, or delete them to silence this")
+    return (f"{folder}: resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
+            f"{shown}{more}; delete or move them, or restore them from a copy")
+
+
+def _reason(problem: str, path: Path) -> str:
+    """A problem without the leading path, to name the file once."""
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if problem.startswith(prefix):
+            return problem[len(prefix):]
+    return problem
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def apply_retention(folder: Path, project: str, delete_checkpoint: Callable[[str], None], *, keep_last: int | None,
+                    keep_best: int, monitor: str | None, mode: str, just_saved: Path) -> None:
+    """Delete what ``retention_plan`` says (through the storage's delete), then rewrite the index."""
+    from envkit.atomic import fsync_dir
+
+    everything = scan(folder)
+    _, delete = retention_plan(
+        [i for i in everything if i.project == project],
+        keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode, protect=(just_saved,),
+    )
+    for path in delete:
+        delete_checkpoint(path.name)
+    if delete:
+        fsync_dir(folder)
+    write_index(folder, (i for i in everything if i.path not in delete))

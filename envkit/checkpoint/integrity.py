@@ -13,10 +13,12 @@ Four answers (``VerifyResult.status``), each with its exit code on the command l
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.hashing import digest_of_file
+from envkit.checkpoint.paths import is_folder_checkpoint
 from envkit.checkpoint.reader import (
     LEGACY_MAGIC,
     ZIP_MAGIC,
@@ -102,8 +104,20 @@ def verify(
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
     """
     p = Path(path)
+    if info is None and not is_folder_checkpoint(p) and os.path.isfile(p):  # a regular file: opening cannot block
+        try:
+            opened = open(p, "rb")  # noqa: SIM115 - closed by the with below; one open for stamp, digest and directory
+        except OSError:
+            pass  # read_stamp names the problem
+        else:
+            with opened:
+                return _verify(p, info, progress, opened)
+    return _verify(p, info, progress, None)
+
+
+def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, opened: Any) -> VerifyResult:
     try:
-        info = info or read_stamp(p)
+        info = info or read_stamp(p, opened)
     except EnvkitError as exc:
         return VerifyResult(p, _status_of_unreadable(p, exc), exc.message)
     stamp = info.stamp
@@ -130,7 +144,7 @@ def verify(
     if payload.length > info.size:
         return VerifyResult(p, CORRUPT, f"{p}: truncated: the stamp records {payload.length} payload bytes, the file has {info.size}", info)
     try:
-        with open(p, "rb") as fh:
+        with nullcontext(opened) if opened is not None else open(p, "rb") as fh:
             source: Any = _Reporting(fh, payload.length, progress) if progress is not None else fh
             actual = digest_of_file(source, payload.length, payload.algorithm)
             if actual != payload.digest:
@@ -191,7 +205,7 @@ def _structure_problem(path: Path, fh: object, length: int) -> str | None:
     damaged one, or one torch would refuse (no single prefix), is a problem, not an error.
     """
     try:
-        with open_zip(path) as zf:
+        with open_zip(path, fh) as zf:  # type: ignore[arg-type]
             archive_prefix(path, zf.namelist())
             for record in zf.infolist():
                 if record.filename.endswith("/extra/envkit.json"):

@@ -14,7 +14,7 @@ import stat
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
 
+from envkit.checkpoint.paths import is_folder_checkpoint
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
 from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
@@ -161,9 +162,10 @@ def _open(path: Path) -> BinaryIO:
 
 
 @contextmanager
-def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+def open_zip(path: Path, fh: BinaryIO | None = None) -> Iterator[zipfile.ZipFile]:
+    """``fh``: the file already open (not closed here), so that it is not opened again."""
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(fh if fh is not None else path)
     except (zipfile.LargeZipFile, *_ZIP_READ_ERRORS) as exc:
         raise NotACheckpoint(
             f"{path}: a damaged or truncated zip archive ({exc}); it is not a usable checkpoint, "
@@ -396,16 +398,13 @@ def _read_sharded(path: Path) -> Inspection:
 # -- entry points -------------------------------------------------------------------
 
 
-def _read(path: str | os.PathLike[str], *, deep: bool) -> Inspection:
+def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
     p = Path(path)
-    try:
-        is_dir = p.is_dir()
-    except OSError as exc:  # a name too long, a folder on the way that may not be searched
-        raise os_error_input(exc, p) from None
-    if is_dir:
+    if is_folder_checkpoint(p):
         return _read_sharded(p)
     size = _check_regular_file(p)
-    with _open(p) as fh:
+    with nullcontext(opened) if opened is not None else _open(p) as fh:
+        fh.seek(0)
         head = fh.read(len(LEGACY_MAGIC))
         fmt = sniff(p, head)
         try:
@@ -435,13 +434,13 @@ def no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-def read_stamp(path: str | os.PathLike[str]) -> CheckpointFile:
+def read_stamp(path: str | os.PathLike[str], opened: BinaryIO | None = None) -> CheckpointFile:
     """The stamp and format of a checkpoint, read without torch and without running pickled code.
 
     Raises ``BadInput`` subclasses (exit code 2) for anything that is not a readable,
-    safe checkpoint.
+    safe checkpoint. ``opened``: the file, already open for reading (left open).
     """
-    return _read(path, deep=False).info
+    return _read(path, deep=False, opened=opened).info
 
 
 def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:

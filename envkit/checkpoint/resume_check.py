@@ -82,11 +82,15 @@ def check(
     *,
     policy: Policy | str | None = None,
     live: Fingerprint | None = None,
+    info: CheckpointFile | None = None,
 ) -> CheckReport:
-    """Compare a checkpoint's stamp with the live (or a given) environment. Never unpickles."""
+    """Compare a checkpoint's stamp with the live (or a given) environment. Never unpickles.
+
+    ``info``: its stamp, when the caller has read it already (it is not read again).
+    """
     from envkit.checkpoint.devices import storage_devices
 
-    info = read_stamp(path)
+    info = info or read_stamp(path)
     active = resolve_policy(policy)
     current = live if live is not None else collect()
     stored = info.stamp.fingerprint if info.stamp else None
@@ -117,12 +121,13 @@ def guard(
     policy: Policy | str | None = None,
     *,
     live: Fingerprint | None = None,
+    info: CheckpointFile | None = None,
 ) -> CheckReport:
     """Call before ``load_state_dict``: warns on drift, raises EnvironmentMismatch on refuse.
 
     ``live`` replaces the live environment (to ask "could that machine resume it?").
     """
-    report = check(path, policy=policy, live=live)
+    report = check(path, policy=policy, live=live, info=info)
     if report.verdict == "refuse":
         raise EnvironmentMismatch(report.summary(), report)
     warned = report.rows("warn")
@@ -155,13 +160,14 @@ def load(
     map_location: Any = None,
     policy: Policy | str | None = None,
     verify: bool = True,
+    info: CheckpointFile | None = None,
 ) -> Any:
     """guard, then the payload digest, then ``torch.load(weights_only=True)``.
 
     Without ``map_location`` tensors go where they were saved when that device
-    exists here, else to the CPU.
+    exists here, else to the CPU. ``info``: its stamp, read already.
     """
-    report = guard(path, policy)
+    report = guard(path, policy, info=info)
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 

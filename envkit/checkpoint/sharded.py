@@ -16,18 +16,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from envkit import distributed as dist_util
-from envkit.checkpoint import training_state as ts
-from envkit.checkpoint.dcp_format import STAMP_NAME, SUFFIX, file_digest, manifest_digest
+from envkit.checkpoint.dcp_format import (
+    STAMP_NAME,
+    SUFFIX,
+    file_digest,
+    manifest_digest,
+)
 from envkit.checkpoint.paths import temp_path_for
+from envkit.checkpoint.ranks import Ranks
+from envkit.checkpoint.reader import CheckpointFile
 from envkit.checkpoint.stamp import Payload, Stamp
-from envkit.checkpoint.writer import fsync_dir
+from envkit.checkpoint.state import TrainingState
+from envkit.checkpoint.storage import LocalFolder
+from envkit.atomic import fsync_dir
 from envkit.errors import BadInput, CheckpointWriteError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from envkit.fingerprint import Fingerprint
+    from envkit.policy import Policy
 
 SEP = "/"
 
@@ -98,71 +115,107 @@ def _own_files(folder: Path, rank: int) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n == f"rank{rank}.pt" or n.startswith(f"__{rank}_"))
 
 
-def save_sharded(mgr: Any, path: Path, meta: dict[str, Any], *, epoch: int, step: int, metrics: Mapping[str, Any],
-                 extra: Mapping[str, Any] | None, model: Any, optimizer: Any, scheduler: Any, scaler: Any, sampler: Any) -> Path:
-    final = sharded_path(path)
-    rank, world, group, src = mgr.rank, dist_util.world_size(mgr.group), mgr.group, mgr._rank0()
-    tmp = temp_path_for(final)
-    made = None
-    if rank == 0:
+@dataclass
+class _PendingFolder:
+    final: Path
+    tmp: Path
+    records: list[dict[str, Any]]  # every rank's files (rank 0; empty on the others)
+    error: str | None  # the first rank's error (rank 0)
+    fingerprint: Any
+    meta: dict[str, Any]
+
+
+class ShardedFolderStorage(LocalFolder):
+    """A folder per checkpoint (``<name>.dcp``): DCP's files, one ``rank<r>.pt`` per rank, ``envkit.json`` last.
+
+    Needs an initialised process group: ``write``, ``commit`` and ``load`` are collectives.
+    """
+
+    def name_for(self, name: str) -> str:
+        return sharded_path(Path(name)).name
+
+    def write(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingFolder:
+        ranks = self.ranks
+        final = self.root / name
+        rank, group = ranks.rank, ranks.group
+        tmp = temp_path_for(final)
+        made = None
+        if rank == 0:
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            except OSError as exc:
+                made = f"cannot create {tmp} ({exc.strerror})"
+        made = ranks.broadcast(made)
+        if made is not None:
+            raise CheckpointWriteError(f"{final}: save failed: {made}; earlier checkpoints are untouched")
+        tmp = self.root / ranks.broadcast(tmp.name)
+
+        error, records = None, {}
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        except OSError as exc:
-            made = f"cannot create {tmp} ({exc.strerror})"
-    made = dist_util.broadcast_object(made, src=src, group=group)
-    if made is not None:
-        raise CheckpointWriteError(f"{final}: save failed: {made}; earlier checkpoints are untouched")
-    tmp = mgr.directory / dist_util.broadcast_object(tmp.name, src=src, group=group)
+            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            _write_rank_file(tmp, rank, _rank_doc(state, rank, ranks.world))
+            flat: dict[str, Any] = {}
+            if state.model is not None:
+                flatten("model", state.model, flat)
+            if state.optimizer is not None:
+                flatten("optimizer/state", {str(k): v for k, v in state.optimizer["state"].items()}, flat)
+            _dcp_save(flat, tmp, group)
+            records = {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, self.digest)} for n in _own_files(tmp, rank)}
+        except Exception as exc:  # the other ranks must hear of it
+            error = f"rank {rank}: {exc}"
+        gathered = dist_util.all_gather((error, records), group)
+        errors = [e for e, _ in gathered if e]
+        return _PendingFolder(final, tmp, [r for _, r in gathered] if rank == 0 else [], errors[0] if errors else None,
+                              fingerprint, dict(meta))
 
-    error, records = None, {}
-    try:
-        opt = optimizer.state_dict() if optimizer is not None else None
-        _write_rank_file(tmp, rank, {
-            # param_groups are small plain data: here, not in DCP (newer DCP flattens lists)
-            "optimizer_param_groups": opt["param_groups"] if opt is not None else None,
-            "format": "envkit.training/1", "epoch": epoch, "step": step, "metrics": dict(metrics), "extra": dict(extra or {}),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "sampler": sampler.state_dict() if sampler is not None else None,
-            "rng": ts.capture_rng(), "rank": rank, "world_size": world,
-        })
-        state: dict[str, Any] = {}
-        if model is not None:
-            flatten("model", ts.model_state(model), state)
-        if opt is not None:
-            flatten("optimizer/state", {str(k): v for k, v in opt["state"].items()}, state)
-        _dcp_save(state, tmp, group)
-        records = {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, mgr.digest)} for n in _own_files(tmp, rank)}
-    except Exception as exc:  # the other ranks must hear of it
-        error = f"rank {rank}: {exc}"
-    gathered = dist_util.all_gather((error, records), group)
-    errors = [e for e, _ in gathered if e]
-    outcome = None
-    if rank == 0:
-        try:
-            if errors:
-                raise CheckpointWriteError(f"{final}: save failed ({errors[0]})")
-            outcome = _commit(mgr, tmp, final, [r for _, r in gathered], meta, world)
-        except Exception as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            outcome = str(exc) or type(exc).__name__
-    outcome = dist_util.broadcast_object(outcome, src=src, group=group)
-    if outcome is not None:
-        raise CheckpointWriteError(
-            f"{outcome}" if outcome.startswith(str(final)) else f"{final}: save failed ({outcome}); earlier checkpoints are untouched"
-        )
-    return final
+    def commit(self, pending: _PendingFolder, then: Callable[[Path], None] | None = None) -> Path:
+        final, outcome = pending.final, None
+        if self.ranks.rank == 0:
+            try:
+                if pending.error:
+                    raise CheckpointWriteError(f"{final}: save failed ({pending.error})")
+                _commit(pending, self.digest, self.ranks.world)
+                if then is not None:
+                    then(final)
+            except Exception as exc:
+                shutil.rmtree(pending.tmp, ignore_errors=True)
+                outcome = str(exc) or type(exc).__name__
+        outcome = self.ranks.broadcast(outcome)
+        if outcome is not None:
+            raise CheckpointWriteError(
+                f"{outcome}" if outcome.startswith(str(final)) else f"{final}: save failed ({outcome}); earlier checkpoints are untouched"
+            )
+        return final
+
+    def abort(self, pending: _PendingFolder) -> None:
+        if self.ranks.rank == 0:
+            shutil.rmtree(pending.tmp, ignore_errors=True)
+
+    def load(self, name: str, *, policy: Policy, map_location: Any = None, file: CheckpointFile | None = None) -> TrainingState:
+        return load_folder(self.root / name, ranks=self.ranks, policy=policy, file=file)
 
 
-def _commit(mgr: Any, tmp: Path, final: Path, per_rank: list[dict[str, Any]], meta: dict[str, Any], world: int) -> None:
+def _rank_doc(state: TrainingState, rank: int, world: int) -> dict[str, Any]:
+    """What a rank file holds: the state but the tensors DCP writes (param_groups are small plain data: here,
+    not in DCP, as newer DCP flattens lists)."""
+    doc = state.to_state()
+    del doc["model"]
+    opt = doc.pop("optimizer")
+    return {"optimizer_param_groups": opt["param_groups"] if opt is not None else None, **doc,
+            "metrics": dict(state.metrics), "rank": rank, "world_size": world}
+
+
+def _commit(pending: _PendingFolder, digest: str, world: int) -> None:
     """Rank 0: the rest of the files' digests, fsync, rename into place, then the stamp."""
+    tmp, final = pending.tmp, pending.final
     files: dict[str, dict[str, Any]] = {}
-    for records in per_rank:
+    for records in pending.records:
         files.update(records)
     for name in sorted(os.listdir(tmp)):  # DCP's .metadata, written by the coordinator
         if name not in files:
-            files[name] = {"size": (tmp / name).stat().st_size, "digest": file_digest(tmp / name, mgr.digest)}
+            files[name] = {"size": (tmp / name).stat().st_size, "digest": file_digest(tmp / name, digest)}
             fd = os.open(tmp / name, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -178,7 +231,8 @@ def _commit(mgr: Any, tmp: Path, final: Path, per_rank: list[dict[str, Any]], me
         os.replace(tmp, final)
     fsync_dir(final.parent)
     total = sum(r["size"] for r in files.values())
-    stamp = Stamp(mgr._fingerprint, Payload(manifest_digest(files, mgr.digest), total), {**meta, "world_size": world, "format": "dcp"})
+    stamp = Stamp(pending.fingerprint, Payload(manifest_digest(files, digest), total),
+                  {**pending.meta, "world_size": world, "format": "dcp"})
     doc = {**stamp.to_json(), "files": files}
     marker = final / f".{STAMP_NAME}.tmp-{os.getpid()}"
     with open(marker, "wb") as fh:
@@ -187,7 +241,6 @@ def _commit(mgr: Any, tmp: Path, final: Path, per_rank: list[dict[str, Any]], me
         os.fsync(fh.fileno())
     os.replace(marker, final / STAMP_NAME)
     fsync_dir(final)
-    mgr._apply_retention(final)
 
 
 def _allocate(folder: Path) -> dict[str, Any]:
@@ -201,34 +254,19 @@ def _allocate(folder: Path) -> dict[str, Any]:
     return out
 
 
-def load_sharded(mgr: Any, path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, sampler: Any) -> Any:
-    from envkit.checkpoint.compat import guard
-    from envkit.checkpoint.manager import ResumeInfo, warn_missing_state
+def load_folder(path: Path, *, ranks: Ranks, policy: Policy, file: CheckpointFile | None = None) -> TrainingState:
+    """The guard, then this rank's part of a sharded checkpoint (a collective), as a TrainingState."""
+    from envkit.checkpoint.resume_check import guard
 
-    report = guard(path, mgr.policy)
+    report = guard(path, policy, info=file)
     saved_world = report.info.stamp.meta.get("world_size") if report.info.stamp else None
-    world = dist_util.world_size(mgr.group)
+    world = ranks.world
     if saved_world != world:
         raise BadInput(f"{path}: saved by {saved_world} ranks, this job has {world}; resume it with {saved_world} ranks")
-    own = torch.load(path / f"rank{mgr.rank}.pt", map_location="cpu", weights_only=True)
+    own = torch.load(path / f"rank{ranks.rank}.pt", map_location="cpu", weights_only=True)
     flat = _allocate(path)
-    _dcp_load(flat, path, mgr.group)
-    if model is not None:
-        ts.load_model_state(model, unflatten(flat, "model"))
-    if optimizer is not None and own.get("optimizer_param_groups") is not None:
-        optimizer.load_state_dict(_optimizer_from_flat({"state": unflatten(flat, "optimizer/state"),
-                                                        "param_groups": own["optimizer_param_groups"]}))
-    for target, key in ((scheduler, "scheduler"), (scaler, "scaler"), (sampler, "sampler")):
-        if target is not None and own.get(key) is not None:
-            target.load_state_dict(own[key])
-    held = {
-        "model": any(k.startswith(f"model{SEP}") for k in flat),
-        "optimizer": own.get("optimizer_param_groups") is not None,
-        **{k: own.get(k) is not None for k in ("scheduler", "scaler", "sampler")},
-    }
-    passed = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "sampler": sampler}
-    warn_missing_state(path, [k for k, v in passed.items() if v is not None and not held[k]], stacklevel=4)
-    ts.restore_rng(own["rng"])
-    if sampler is not None and hasattr(sampler, "restore_rng_when_iterated"):
-        sampler.restore_rng_when_iterated(own["rng"])
-    return ResumeInfo(path, int(own["epoch"]), int(own["step"]), own.get("metrics") or {}, own.get("extra") or {})
+    _dcp_load(flat, path, ranks.group)
+    groups = own.get("optimizer_param_groups")
+    model = unflatten(flat, "model") if any(k.startswith(f"model{SEP}") for k in flat) else None
+    optimizer = _optimizer_from_flat({"state": unflatten(flat, "optimizer/state"), "param_groups": groups}) if groups is not None else None
+    return TrainingState.from_state({**own, "model": model, "optimizer": optimizer}, source=path)

@@ -12,7 +12,7 @@ import subprocess
 
 from envkit.errors import RequeueFailed
 
-__all__ = ["RequeueFailed", "requeue_job", "slurm_job_id"]
+__all__ = ["RequeueFailed", "requeue_after_stop", "requeue_job", "slurm_job_id"]
 
 SCONTROL_TIMEOUT_S = 60
 
@@ -40,3 +40,16 @@ def requeue_job(job_id: str | None = None) -> None:
             f"scontrol requeue {job} exited {done.returncode} ({reason[-1] if reason else 'no message'}); "
             "the checkpoint is saved: submit the job with --requeue or resubmit it"
         )
+
+
+def requeue_after_stop(rank: int) -> bool:
+    """After a SIGUSR1 stop's checkpoint is durable: rank 0 requeues a SLURM job. True once requeued
+    (on every rank, so no rank asks again); False outside SLURM."""
+    if slurm_job_id() is None:
+        return False
+    if rank == 0:
+        requeue_job()
+    return True
+
+
+__all__ = ["RequeueFailed", "requeue_after_stop", "requeue_job", "slurm_job_id"]

@@ -8,36 +8,21 @@ file under the final name, and a failure removes the temporary file.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from envkit.checkpoint.hashing import HashingWriter
-from envkit.checkpoint.paths import temp_path_for, write_target
+from envkit.atomic import fsync_dir, temp_path_for, write_target
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
 from envkit.checkpoint.devices import data_pkl_of, with_storage_devices
 from envkit.checkpoint.ziptail import append_last_member, first_member, torch_layout
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # Windows cannot open folders; rename is durable there by other means
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
 
 def _import_torch() -> Any:
     try:
@@ -67,6 +52,45 @@ def write_stamped(
     """torch.save obj to a temporary file, append the stamp, and commit atomically.
 
     ``stamp_for(payload)`` builds the stamp once the payload digest is known.
+    """
+    box: list[Stamp] = []
+    tmp = write_uncommitted(obj, path, stamp_for=stamp_for, digest=digest, stamp_out=box)
+    commit_file(tmp, path)
+    return box[0]
+
+
+def commit_file(tmp: Path, path: Path) -> None:
+    """The commit of a file ``write_uncommitted`` wrote: rename over the final name, fsync the folder."""
+    target = write_target(path)
+    try:
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException as exc:  # noqa: BLE001 - the temporary file goes, the error is raised
+        _discard(tmp)
+        _raise_write_error(path, exc, None)
+
+
+def _raise_write_error(path: Path, exc: BaseException, writer: HashingWriter | None) -> NoReturn:
+    cause = writer.error if writer is not None and writer.error is not None else exc
+    if isinstance(cause, OSError):
+        raise CheckpointWriteError(
+            f"{path}: save failed ({cause.strerror or cause}); earlier checkpoints are untouched and the "
+            "temporary file was removed; free space or fix the folder, then save again"
+        ) from cause
+    raise exc
+
+
+def write_uncommitted(
+    obj: Any,
+    path: Path,
+    *,
+    stamp_for: Any,
+    digest: str,
+    stamp_out: list[Stamp] | None = None,
+) -> Path:
+    """The first step of ``write_stamped``: the stamped file, fsynced, under its temporary name (returned).
+
+    Nothing under ``path`` changes until ``commit_file``; a failure removes the temporary file.
     """
     torch = _import_torch()
     target = write_target(path)  # through a symlink: the link stays a link, its target is replaced
@@ -99,18 +123,12 @@ def write_stamped(
                     zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        fsync_dir(folder)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the temporary file goes, the error is raised
         _discard(tmp)
-        cause = writer.error if writer is not None and writer.error is not None else exc
-        if isinstance(cause, OSError):
-            raise CheckpointWriteError(
-                f"{path}: save failed ({cause.strerror or cause}); earlier checkpoints are untouched and the "
-                "temporary file was removed; free space or fix the folder, then save again"
-            ) from cause
-        raise
-    return stamp
+        _raise_write_error(path, exc, writer)
+    if stamp_out is not None:
+        stamp_out.append(stamp)
+    return tmp
 
 
 def _discard(tmp: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -207,28 +206,6 @@ def _create_external(plan: CreatePlan) -> None:
         if was_empty_dir:
             target.mkdir()
         raise
-
-
-def records_of(packages: list[dict]) -> list:
-    """rattler RepoDataRecords of LockedPackage fields (as dicts: they cross to the install child)."""
-    from rattler import BuildString, PackageRecord, RepoDataRecord
-
-    records = []
-    for p in (LockedPackage(**{**d, "depends": tuple(tuple(x) for x in d["depends"])}) for d in packages):
-        base, subdir, _ = p.url.rsplit("/", 2)
-        number = re.search(r"_(\d+)$", p.build)
-        record = PackageRecord(
-            p.name,
-            p.version,
-            BuildString(p.build),
-            int(number.group(1)) if number else 0,
-            subdir,
-            depends=[f"{k} {v}".strip() for k, v in p.depends],
-            sha256=bytes.fromhex(p.sha256) if p.sha256 else None,
-            md5=bytes.fromhex(p.md5) if p.md5 else None,
-        )
-        records.append(RepoDataRecord(record, p.filename, p.url, base + "/"))
-    return records
 
 
 def _install_rattler(plan: CreatePlan, staging: Path, cache_dir: Path) -> None:

@@ -126,6 +126,31 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def records_of(packages: list[dict[str, Any]]) -> list[Any]:
+    """rattler RepoDataRecords of locked packages, given as plain dicts of ``LockedPackage``'s
+    fields (they cross to the install child)."""
+    import re
+
+    from rattler import BuildString, PackageRecord, RepoDataRecord
+
+    records = []
+    for p in packages:
+        base, subdir, filename = p["url"].rsplit("/", 2)
+        number = re.search(r"_(\d+)$", p["build"])
+        record = PackageRecord(
+            p["name"],
+            p["version"],
+            BuildString(p["build"]),
+            int(number.group(1)) if number else 0,
+            subdir,
+            depends=[f"{k} {v}".strip() for k, v in p["depends"]],
+            sha256=bytes.fromhex(p["sha256"]) if p["sha256"] else None,
+            md5=bytes.fromhex(p["md5"]) if p["md5"] else None,
+        )
+        records.append(RepoDataRecord(record, filename, p["url"], base + "/"))
+    return records
+
+
 def _child(job: dict[str, Any]) -> dict[str, Any]:
     import rattler
     import rattler.exceptions
@@ -133,8 +158,6 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     from rattler import PackageName as Name
 
     if job["op"] == "install":
-        from envkit.conda.create import records_of
-
         try:
             asyncio.run(rattler.install(
                 records_of(job["packages"]), Path(job["staging"]), cache_dir=Path(job["cache_dir"]),

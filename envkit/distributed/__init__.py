@@ -24,9 +24,6 @@ from envkit.distributed.consistency import (
     compare_fingerprints,
 )
 
-# The manager's name for global_rank until it calls it by its own name.
-_global_rank = global_rank
-
 __all__ = [
     "ConsistencyReport",
     "RankDifference",

@@ -248,16 +248,3 @@ def test_files_added_behind_the_managers_back_are_seen(tmp_path: Path) -> None:
         assert mgr.latest().step == 2
 
 
-def test_order_file_from_an_older_envkit_or_unsafe_names_fall_back_to_a_scan(tmp_path: Path) -> None:
-    from envkit.checkpoint.directory import ORDER_NAME, _latest_from_index_order
-
-    with envkit.CheckpointManager(tmp_path, project="p", keep_last=None) as mgr:
-        save_steps(mgr, [1, 2])
-        assert _latest_from_index_order(tmp_path, "p").step == 2  # the fast path answers
-        (tmp_path / ORDER_NAME).write_text(json.dumps({"version": 1, "order": [["p_0000_00000001.pth", "p", 1, 1]]}))
-        assert _latest_from_index_order(tmp_path, "p") is None
-        assert mgr.latest().step == 2
-    with envkit.CheckpointManager(tmp_path / "tabs", project="p", keep_last=None, filename="p\t{step}.pth") as mgr:
-        save_steps(mgr, [1, 2])
-        assert not (tmp_path / "tabs" / ORDER_NAME).exists()  # a name the order file cannot carry
-        assert mgr.latest().step == 2

@@ -54,19 +54,19 @@ def manager_resume(folder: Path) -> None:
 
 def save_error(folder: Path) -> None:
     """Rank 0's disk fills up mid-save: every rank raises, none waits forever."""
-    import envkit.checkpoint.manager as manager_module
+    import envkit.checkpoint.writer as writer_module  # what the single-file storage writes with
 
     def full_disk(*args: Any, **kwargs: Any) -> None:
         raise envkit.errors.CheckpointWriteError(f"{args[1]}: save failed ({os.strerror(errno.ENOSPC)})")
 
-    real = manager_module.write_stamped
+    real = writer_module.write_uncommitted
     if dist.get_rank() == 0:
-        manager_module.write_stamped = full_disk
+        writer_module.write_uncommitted = full_disk
     try:
         with envkit.CheckpointManager(folder / "full", project="e") as mgr:
             outcome("save_error", lambda: str(mgr.save(epoch=0, step=1, model=torch.nn.Linear(2, 2))))
     finally:
-        manager_module.write_stamped = real
+        writer_module.write_uncommitted = real
 
 
 def slurm(folder: Path) -> None:
