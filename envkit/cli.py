@@ -15,7 +15,7 @@ import sys
 import click
 
 from envkit import __version__
-from envkit.commands import fail
+from envkit.commands import echo, fail
 from envkit.errors import EXIT_BAD_INPUT, EXIT_OK, os_error_input
 
 TYPE_CHECKING = False
@@ -69,7 +69,7 @@ class EnvkitGroup(click.Group):
         try:
             rv = super().main(argv, prog_name or "envkit", standalone_mode=False, **extra)
         except click.exceptions.Abort:
-            click.echo("envkit: interrupted", err=True)
+            echo("envkit: interrupted", err=True)
             sys.exit(130)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "envkit"

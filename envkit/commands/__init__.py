@@ -30,23 +30,32 @@ POLICY_CHOICE = click.Choice(POLICY_PRESETS)
 ENGINE_CHOICE = click.Choice(["auto", "rattler", "conda", "mamba", "micromamba"])
 
 
+def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """Print ``text`` on stdout (or stderr) as it is: unlike ``click.echo``, which re-wraps an ASCII
+    stream with errors="replace", what the stream cannot encode stays a backslash escape
+    (``envkit.cli.safe_streams``), so a path that is not UTF-8 is still printed readably."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n" if nl else text)
+    stream.flush()
+
+
 def emit_json(doc: Any) -> None:
     from envkit.render import json_document
 
-    click.echo(json_document(doc))
+    echo(json_document(doc))
 
 
 def fail(message: str, exit_code: int, *, as_json: bool) -> NoReturn:
     """The one way a command ends on an error: one line on stderr (and, with --json, one document on stdout)."""
     if as_json:
         emit_json(error_document(message, exit_code))
-    click.echo(f"envkit: error: {message}", err=True)
+    echo(f"envkit: error: {message}", err=True)
     sys.exit(exit_code)
 
 
 def progress(message: str) -> None:
     """What a long command says while it works: a line on stderr."""
-    click.echo(f"envkit: {message}", err=True)
+    echo(f"envkit: {message}", err=True)
 
 
 def handle_errors(fn: F) -> F:
@@ -65,7 +74,7 @@ def handle_errors(fn: F) -> F:
             error = os_error_input(exc)
             fail(error.message, error.exit_code, as_json=as_json)
         except KeyboardInterrupt:
-            click.echo("envkit: interrupted", err=True)
+            echo("envkit: interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from envkit.commands import FAIL_ON, POLICY_CHOICE, handle_errors, path_type
+from envkit.commands import FAIL_ON, POLICY_CHOICE, echo, handle_errors, path_type
 
 
 @click.command()
@@ -28,5 +28,5 @@ def check(checkpoint: Path, policy: str | None, against: Path | None, prefix: Pa
 
     report = check_against(checkpoint, policy=policy, against=against, prefix=prefix)
     verified = verify_with_progress(checkpoint, report.info, show=not as_json) if verify_payload else None
-    click.echo(check_output(report, as_json=as_json, against=against, prefix=prefix, fail_on=fail_on, verified=verified))
+    echo(check_output(report, as_json=as_json, against=against, prefix=prefix, fail_on=fail_on, verified=verified))
     sys.exit(max(report.exit_code(fail_on), verified.exit_code if verified is not None else 0))

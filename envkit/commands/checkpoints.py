@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from envkit.commands import POLICY_CHOICE, emit_json, handle_errors, path_type
+from envkit.commands import POLICY_CHOICE, echo, emit_json, handle_errors, path_type
 
 
 @click.command()
@@ -26,9 +26,9 @@ def fingerprint(as_json: bool, prefix: Path | None, output: Path | None) -> None
     if as_json:
         emit_json(fp.to_json())
     elif output is not None:
-        click.echo(wrote_text(output, fp.digest))
+        echo(wrote_text(output, fp.digest))
     else:
-        click.echo(fingerprint_text(fp))
+        echo(fingerprint_text(fp))
 
 
 @click.command()
@@ -49,7 +49,7 @@ def diff(a: str, b: str, policy: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_json())
     else:
-        click.echo(diff_text(report))
+        echo(diff_text(report))
     sys.exit(report.exit_code())
 
 
@@ -66,7 +66,7 @@ def inspect(checkpoint: Path, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(inspect_text(result))
+        echo(inspect_text(result))
 
 
 @click.command()
@@ -87,7 +87,7 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
         emit_json({"ok": code == 0, "exit_code": code, "checkpoints": [r.to_json() for r in results]})
     else:
         for r in results:
-            click.echo(verify_text(r), err=r.status == "unreadable")
+            echo(verify_text(r), err=r.status == "unreadable")
     sys.exit(code)
 
 
@@ -105,4 +105,4 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"folder": str(folder), "checkpoints": [r.to_json() for r in rows]})
     else:
-        click.echo(folder_text(rows))
+        echo(folder_text(rows))

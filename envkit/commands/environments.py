@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from envkit.commands import ENGINE_CHOICE, emit_json, handle_errors, path_type, progress
+from envkit.commands import (
+    ENGINE_CHOICE,
+    echo,
+    emit_json,
+    handle_errors,
+    path_type,
+    progress,
+)
 
 CUDA_DEFAULT = "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none."
 
@@ -46,13 +53,13 @@ def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | N
         from envkit.conda.lock import check_lock
 
         verdict = check_lock(specs, lockfile, platforms=platforms, with_cuda=with_cuda)
-        click.echo(lock_check_text(verdict), err=not verdict.fresh)
+        echo(lock_check_text(verdict), err=not verdict.fresh)
         sys.exit(0 if verdict.fresh else 1)
     from envkit.conda.lock import make_lock
 
     if engine not in ("auto", "rattler"):
         progress(f"--engine {engine} applies to `envkit create`; the lock is solved by the embedded rattler solver")
-    click.echo(lock_text(make_lock(specs, lockfile, platforms=platforms, with_cuda=with_cuda, mirrors=_mirrors(), progress=progress)))
+    echo(lock_text(make_lock(specs, lockfile, platforms=platforms, with_cuda=with_cuda, mirrors=_mirrors(), progress=progress)))
 
 
 @click.command()
@@ -71,7 +78,7 @@ def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: P
 
     plan = create_environment(file, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=_mirrors(),
                               dry_run=dry_run, progress=progress)
-    click.echo(create_text(plan, dry_run=dry_run))
+    echo(create_text(plan, dry_run=dry_run))
 
 
 @click.command()
@@ -88,9 +95,9 @@ def export(name: str | None, prefix: Path | None, no_builds: bool, from_history:
 
     text = export_environment(name, prefix, output=output, no_builds=no_builds, from_history=from_history, progress=progress)
     if output is not None:
-        click.echo(wrote_text(output), err=True)
+        echo(wrote_text(output), err=True)
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
 
 
 @click.command()
@@ -108,7 +115,7 @@ def doctor(name: str | None, prefix: Path | None, lockfile: Path | None, as_json
     if as_json:
         emit_json(report.to_json())
     else:
-        click.echo(doctor_text(report))
+        echo(doctor_text(report))
     sys.exit(0 if report.ok else 1)
 
 
@@ -122,7 +129,7 @@ def recreate(checkpoint: Path, out_dir: Path) -> None:
     from envkit.conda.recreate import recreate as run_recreate
     from envkit.render import recreate_text
 
-    click.echo(recreate_text(run_recreate(checkpoint, out_dir)))
+    echo(recreate_text(run_recreate(checkpoint, out_dir)))
 
 
 @click.command()
@@ -138,5 +145,5 @@ def lint(file: Path, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_json())
     else:
-        click.echo(lint_text(report))
+        echo(lint_text(report))
     sys.exit(report.exit_code)
