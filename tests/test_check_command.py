@@ -209,3 +209,13 @@ def test_python_dash_m_envkit_takes_the_same_entry(files: dict[str, str]) -> Non
     done = subprocess.run([sys.executable, "-m", "envkit", "check", files["missing"]], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"envkit: error: {files['missing']}: no such file; pass the path of a checkpoint written by torch.save or envkit.save\n"
+
+
+def test_an_in_process_caller_keeps_its_gc_threshold(files: dict[str, str]) -> None:
+    """The command line raises the collector's first threshold for its start-up; a caller in the
+    same process (this test runner) gets its own back."""
+    import gc
+
+    before = gc.get_threshold()
+    assert CliRunner().invoke(click_main, ["check", "--json", files["ck"]]).exit_code == 0
+    assert gc.get_threshold() == before
