@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 POLICY_PRESETS = ("strict", "compatible", "warn")
 FAIL_ON = ("refuse", "warn")
 POLICY_CHOICE = click.Choice(POLICY_PRESETS)
-ENGINE_CHOICE = click.Choice(["auto", "rattler", "conda", "mamba", "micromamba"])
 
 
 def echo(text: str, *, err: bool = False, nl: bool = True) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from envkit.commands import (
-    ENGINE_CHOICE,
     echo,
     emit_json,
     handle_errors,
@@ -16,6 +15,7 @@ from envkit.commands import (
     progress,
 )
 
+ENGINE_CHOICE = click.Choice(["auto", "rattler", "conda", "mamba", "micromamba"])
 CUDA_DEFAULT = "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none."
 
 
