@@ -16,7 +16,7 @@ export PYTHONPATH=$R PYTHONUNBUFFERED=1
 exec > >(tee "$O/startup.log") 2>&1
 stamp() { echo; echo "== $(date +%T) $*"; }
 # a console script like the one pip writes, for the machine's python3 and for the venv
-script() { printf '#!%s\nimport re\nimport sys\nfrom envkit.entry import main\nif __name__ == "__main__":\n    sys.exit(main())\n' "$1"; }
+script() { printf '#!%s\nimport re\nimport sys\nfrom envkit.cli import main\nif __name__ == "__main__":\n    sys.exit(main())\n' "$1"; }
 script "$(command -v python3)" > "$W/bin/envkit"; chmod +x "$W/bin/envkit"
 cat > "$W/bin/times.py" <<'PYEOF'
 import shlex, statistics, subprocess, sys, time

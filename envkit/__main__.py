@@ -1,3 +1,3 @@
-from envkit.entry import main
+from envkit.cli import main
 
 main()

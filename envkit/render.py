@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
+    from envkit.conda.create import CreatePlan
+    from envkit.conda.doctor import DoctorReport, Drift
+    from envkit.conda.lint import LintReport
+    from envkit.conda.lock import LockCheck, LockResult
+    from envkit.conda.recreate import Recreated
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Difference
 
@@ -41,6 +46,16 @@ def fingerprint_lines(fp: Fingerprint) -> list[tuple[str, str]]:
         rows.append(("lock", f"{_v(fp.environment.lock_hash)} ({_v(fp.environment.lock_platform)})"))
     rows.append(("digest", fp.digest))
     return rows
+
+
+def fingerprint_text(fp: Fingerprint) -> str:
+    """What ``envkit fingerprint`` prints: one aligned row per part of the environment."""
+    return table(fingerprint_lines(fp), indent="")
+
+
+def wrote_text(path: object, detail: str | None = None) -> str:
+    """``wrote PATH (DETAIL)``: what a command that wrote a file says."""
+    return f"wrote {path}" + (f" ({detail})" if detail else "")
 
 
 def table(rows: Iterable[tuple[str, str]], indent: str = "  ") -> str:
@@ -287,3 +302,83 @@ def folder_text(rows: list[FolderRow]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table_rows]
     problems = [f"  {row.info.problem}" for row in rows if row.info.problem]
     return "\n".join(lines + (["", "problems:", *problems] if problems else []))
+
+
+# -- environments (conda) ------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def lint_text(report: LintReport) -> str:
+    """What ``envkit lint`` prints: one `FILE:LINE: severity: message` line per finding, then a summary line."""
+    lines = [str(f) for f in report.findings]
+    if not report.findings:
+        lines.append(f"{report.path}: ok")
+    else:
+        lines.append(f"{report.path}: {_count(len(report.errors), 'error')}, {_count(len(report.warnings), 'warning')}")
+    return "\n".join(lines)
+
+
+def lock_text(result: LockResult) -> str:
+    """What ``envkit lock`` prints once the lock is written."""
+    return wrote_text(result.path, f"{', '.join(result.platforms)}; {result.packages} packages")
+
+
+def lock_check_text(result: LockCheck) -> str:
+    """What ``envkit lock --check`` prints: up to date, or stale and each change (for stderr)."""
+    if result.fresh:
+        return f"{result.path}: up to date"
+    return "\n".join([f"{result.path}: stale", *(f"  {change}" for change in result.changes)])
+
+
+def create_text(plan: CreatePlan, *, dry_run: bool = False) -> str:
+    """What ``envkit create`` prints: the plan with --dry-run, else the environment it created."""
+    if not dry_run:
+        return f"created {plan.prefix}"
+    out = [
+        f"prefix:   {plan.prefix}",
+        f"platform: {plan.platform}",
+        f"engine:   {plan.engine.name}",
+        f"lock:     {plan.lockfile} ({plan.lock.hash_for(plan.platform)})" + (", solved from the spec now" if plan.kept_lock else ""),
+        f"conda packages ({len(plan.packages)}):",
+    ]
+    out += [f"  {p.name} {p.version} {p.build}" for p in sorted(plan.packages, key=lambda p: p.name)]
+    if plan.spec is not None and plan.spec.variables:
+        out.append(f"variables ({len(plan.spec.variables)}):")
+        out += [f"  {k}={v}" for k, v in sorted(plan.spec.variables.items())]
+    if plan.pip:
+        out.append(f"pip packages ({len(plan.pip)}):")
+        out += [f"  {p.name}=={p.version} sha256:{p.sha256}" for p in sorted(plan.pip, key=lambda p: p.name)]
+    return "\n".join(out)
+
+
+def drift_line(d: Drift) -> str:
+    """One difference ``envkit doctor`` found: `changed  conda numpy: 1.26.4 py311_0 -> ...`."""
+    if d.kind == "changed":
+        return f"changed  {d.manager:5} {d.name}: {d.expected} -> {d.found}"
+    if d.kind == "stale-lock":
+        return f"stale    lock  {d.name}: {d.found}"
+    return f"{d.kind:8} {d.manager:5} {d.name} {d.expected or d.found}"
+
+
+def doctor_text(report: DoctorReport) -> str:
+    """What ``envkit doctor`` prints: matches, or how many differences and one line each."""
+    if report.ok:
+        return f"{report.prefix}: matches {report.lockfile} ({report.platform})"
+    head = f"{report.prefix}: {len(report.drift)} difference(s) from {report.lockfile} ({report.platform})"
+    return "\n".join([head, *(f"  {drift_line(d)}" for d in report.drift)])
+
+
+def recreate_text(result: Recreated) -> str:
+    """What ``envkit recreate`` prints: one `wrote` line per file."""
+    if result.requirements is not None:
+        unpinned = f"; {len(result.not_pinned)} left as comments" if result.not_pinned else ""
+        lines = [wrote_text(result.requirements, f"{result.pip_packages} pip packages pinned{unpinned}")]
+        lines += [wrote_text(path, f"Python {result.python_version}") for path in result.files[1:]]
+        return "\n".join(lines)
+    return "\n".join([
+        wrote_text(result.explicit, f"{result.conda_packages} conda packages, {result.platform}"),
+        wrote_text(result.environment, f"{result.pip_packages} pip packages" if result.pip_packages else None),
+    ])

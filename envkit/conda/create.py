@@ -21,7 +21,7 @@ from typing import Callable
 
 from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
-from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, make_lock, read_lock
+from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, default_cache_dir, make_lock, read_lock
 from envkit.conda.pip_lock import PipPackage, requirements_text
 from envkit.conda.platforms import check_cuda_version, current_platform
 from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
@@ -48,24 +48,6 @@ class CreatePlan:
     def lockfile(self) -> Path:
         """The lock the environment records: the kept one, else the one it was installed from."""
         return self.kept_lock or self.lock.path.resolve()
-
-    def lines(self) -> list[str]:
-        out = [
-            f"prefix:   {self.prefix}",
-            f"platform: {self.platform}",
-            f"engine:   {self.engine.name}",
-            f"lock:     {self.lockfile} ({self.lock.hash_for(self.platform)})"
-            + (", solved from the spec now" if self.kept_lock else ""),
-            f"conda packages ({len(self.packages)}):",
-        ]
-        out += [f"  {p.name} {p.version} {p.build}" for p in sorted(self.packages, key=lambda p: p.name)]
-        if self.spec is not None and self.spec.variables:
-            out.append(f"variables ({len(self.spec.variables)}):")
-            out += [f"  {k}={v}" for k, v in sorted(self.spec.variables.items())]
-        if self.pip:
-            out.append(f"pip packages ({len(self.pip)}):")
-            out += [f"  {p.name}=={p.version} sha256:{p.sha256}" for p in sorted(self.pip, key=lambda p: p.name)]
-        return out
 
 
 def plan_create(
@@ -123,6 +105,31 @@ def plan_create(
         pip=lock.pip_for(platform),
         kept_lock=kept_lock,
     )
+
+
+def create_environment(
+    spec_path: Path | None,
+    lockfile: Path | None,
+    *,
+    name: str | None = None,
+    prefix: Path | None = None,
+    engine: str = "auto",
+    with_cuda: str | None = None,
+    mirrors: tuple[tuple[str, str], ...] = (),
+    dry_run: bool = False,
+    progress: Progress = lambda _: None,
+) -> CreatePlan:
+    """``envkit create``: plan the environment (from ``lockfile``, or ``spec_path`` locked on the
+    fly; neither: ./environment.yml when there is one) and, unless ``dry_run``, create it at the
+    plan's prefix. The plan is returned either way; a lock solved on the fly is solved in a
+    temporary folder that is removed at the end."""
+    if spec_path is None and lockfile is None and Path("environment.yml").is_file():
+        spec_path = Path("environment.yml")
+    with tempfile.TemporaryDirectory(prefix="envkit-create-") as scratch:
+        plan = plan_create(spec_path, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=mirrors, scratch=Path(scratch))
+        if not dry_run:
+            create(plan, cache_dir=default_cache_dir(), progress=progress)
+    return plan
 
 
 def _free_target(name: str | None, prefix: Path | None, default_name: str | None) -> Path:

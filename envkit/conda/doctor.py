@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.conda.lock import check_lock, read_lock
-from envkit.conda.prefixes import installed_packages, pip_dists, read_envkit_meta, require_env
+from envkit.conda.prefixes import installed_packages, pip_dists, read_envkit_meta, require_env, resolve_prefix
 from envkit.errors import LockError
 
 
@@ -17,13 +19,6 @@ class Drift:
     name: str
     expected: str | None
     found: str | None
-
-    def line(self) -> str:
-        if self.kind == "changed":
-            return f"changed  {self.manager:5} {self.name}: {self.expected} -> {self.found}"
-        if self.kind == "stale-lock":
-            return f"stale    lock  {self.name}: {self.found}"
-        return f"{self.kind:8} {self.manager:5} {self.name} {self.expected or self.found}"
 
     def to_json(self) -> dict[str, str | None]:
         return dict(self.__dict__)
@@ -42,6 +37,14 @@ class DoctorReport:
 
     def to_json(self) -> dict[str, object]:
         return {"prefix": str(self.prefix), "lockfile": str(self.lockfile), "platform": self.platform, "ok": self.ok, "drift": [d.to_json() for d in self.drift]}
+
+
+def doctor_environment(name: str | None, prefix: Path | None, lockfile: Path | None = None) -> DoctorReport:
+    """``envkit doctor``: the environment -n NAME or -p PREFIX (neither: the active one,
+    $CONDA_PREFIX, else this Python's) against ``lockfile`` or the lock it was created from."""
+    if name is None and prefix is None:
+        prefix = Path(os.environ.get("CONDA_PREFIX") or sys.prefix)
+    return doctor(resolve_prefix(name, prefix), lockfile)
 
 
 def doctor(prefix: Path, lockfile: Path | None = None) -> DoctorReport:

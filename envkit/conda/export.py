@@ -6,13 +6,41 @@ from pathlib import Path
 
 from envkit.conda.prefixes import (
     NAME_DISALLOWED_CHARS,
+    active_prefix,
     env_name_problem,
     env_vars,
     installed_packages,
     pip_dists,
     read_envkit_meta,
     require_env,
+    resolve_prefix,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+
+def export_environment(
+    name: str | None,
+    prefix: Path | None,
+    *,
+    output: Path | None = None,
+    no_builds: bool = False,
+    from_history: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> str:
+    """``envkit export``: the environment.yml of -n NAME or -p PREFIX (neither: the active one,
+    as `conda env export` does), written atomically to ``output`` when given; the text is returned."""
+    if name is None and prefix is None:
+        prefix = active_prefix("export")
+        progress(f"exporting the active environment {prefix} ($CONDA_PREFIX); pass -n NAME or -p PREFIX for another")
+    text = export_spec(resolve_prefix(name, prefix), no_builds=no_builds, from_history=from_history)
+    if output is not None:
+        from envkit.atomic import atomic_write
+
+        atomic_write(output, text, what="-o")
+    return text
 
 
 def export_spec(prefix: Path, *, no_builds: bool = False, from_history: bool = False) -> str:

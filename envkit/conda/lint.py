@@ -111,15 +111,6 @@ class LintReport:
             "findings": [f.to_json() for f in self.findings],
         }
 
-    def to_text(self) -> str:
-        """One `FILE:LINE: severity: message` line per finding, then a summary line."""
-        lines = [str(f) for f in self.findings]
-        if not self.findings:
-            lines.append(f"{self.path}: ok")
-        else:
-            lines.append(f"{self.path}: {_count(len(self.errors), 'error')}, {_count(len(self.warnings), 'warning')}")
-        return "\n".join(lines)
-
 
 def lint(path: str | os.PathLike[str]) -> LintReport:
     """Lint the environment file at `path`; SpecError (exit 2) when it cannot be read or parsed."""
@@ -130,10 +121,6 @@ def lint_spec(spec: EnvironmentSpec) -> LintReport:
     findings = list(_Linter(spec).run())
     findings.sort(key=lambda f: (f.line, f.severity != "error"))
     return LintReport(str(spec.path), tuple(findings))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _channel_name(channel: str) -> str:

@@ -366,13 +366,15 @@ def _build_from_url(url: str) -> str:
 
 def check_lock(
     spec_paths: tuple[Path, ...],
-    lockfile: Path,
+    lockfile: Path | None = None,
     *,
     platforms: tuple[str, ...] = (),
     with_cuda: str | None = None,
 ) -> LockCheck:
-    """Is ``lockfile`` still the lock of these specs? Names each platform and line that changed."""
+    """Is ``lockfile`` (default: conda-lock.yml beside the first spec) still the lock of these
+    specs? Names each platform and line that changed."""
     check_cuda_version(with_cuda)
+    lockfile = lockfile or Path(spec_paths[0]).parent / DEFAULT_LOCKFILE
     lock = read_lock(lockfile)
     specs = tuple(read_spec(p) for p in spec_paths)
     wanted = check_platforms(platforms) if platforms else lock.platforms

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 MAX_FINGERPRINT_BYTES = 16 * 1024 * 1024
 
-__all__ = ["SCHEMA", "Fingerprint", "collect", "read_fingerprint_file"]
+__all__ = ["SCHEMA", "Fingerprint", "collect", "read_fingerprint_file", "write_fingerprint"]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,6 +26,14 @@ def __getattr__(name: str) -> Any:
         globals()["collect"] = collect
         return collect
     raise AttributeError(f"module 'envkit.fingerprint' has no attribute {name!r}")
+
+
+def write_fingerprint(fp: Fingerprint, path: str | os.PathLike[str]) -> Path:
+    """Write ``fp`` as the JSON ``read_fingerprint_file`` reads, atomically (``envkit fingerprint -o``);
+    the file written is returned (a symbolic link's target). BadInput (exit 2) when it cannot be."""
+    from envkit.atomic import atomic_write
+
+    return atomic_write(path, json.dumps(fp.to_json(), indent=2) + "\n", what="-o")
 
 
 def read_fingerprint_file(path: str | os.PathLike[str]) -> Fingerprint:

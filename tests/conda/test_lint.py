@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from envkit import render
 from envkit.cli import main
 from envkit.conda.lint import LintReport, lint
 from envkit.errors import SpecError
@@ -95,10 +96,10 @@ def test_conda_fixture_outcome_matches_the_manifest(row: dict[str, str]) -> None
     name = row["file"]
     expected = DIFFERS[name][0] if name in DIFFERS else EXIT_FOR[conda_outcome(row["conda_env_create_accepts"])]
     code, report = lint_exit(FIXTURES / name)
-    assert code == expected, f"{name} ({row['edge_case']}): {report.to_text() if report else ''}"
+    assert code == expected, f"{name} ({row['edge_case']}): {render.lint_text(report) if report else ''}"
     if report is not None:
         found = {f.code for f in report.findings}
-        assert EDGE_CASE_CODES.get(name, set()) <= found, report.to_text()
+        assert EDGE_CASE_CODES.get(name, set()) <= found, render.lint_text(report)
         assert "invalid-spec" not in found  # every dependency line in conda's own tests is a valid spec
 
 
@@ -139,7 +140,7 @@ def test_blog_post_file_is_the_one_users_copy_and_its_cudatoolkit_is_an_error() 
 @pytest.mark.parametrize("name", ["environment.yml", "environment-cpu.yml"])
 def test_reference_environments_are_clean(name: str) -> None:
     report = lint(ENVIRONMENTS / name)
-    assert report.findings == (), report.to_text()
+    assert report.findings == (), render.lint_text(report)
 
 
 def test_reference_environment_pins_the_target_runtime() -> None:
@@ -178,7 +179,7 @@ def deps(*lines: str, head: str = HEAD) -> str:
 def test_a_plain_file_has_no_findings(tmp_path: Path) -> None:
     report = lint_text(tmp_path, deps("- python=3.11", "- numpy>=1.21,<2", "- pip", "- pip:", "  - rich==13.7.1"))
     assert report.findings == () and report.exit_code == 0
-    assert report.to_text() == f"{tmp_path / 'environment.yml'}: ok"
+    assert render.lint_text(report) == f"{tmp_path / 'environment.yml'}: ok"
 
 
 @pytest.mark.parametrize(
@@ -508,7 +509,7 @@ LOCAL = "name: x\nchannels:\n  - file:///srv/conda/local\n"
 def test_cuda_needs_nvidia_where_the_public_pytorch_channel_is_listed(tmp_path: Path, channels: str, cuda: str) -> None:
     torch = () if "pytorch=" in cuda else ("- pytorch=2.0.1",)
     report = lint_text(tmp_path, deps(*torch, cuda, "- cuda-version=11.8", head=f"name: x\nchannels:\n  - {channels}\n"))
-    assert [f.code for f in report.errors] == ["cuda-needs-nvidia"], report.to_text()
+    assert [f.code for f in report.errors] == ["cuda-needs-nvidia"], render.lint_text(report)
 
 
 @pytest.mark.parametrize(
@@ -525,7 +526,7 @@ def test_cuda_needs_nvidia_does_not_judge_local_or_mirror_channels(tmp_path: Pat
     if "conda-forge" in head:  # pytorch-cuda exists only on the public pytorch channel, which is listed
         assert [f.code for f in report.errors] == ["cuda-needs-nvidia"] and report.errors[0].line == 7
         report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- cuda-version=11.8", head=head))
-    assert report.errors == (), report.to_text()
+    assert report.errors == (), render.lint_text(report)
 
 
 def test_an_explicit_public_channel_on_the_package_is_judged(tmp_path: Path) -> None:
@@ -539,7 +540,7 @@ def test_an_explicit_public_channel_on_the_package_is_judged(tmp_path: Path) -> 
 def test_names_conda_refuses_are_errors(tmp_path: Path, name: str) -> None:  # `name` as written in YAML
     report = lint_text(tmp_path, deps("- numpy", head=f"name: {name}\nchannels:\n  - conda-forge\n"))
     (error,) = report.errors
-    assert (error.code, error.line) == ("invalid-name", 1), report.to_text()
+    assert (error.code, error.line) == ("invalid-name", 1), render.lint_text(report)
     assert "-p PREFIX" in error.message or "choose another name" in error.message or "write a name" in error.message
 
 
@@ -567,13 +568,13 @@ def test_names_conda_takes_are_fine(tmp_path: Path, name: str) -> None:
 def test_values_that_are_not_text_are_errors_at_their_line(tmp_path: Path, text: str, line: int, says: str) -> None:
     report = lint_text(tmp_path, text)
     (error,) = report.errors
-    assert (error.code, error.line) == ("not-text", line) and says in error.message, report.to_text()
+    assert (error.code, error.line) == ("not-text", line) and says in error.message, render.lint_text(report)
     assert "in quotes" in error.message and report.warnings == ()  # no second finding about the same value
 
 
 def test_quoted_values_are_text(tmp_path: Path) -> None:
     report = lint_text(tmp_path, deps('- "5"', "- '1.5'", "- pip", "- pip:", '  - "rich"', head='name: "5"\nchannels:\n  - conda-forge\n'))
-    assert report.errors == (), report.to_text()
+    assert report.errors == (), render.lint_text(report)
 
 
 @pytest.mark.parametrize(
@@ -587,7 +588,7 @@ def test_quoted_values_are_text(tmp_path: Path) -> None:
 def test_pip_lines_pip_cannot_read_are_errors_at_their_line(tmp_path: Path, line: str, says: str) -> None:
     report = lint_text(tmp_path, deps("- pip", "- pip:", "  - rich==13.7.1", f"  - {json.dumps(line)}"))
     (error,) = report.errors
-    assert (error.code, error.line) == ("invalid-pip", 8) and f"`{line}`" in error.message and says in error.message, report.to_text()
+    assert (error.code, error.line) == ("invalid-pip", 8) and f"`{line}`" in error.message and says in error.message, render.lint_text(report)
 
 
 GOOD_PIP_LINES = [
@@ -604,7 +605,7 @@ GOOD_PIP_LINES = [
 @pytest.mark.parametrize("line", GOOD_PIP_LINES)
 def test_pip_lines_pip_accepts_are_fine(tmp_path: Path, line: str) -> None:
     report = lint_text(tmp_path, deps("- pip", "- pip:", f"  - {json.dumps(line)}"))
-    assert report.errors == (), report.to_text()
+    assert report.errors == (), render.lint_text(report)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pip's own pkg_resources import
@@ -647,7 +648,7 @@ def test_build_string_advice_names_the_variant_the_build_picks(tmp_path: Path, s
 @pytest.mark.parametrize("build", ["*nocuda*", "cpu_*", "*cpu*", "py3.11_0", "h1234_0", "cuda_none*"])
 def test_build_patterns_that_do_not_pick_cuda_are_not_cuda_requests(tmp_path: Path, build: str) -> None:
     report = lint_text(tmp_path, deps(f"- pytorch=2.1.2={build}", head="name: x\nchannels:\n  - pytorch\n"))
-    assert not {"cuda-unpinned", "cuda-needs-nvidia"} & {f.code for f in report.findings}, report.to_text()
+    assert not {"cuda-unpinned", "cuda-needs-nvidia"} & {f.code for f in report.findings}, render.lint_text(report)
 
 
 @pytest.mark.parametrize("build", ["*cuda*", "py3.11_cuda11.8*", "cuda118*", "*cu118*", "*_cuda"])
@@ -663,7 +664,7 @@ def test_build_patterns_that_pick_cuda_are_cuda_requests(tmp_path: Path, build: 
 )
 def test_cudatoolkit_rule_compares_versions_as_conda_does(tmp_path: Path, torch: str, error: bool) -> None:
     report = lint_text(tmp_path, deps(f"- {json.dumps(torch)}", "- cudatoolkit=11.7", head="name: x\nchannels:\n  - pytorch\n  - nvidia\n"))
-    assert ("cudatoolkit-pytorch2" in {f.code for f in report.errors}) == error, report.to_text()
+    assert ("cudatoolkit-pytorch2" in {f.code for f in report.errors}) == error, render.lint_text(report)
 
 
 def test_envkits_own_export_lints_clean_and_solves(tmp_path: Path, channel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -705,13 +706,13 @@ def test_cudatoolkit_beside_pytorch_cuda_is_not_an_error(tmp_path: Path, cuda: s
     CUDA build, so the cudatoolkit it pulled in is harmless."""
     head = "name: x\nchannels:\n  - pytorch\n  - nvidia\n"
     report = lint_text(tmp_path, deps("- pytorch=2.0.1", cuda, "- cudatoolkit=11.8.0", head=head))
-    assert report.errors == (), report.to_text()
+    assert report.errors == (), render.lint_text(report)
     report = lint_text(tmp_path, deps("- pytorch=2.0.1=py3.11_cuda11.8_cudnn8.7.0_0", "- cudatoolkit=11.8.0", head=head))
-    assert report.errors == (), report.to_text()
+    assert report.errors == (), render.lint_text(report)
 
 
 @pytest.mark.parametrize(("entry", "fix"), [("- numpy: 1.26", "write `- numpy=1.26`"), ("- python: '3.11'", "write `- python=3.11`")])
 def test_a_package_written_as_a_mapping_is_an_invalid_spec(tmp_path: Path, entry: str, fix: str) -> None:
     report = lint_text(tmp_path, deps("- pip", entry))
     (error,) = report.errors
-    assert (error.code, error.line) == ("invalid-spec", 6) and fix in error.message, report.to_text()
+    assert (error.code, error.line) == ("invalid-spec", 6) and fix in error.message, render.lint_text(report)
