@@ -83,12 +83,6 @@ class CheckpointWriteError(EnvkitError):
     exit_code = EXIT_REFUSED
 
 
-class RequeueFailed(EnvkitError):
-    """``scontrol requeue`` did not succeed; the checkpoint is saved, resubmit the job by hand."""
-
-    exit_code = 1
-
-
 class CheckpointDirLocked(EnvkitError):
     """Another process already writes checkpoints to this folder."""
 

@@ -29,9 +29,8 @@ from envkit.errors import EnvkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from collections.abc import Callable
+    from typing import Any
 
     from envkit.checkpoint.integrity import VerifyResult
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Any, Iterator, Sized
+from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
