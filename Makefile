@@ -24,17 +24,21 @@ $(READY): pyproject.toml
 
 venv: $(READY)
 
-test: $(READY)
+# lint first: one command for CI (.ci/run)
+test: $(READY) lint
 	$(BIN)/python -m pytest -q
 
 # everything but the tests marked slow (process-spawning, solves, training runs): under a minute on 2 cores
 test-fast: $(READY)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# ruff (lint and import order) and mypy, configured in pyproject.toml; not yet a step of `make test`
+# ruff (lint and import order) and mypy, configured in pyproject.toml; the first step of `make test`.
+# Their caches live in the checkout (.ruff_cache, .mypy_cache); where any part of them cannot be
+# written (a read-only checkout, a cache another user made) both run without one: both crash otherwise.
+LINT_CACHE = $(shell mkdir -p .ruff_cache .mypy_cache 2>/dev/null && test -z "$$(find .ruff_cache .mypy_cache ! -writable -print -quit 2>/dev/null)" && echo yes)
 lint: $(READY)
-	$(BIN)/ruff check envkit tests examples benchmarks
-	$(BIN)/mypy envkit
+	$(BIN)/ruff check $(if $(LINT_CACHE),,--no-cache )envkit tests examples benchmarks
+	$(BIN)/mypy $(if $(LINT_CACHE),,--cache-dir=/dev/null )envkit
 
 demo: $(READY)
 	$(BIN)/python examples/demo.py
@@ -69,4 +73,4 @@ test-torch20: $(READY) $(READY20)
 	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py
 
 clean:
-	rm -rf $(VENV) $(VENV20) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VENV20) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

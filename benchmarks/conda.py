@@ -73,7 +73,10 @@ def main() -> int:
         results["solve 100 specs over 10,000 records"] = median_of(lambda: solve(specs, chans, "linux-64", (), cache_dir=base / "cache", source=spec))
         del rattler
 
-    targets = {"envkit --help": 0.2, "envkit lock --check (fresh)": 0.5, "envkit lock (3 platforms, local channel)": 2.0, "solve 100 specs over 10,000 records": 1.0}
+    targets = {
+        "envkit --help": 0.2, "envkit lock --check (fresh)": 0.5, "envkit lock (3 platforms, local channel)": 2.0,
+        "solve 100 specs over 10,000 records": 1.0,
+    }
     print(f"{'what':44} {'median':>9} {'target':>8}")
     for name, value in results.items():
         print(f"{name:44} {value * 1000:7.0f}ms {targets[name] * 1000:6.0f}ms  {'ok' if value <= targets[name] else 'OVER'}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_results  # noqa: E402
+from common import print_results
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def bench_consistency(worlds: list[int], launches: int) -> dict[str, dict[str, f
         checks, inits = [], []
         for _ in range(launches):
             port = free_port()
-            ranks = run_world(script, world, lambda r: [str(r), str(world), str(port)])
+            ranks = run_world(script, world, lambda r, world=world, port=port: [str(r), str(world), str(port)])
             checks.append(max(x["check_s"] for x in ranks))
             inits.append(max(x["init_s"] for x in ranks))
         results[f"{world} ranks, median of {launches} launches (max over ranks)"] = {
@@ -137,7 +137,7 @@ def bench_save(size_gb: float, runs: int, folder: Path) -> dict[str, float]:
             folder.mkdir(parents=True)
             world = 2 if mode == "sharded" else 1
             port = free_port()
-            ranks = run_world(script, world, lambda r: [mode, str(r), str(world), str(port), str(folder), str(size_gb)])
+            ranks = run_world(script, world, lambda r, mode=mode, world=world, port=port: [mode, str(r), str(world), str(port), str(folder), str(size_gb)])
             times[mode].append(max(x["save_s"] for x in ranks))
             print(f"  run {i + 1} {mode}: {times[mode][-1] * 1000:.0f} ms", flush=True)
     shutil.rmtree(folder, ignore_errors=True)

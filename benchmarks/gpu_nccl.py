@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
 
 def main() -> int:
@@ -62,7 +62,7 @@ def main() -> int:
                 fresh_opt = torch.optim.Adam(fresh.parameters())
                 with envkit.CheckpointManager(folder, project="nccl", sharded=sharded) as mgr:
                     info = mgr.resume(model=fresh, optimizer=fresh_opt)
-                same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+                same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
                 same_opt = all(
                     torch.equal(x[n].cpu(), fresh_opt.state_dict()["state"][k][n].cpu())
                     for k, x in opt.state_dict()["state"].items() for n in x
@@ -71,7 +71,7 @@ def main() -> int:
                 ok = stopped and same and same_opt and verified and info is not None and info.step == 1
                 print(f"{'sharded' if sharded else 'replicated'} save/resume over NCCL: {'ok' if ok else 'FAILED'} "
                       f"(stop agreed {stopped}, weights equal {same}, optimizer equal {same_opt}, verify {verified}, {path.name})")
-            except Exception as exc:  # report and go on to the next check
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next check
                 ok = False
                 print(f"{'sharded' if sharded else 'replicated'} save/resume over NCCL: FAILED ({type(exc).__name__}: {exc})")
             failures += not ok

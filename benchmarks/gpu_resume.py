@@ -18,10 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import envkit  # noqa: E402
+import envkit
 
 STEPS = 40
 
@@ -68,7 +68,7 @@ def main() -> int:
         assert info is not None and info.step == STEPS
         train(fresh, fresh_opt, STEPS, 2 * STEPS)
 
-    same_weights = all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), fresh.state_dict().values()))
+    same_weights = all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), fresh.state_dict().values(), strict=True))
     same_optimizer = all(
         torch.equal(v, fresh_opt.state_dict()["state"][i][k])
         for i, st in ref_opt.state_dict()["state"].items()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.checkpoint.test_reliability import _assert_folder_whole, _save_forever  # noqa: E402
+from tests.checkpoint.test_reliability import _assert_folder_whole, _save_forever
 
 
 def main() -> int:

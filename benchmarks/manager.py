@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results  # noqa: E402
+from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]

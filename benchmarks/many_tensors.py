@@ -172,7 +172,8 @@ def main() -> None:
     title = f"medians; {args.runs} runs of check, {args.slow_runs} of inspect/ls, {args.save_runs} of save; {os.cpu_count()} cores; envkit from {root}"
     print_results(title, results, 48)
     if args.json:
-        doc = {"root": str(root), "cores": os.cpu_count(), "python": sys.version.split()[0], "args": {k: str(v) for k, v in vars(args).items()}, **results, "runs": raw}
+        doc = {"root": str(root), "cores": os.cpu_count(), "python": sys.version.split()[0],
+               "args": {k: str(v) for k, v in vars(args).items()}, **results, "runs": raw}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results  # noqa: E402
+from common import REFERENCE_STDLIB_READER_S, STDLIB_READER, fresh_bytecode, print_results
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def make_checkpoint(path: Path, size_gb: float) -> None:
     if path.exists():
         return
     print(f"writing a {size_gb:g} GB stamped checkpoint to {path} ...", flush=True)
-    subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks")), "envkit", str(path), str(size_gb)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PY, "-c", SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks")), "envkit", str(path), str(size_gb)],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def bench_check(ckpt: Path, size_gb: float, runs: int, quick_runs: int) -> dict[str, float]:

@@ -14,14 +14,14 @@ import importlib
 
 from envkit.errors import (
     BadInput,
-    CheckpointDirLocked,
-    EphemeralDirectoryWarning,
     CheckFailed,
+    CheckpointDirLocked,
     CheckpointSkippedWarning,
     CorruptCheckpoint,
     EnvironmentDriftWarning,
     EnvironmentMismatch,
     EnvkitError,
+    EphemeralDirectoryWarning,
     MissingStateWarning,
     RankRngWarning,
 )

@@ -20,7 +20,7 @@ from envkit.errors import BadInput, os_error_input
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import IO
+    from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
 
@@ -99,7 +99,7 @@ def discard(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(target: Path, *, mode: str = "w+b") -> Iterator[IO]:  # type: ignore[type-arg]
+def atomic_file(target: Path, *, mode: str = "w+b") -> Iterator[IO[Any]]:
     """Open a temporary file for ``target`` (already resolved by ``write_target``); on a clean
     exit fsync it, rename it over ``target`` and fsync the folder; on any exception remove it."""
     tmp = temp_path_for(target)

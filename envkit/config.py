@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 
 from envkit.errors import ConfigError
 from envkit.policy import Policy

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from envkit.errors import ConfigError
 from envkit.fingerprint.schema import DETERMINISM_KEYS, Fingerprint, Package

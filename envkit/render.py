@@ -6,10 +6,10 @@ from collections.abc import Iterable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from envkit.checkpoint.directory import FolderRow
     import os
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
+    from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
     from envkit.conda.create import CreatePlan
@@ -299,7 +299,7 @@ def folder_text(rows: list[FolderRow]) -> str:
             "yes" if i.valid else "NO", (row.environment_digest or "-")[7:19] or "-", _v(row.verdict),
         ))
     widths = [max(len(r[c]) for r in table_rows) for c in range(len(table_rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table_rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table_rows]
     problems = [f"  {row.info.problem}" for row in rows if row.info.problem]
     return "\n".join(lines + (["", "problems:", *problems] if problems else []))
 

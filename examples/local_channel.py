@@ -105,15 +105,19 @@ def reference_packages(platforms: tuple[str, ...] = PLATFORMS) -> list[Pkg]:
             Pkg("jupyter", "1.0.0", "py311h0_0", sd, (PY311,), channel=forge),
             Pkg("cudatoolkit", "11.8.0", "h0_0", sd, channel=forge),
             Pkg("pytorch", "2.0.1", CPU_BUILD, sd, (PY311, "mkl >=2018", "numpy >=1.24", "pytorch-mutex 1.0 cpu"), constrains=("cpuonly",), channel="pytorch"),
-            Pkg("torchvision", "0.15.2", "py311_cpu", sd, (PY311, "numpy >=1.23.5", "pytorch 2.0.1", "pytorch-mutex 1.0 cpu"), constrains=("cpuonly",), channel="pytorch"),
-            Pkg("torchaudio", "2.0.2", "py311_cpu", sd, (PY311, "numpy >=1.21.2", "pytorch 2.0.1", "pytorch-mutex 1.0 cpu"), constrains=("cpuonly",), channel="pytorch"),
+            Pkg("torchvision", "0.15.2", "py311_cpu", sd, (PY311, "numpy >=1.23.5", "pytorch 2.0.1", "pytorch-mutex 1.0 cpu"),
+                constrains=("cpuonly",), channel="pytorch"),
+            Pkg("torchaudio", "2.0.2", "py311_cpu", sd, (PY311, "numpy >=1.21.2", "pytorch 2.0.1", "pytorch-mutex 1.0 cpu"),
+                constrains=("cpuonly",), channel="pytorch"),
         ]
         if not sd.startswith("osx"):
             cuda = ("pytorch-cuda 11.8.*", "pytorch-mutex 1.0 cuda")
             pkgs += [
-                Pkg("pytorch", "2.0.1", CUDA_BUILD, sd, (PY311, "mkl >=2018", "numpy >=1.24", "pytorch-cuda >=11.8,<11.9", "pytorch-mutex 1.0 cuda", "__cuda >=11.8"),
+                Pkg("pytorch", "2.0.1", CUDA_BUILD, sd,
+                    (PY311, "mkl >=2018", "numpy >=1.24", "pytorch-cuda >=11.8,<11.9", "pytorch-mutex 1.0 cuda", "__cuda >=11.8"),
                     constrains=("cpuonly <0",), channel="pytorch"),
-                Pkg("torchvision", "0.15.2", "py311_cu118", sd, (PY311, "numpy >=1.23.5", "pytorch 2.0.1", *cuda), constrains=("cpuonly <0",), channel="pytorch"),
+                Pkg("torchvision", "0.15.2", "py311_cu118", sd, (PY311, "numpy >=1.23.5", "pytorch 2.0.1", *cuda), constrains=("cpuonly <0",),
+                    channel="pytorch"),
                 Pkg("torchaudio", "2.0.2", "py311_cu118", sd, (PY311, "numpy >=1.21.2", "pytorch 2.0.1", *cuda), constrains=("cpuonly <0",), channel="pytorch"),
                 Pkg("pytorch-cuda", "11.8", "h7e8668a_5", sd, ("cuda-cudart >=11.8,<12.0", "cuda-runtime >=11.8,<12.0"), channel="pytorch"),
                 Pkg("cuda-cudart", "11.8.89", "0", sd, channel="nvidia"),

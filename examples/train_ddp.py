@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a checkout without installing envkit
     sys.path.insert(0, str(ROOT))
 
-import envkit
+import envkit  # noqa: E402 - after the sys.path insert above
 
 
 def build(hidden: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR, TensorDataset]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from envkit.checkpoint.stamp import MAX_STAMP_BYTES, Stamp
 from envkit.errors import MalformedStamp, NotACheckpoint

@@ -29,9 +29,8 @@ from envkit.errors import EnvkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from collections.abc import Callable
+    from typing import Any
 
     from envkit.checkpoint.integrity import VerifyResult
 
@@ -102,6 +101,7 @@ def find_latest_verified(folder: Path, project: str | None = None) -> tuple[Chec
         step, epoch = _int_or_none(c.get("step")), _int_or_none(c.get("epoch"))
         return (step if step is not None else -1, epoch if epoch is not None else -1, str(c.get("saved_at") or ""))
 
+    candidates: list[tuple[tuple[int, int, str], str, Mapping[str, Any] | CheckpointInfo]]
     candidates = [(key((n, c)), n, c) for n, c in known if project is None or c.get("project") == project]
     extra = [i for i in (info_from_stamp(folder / n) for n in unknown) if project is None or i.project == project]
     candidates += [(i.order_key, i.path.name, i) for i in extra]

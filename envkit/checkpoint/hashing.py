@@ -19,6 +19,10 @@ if TYPE_CHECKING:
         def hexdigest(self) -> str: ...
         def copy(self) -> Hasher: ...
 
+    class ReadableFile(Protocol):  # an open binary file, or a wrapper that reports progress
+        def seek(self, offset: int, whence: int = ..., /) -> int: ...
+        def readinto(self, buffer: memoryview, /) -> int | None: ...
+
 CHUNK = 8 * 1024 * 1024
 _SNAPSHOTS = 16
 PARALLEL_MIN_BYTES = 1 << 20
@@ -36,7 +40,7 @@ def new_hasher(algorithm: str) -> Hasher:
     raise BadInput(f"unknown digest {algorithm!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
 
 
-def digest_of_file(fh: BinaryIO, length: int, algorithm: str) -> str:
+def digest_of_file(fh: ReadableFile, length: int, algorithm: str) -> str:
     """Digest of the first ``length`` bytes of an open file; short files give a short read."""
     hasher = new_hasher(algorithm)
     fh.seek(0)
@@ -159,7 +163,7 @@ class HashingWriter:
             return f"{self.algorithm}:{self._hasher.hexdigest()}"
         self._fh.flush()
         before = [(start, snapshot) for start, snapshot in self._snapshots if start <= offset]
-        with open(self._fh.name, "rb") as reader:  # type: ignore[attr-defined]
+        with open(self._fh.name, "rb") as reader:
             if before and offset - before[-1][0] <= _REREAD_MOST:
                 start, snapshot = before[-1]
                 hasher = snapshot.copy()

@@ -186,7 +186,7 @@ def latest_from_index(
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         try:
             owner, step_text, size_text = row.split("\t")
             step, size = (int(step_text) if step_text != "None" else None), int(size_text)

@@ -106,7 +106,7 @@ def verify(
     p = Path(path)
     if info is None and not is_folder_checkpoint(p) and os.path.isfile(p):  # a regular file: opening cannot block
         try:
-            opened = open(p, "rb")  # noqa: SIM115 - closed by the with below; one open for stamp, digest and directory
+            opened = open(p, "rb")  # closed by the with below; one open for stamp, digest and directory
         except OSError:
             pass  # read_stamp names the problem
         else:

@@ -12,9 +12,14 @@ import itertools
 import os
 import stat
 import zipfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from contextlib import contextmanager, nullcontext
+
+from envkit.checkpoint.paths import is_folder_checkpoint
+from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
+from envkit.checkpoint.ziptail import last_stamp_member
+from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,11 +27,6 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
     from envkit.checkpoint.safe_pickle import StorageRef  # the unpickler is imported only when a file has no stamp member
-
-from envkit.checkpoint.paths import is_folder_checkpoint
-from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
-from envkit.checkpoint.ziptail import last_stamp_member
-from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")

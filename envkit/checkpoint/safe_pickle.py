@@ -389,11 +389,13 @@ def _scan(fileobj: Any, source: str) -> None:
     """
     try:
         for op, arg, pos in pickletools.genops(fileobj):
-            if op.name in _MEMO_PUTS and arg > pos:
-                raise UnsafeCheckpoint(
-                    f"{source}: the pickle stores into memo slot {arg} at byte {pos}; that asks for "
-                    "gigabytes of memory, not a checkpoint"
-                )
+            if op.name in _MEMO_PUTS:
+                assert isinstance(arg, int) and pos is not None  # a PUT names its slot; _Tee has tell(), so genops gives positions
+                if arg > pos:
+                    raise UnsafeCheckpoint(
+                        f"{source}: the pickle stores into memo slot {arg} at byte {pos}; that asks for "
+                        "gigabytes of memory, not a checkpoint"
+                    )
     except (UnsafeCheckpoint, NotACheckpoint):
         raise
     except Exception as exc:  # noqa: BLE001 - every parse failure is one kind of bad input

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Any, Iterator, Sized
+from collections.abc import Iterator, Sized
+from types import FrameType
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -72,7 +74,7 @@ class ResumableRandomSampler(Sampler[int]):
         Without it (a custom loader, or none) the fetch count is used, which is exact when
         nothing reads ahead (``num_workers=0``).
         """
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         for _ in range(_FRAMES_TO_SEARCH):
             if frame is None:
                 return

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from envkit import distributed as dist_util
+from envkit.atomic import fsync_dir
 from envkit.checkpoint.dcp_format import (
     STAMP_NAME,
     SUFFIX,
@@ -36,7 +37,6 @@ from envkit.checkpoint.reader import CheckpointFile
 from envkit.checkpoint.stamp import Payload, Stamp
 from envkit.checkpoint.state import TrainingState
 from envkit.checkpoint.storage import LocalFolder
-from envkit.atomic import fsync_dir
 from envkit.errors import BadInput, CheckpointWriteError
 
 TYPE_CHECKING = False
@@ -163,7 +163,7 @@ class ShardedFolderStorage(LocalFolder):
                 flatten("optimizer/state", {str(k): v for k, v in state.optimizer["state"].items()}, flat)
             _dcp_save(flat, tmp, group)
             records = {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, self.digest)} for n in _own_files(tmp, rank)}
-        except Exception as exc:  # the other ranks must hear of it
+        except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
             error = f"rank {rank}: {exc}"
         gathered = dist_util.all_gather((error, records), group)
         errors = [e for e, _ in gathered if e]
@@ -179,7 +179,7 @@ class ShardedFolderStorage(LocalFolder):
                 _commit(pending, self.digest, self.ranks.world)
                 if then is not None:
                     then(final)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any error is broadcast, so every rank raises it
                 shutil.rmtree(pending.tmp, ignore_errors=True)
                 outcome = str(exc) or type(exc).__name__
         outcome = self.ranks.broadcast(outcome)

@@ -53,7 +53,7 @@ class SingleFileStorage(LocalFolder):
             state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
             pending.tmp = write_uncommitted(state, self.root / name,
                                             stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
-        except Exception as exc:  # the other ranks must hear of it, or they wait forever
+        except Exception as exc:  # noqa: BLE001 - kept and raised in commit; the other ranks must hear of it, or they wait forever
             pending.error = exc
         return pending
 
@@ -67,7 +67,7 @@ class SingleFileStorage(LocalFolder):
                 commit_file(pending.tmp, path)
                 if then is not None:
                     then(path)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the broadcast the other ranks wait on
                 error = exc
         if self.ranks.distributed:  # the barrier that ends a distributed save; rank 0's error is raised on every rank
             text = (str(error) or type(error).__name__) if error is not None and self.ranks.rank == 0 else None
@@ -105,7 +105,7 @@ class SingleFileStorage(LocalFolder):
 
         try:
             mine: Any = ts.capture_rng()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - sent to rank 0 instead of leaving it waiting
             mine = f"rank {self.ranks.rank}: cannot capture its RNG state ({exc})"
         gathered = dist_util.gather(mine, self.ranks.group)
         if gathered is None:

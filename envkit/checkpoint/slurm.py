@@ -50,6 +50,3 @@ def requeue_after_stop(rank: int) -> bool:
     if rank == 0:
         requeue_job()
     return True
-
-
-__all__ = ["RequeueFailed", "requeue_after_stop", "requeue_job", "slurm_job_id"]

@@ -7,7 +7,8 @@ tensors, and plain Python data (numpy's RNG state becomes lists of ints).
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

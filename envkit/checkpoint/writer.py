@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 import threading
 import zipfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, NoReturn
 
-from envkit.checkpoint.hashing import HashingWriter
 from envkit.atomic import fsync_dir, temp_path_for, write_target
+from envkit.checkpoint.devices import data_pkl_of, with_storage_devices
+from envkit.checkpoint.hashing import HashingWriter
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
-from envkit.checkpoint.devices import data_pkl_of, with_storage_devices
 from envkit.checkpoint.ziptail import append_last_member, first_member, torch_layout
 from envkit.errors import BadInput, CheckpointWriteError, TorchNotInstalled
 from envkit.fingerprint import Fingerprint, collect
+
 
 def _import_torch() -> Any:
     try:

@@ -17,11 +17,11 @@ import struct
 import zipfile
 import zlib
 
+from envkit.checkpoint.stamp import MAX_STAMP_BYTES, MEMBER
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
-
-from envkit.checkpoint.stamp import MAX_STAMP_BYTES, MEMBER
 
 # envkit's writer appends the stamp after torch's records, so its central-directory record
 # is the last one. Reading the end records and that one record costs a few reads however many

@@ -18,7 +18,8 @@ from envkit.errors import EnvkitError, error_document, os_error_input
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, NoReturn, TypeVar
+    from collections.abc import Callable
+    from typing import Any, NoReturn, TypeVar
 
     F = TypeVar("F", bound=Callable[..., Any])
 

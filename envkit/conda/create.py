@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
@@ -91,7 +91,8 @@ def plan_create(
         # the lock solved here is kept in the environment, so doctor finds it later; its
         # `sources` are written relative to where it will live, not to the scratch folder
         kept_lock = target / "conda-meta" / KEPT_LOCK
-        made = make_lock((spec.path,), scratch / KEPT_LOCK, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir, sources_from=kept_lock.parent)
+        made = make_lock((spec.path,), scratch / KEPT_LOCK, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir,
+                         sources_from=kept_lock.parent)
         lock = read_lock(made.path)
     else:
         raise BadInput("nothing to create from; pass an environment file or --lockfile")

@@ -36,7 +36,8 @@ class DoctorReport:
         return not self.drift
 
     def to_json(self) -> dict[str, object]:
-        return {"prefix": str(self.prefix), "lockfile": str(self.lockfile), "platform": self.platform, "ok": self.ok, "drift": [d.to_json() for d in self.drift]}
+        return {"prefix": str(self.prefix), "lockfile": str(self.lockfile), "platform": self.platform, "ok": self.ok,
+                "drift": [d.to_json() for d in self.drift]}
 
 
 def doctor_environment(name: str | None, prefix: Path | None, lockfile: Path | None = None) -> DoctorReport:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def render_explicit(platform: str, entries: Iterable[tuple[str, str | None, str | None]], *, comment: str = "") -> str:

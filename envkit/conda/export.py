@@ -18,7 +18,7 @@ from envkit.conda.prefixes import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 
 def export_environment(

@@ -42,8 +42,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 from envkit.conda.platforms import admits_at_least, lowest_version
 from envkit.conda.prefixes import env_name_problem

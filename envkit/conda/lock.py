@@ -154,8 +154,8 @@ def make_lock(
     """Solve and write the lock; ``sources_from`` is the folder the lock's spec paths are
     relative to when it will be moved after writing (default: its own folder)."""
     from conda_lock.content_hash import compute_content_hashes
-    from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
     from conda_lock.lockfile.v1.models import HashModel
+    from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
 
     from envkit.conda.solver import check_cuda_plan, solve
 

@@ -57,7 +57,8 @@ def env_name_problem(name: str) -> str | None:
     if bad:
         shown = ", ".join("a space" if c == " " else repr(c) for c in bad)
         fixed = "".join("-" if c in bad else c for c in name).strip("-") or "train"
-        return f"conda refuses environment names containing {shown} (they are not allowed: '/', ':', '#', spaces); use e.g. `{fixed}`, or -p PREFIX for a folder"
+        return (f"conda refuses environment names containing {shown} (they are not allowed: '/', ':', '#', spaces); "
+                f"use e.g. `{fixed}`, or -p PREFIX for a folder")
     if name in (".", ".."):
         return f"`{name}` is not a name but a folder; use -p PREFIX for a path"
     if name in RESERVED_NAMES:

@@ -33,6 +33,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from _typeshed import DataclassInstance
+
     JSONValue = Any
 
 
@@ -337,13 +339,13 @@ def _opt_str(value: JSONValue) -> str | None:
 _INT_FIELDS = frozenset({"memory_mib"})
 
 
-def _load(kind: type, value: JSONValue) -> Any:
+def _load(kind: type[DataclassInstance], value: JSONValue) -> Any:
     if value is None:
         return kind()
     if not isinstance(value, Mapping):
         raise TypeError(f"{kind.__name__} must be an object")
     known = kind.__dataclass_fields__
-    kwargs = {}
+    kwargs: dict[str, str | int | None] = {}
     for key, item in value.items():
         if key not in known:
             continue  # written by a newer envkit; ignored but kept out of comparisons

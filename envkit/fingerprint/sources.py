@@ -15,9 +15,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 
 from envkit.errors import BadInput
 from envkit.fingerprint.schema import (

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit.checkpoint.resume_check import check
 from envkit.checkpoint.devices import META_KEY, locations_in_pickle
+from envkit.checkpoint.resume_check import check
 from envkit.fingerprint import collect
 from envkit.fingerprint.schema import GpuDevice, GpuInfo
 from envkit.policy import Policy

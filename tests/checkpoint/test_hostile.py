@@ -26,9 +26,10 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -278,7 +279,9 @@ BROKEN: dict[str, tuple[Callable[[Ctx], bytes], type[BadInput], str]] = {
     ),
     "stamp_encrypted": (lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL, stamp=_stamp()), H.STAMP_MEMBER, set_bits=0x1), UnsafeCheckpoint, "encrypted"),
     "version_encrypted": (lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL), "archive/version", set_bits=0x1), UnsafeCheckpoint, "encrypted"),
-    "data_pkl_strong_encryption_flag": (lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL), "archive/data.pkl", set_bits=0x40), UnsafeCheckpoint, "encrypted"),
+    "data_pkl_strong_encryption_flag": (
+        lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL), "archive/data.pkl", set_bits=0x40), UnsafeCheckpoint, "encrypted",
+    ),
     "data_pkl_patched_data_flag": (lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL), "archive/data.pkl", set_bits=0x20), UnsafeCheckpoint, "flag bits"),
     "version_patched_data_flag": (lambda c: H.patch_zip_flags(H.zip_checkpoint(BENIGN_PKL), "archive/version", set_bits=0x20), UnsafeCheckpoint, "flag bits"),
     "data_pkl_local_name_not_utf8": (
@@ -297,7 +300,9 @@ BROKEN: dict[str, tuple[Callable[[Ctx], bytes], type[BadInput], str]] = {
     "stamp_not_an_object": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=b"[1, 2, 3]"), MalformedStamp, "not a JSON object"),
     "stamp_nested_100k_deep": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=b"[" * 100_000 + b"]" * 100_000), MalformedStamp, "stamp"),
     "stamp_over_8_MiB": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=_stamp(pad="x" * (8 * MiB))), MalformedStamp, "limit"),
-    "stamp_unknown_schema": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=json.dumps({"schema": "envkit.stamp/99"}).encode()), MalformedStamp, "unknown stamp schema"),
+    "stamp_unknown_schema": (
+        lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=json.dumps({"schema": "envkit.stamp/99"}).encode()), MalformedStamp, "unknown stamp schema",
+    ),
     "stamp_without_schema": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=b'{"fingerprint": {}}'), MalformedStamp, "unknown stamp schema"),
     "stamp_fingerprint_not_an_object": (lambda c: H.zip_checkpoint(BENIGN_PKL, stamp=_stamp(fingerprint="x")), MalformedStamp, "fingerprint"),
     "stamp_bad_payload_digest": (
@@ -329,7 +334,9 @@ BROKEN: dict[str, tuple[Callable[[Ctx], bytes], type[BadInput], str]] = {
     ),
     # pickle machinery turned against the reader
     "storage_reference_dag": (
-        lambda c: H.zip_checkpoint(_data_pkl(lambda a: (a.mark().str("storage").glob("torch", "FloatStorage"), H.dag_list(a, 60), a.str("cpu").int(1).tuple().persid()))),
+        lambda c: H.zip_checkpoint(_data_pkl(
+            lambda a: (a.mark().str("storage").glob("torch", "FloatStorage"), H.dag_list(a, 60), a.str("cpu").int(1).tuple().persid())
+        )),
         UnsafeCheckpoint,
         "storage reference",
     ),

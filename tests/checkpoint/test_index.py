@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import envkit
-from envkit.checkpoint.directory import _latest_from_index_order, find_latest, scan
-from envkit.checkpoint.index import (
+import envkit  # noqa: E402 - after importorskip("torch")
+from envkit.checkpoint.directory import _latest_from_index_order, find_latest, scan  # noqa: E402 - after importorskip("torch")
+from envkit.checkpoint.index import (  # noqa: E402 - after importorskip("torch")
     INDEX_NAME,
     LEGACY_ORDER_NAME,
     CheckpointInfo,

@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import envkit  # noqa: E402
-from envkit.checkpoint.directory import INDEX_NAME, retention_plan, CheckpointInfo  # noqa: E402
-from envkit.cli import main as cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+
+import envkit  # noqa: E402
+from envkit.checkpoint.directory import INDEX_NAME, CheckpointInfo, retention_plan  # noqa: E402
+from envkit.cli import main as cli  # noqa: E402
 
 
 def tiny() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader  # noqa: E402 - after importorskip("torch")
 
-from envkit.checkpoint.sampler import ResumableRandomSampler
-from envkit.errors import BadInput
+from envkit.checkpoint.sampler import ResumableRandomSampler  # noqa: E402 - after importorskip("torch")
+from envkit.errors import BadInput  # noqa: E402 - after importorskip("torch")
 
 DATA = list(range(20))
 

@@ -130,7 +130,7 @@ def _eocd_at(blob: bytes) -> int:
 def _patch_eocd(blob: bytes, **fields: int) -> bytes:
     names = ["disk", "cd_disk", "n_disk", "n_total", "cd_size", "cd_offset", "comment"]
     at = _eocd_at(blob)
-    values = dict(zip(names, struct.unpack_from("<4H2LH", blob, at + 4)))
+    values = dict(zip(names, struct.unpack_from("<4H2LH", blob, at + 4), strict=True))
     values.update(fields)
     return blob[: at + 4] + struct.pack("<4H2LH", *(values[n] for n in names)) + blob[at + 22 :]
 
@@ -174,7 +174,8 @@ def _hostile_tails(small: Path, tmp_path: Path) -> dict[str, bytes]:
     }
     # a record hidden in the last record's comment, claiming the stamp name: two candidates end at the directory's end
     fake_name = f"archive/{MEMBER}".encode()
-    fake = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 33, zlib.crc32(stamp), len(stamp), len(stamp), len(fake_name), 0, 0, 0, 0, 0, 0) + fake_name
+    fake = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 33, zlib.crc32(stamp), len(stamp), len(stamp), len(fake_name),
+                       0, 0, 0, 0, 0, 0) + fake_name
     base = _rewrite(small, tmp_path, [("archive/zzz", b"x")]).read_bytes()
     at_b = _eocd_at(base)
     b_size, b_offset = struct.unpack_from("<2L", base, at_b + 12)

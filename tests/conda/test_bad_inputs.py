@@ -19,7 +19,7 @@ from tests.conda.conftest import write_spec
 def fails(*args: str, code: int) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == code, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("envkit: error:")]
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("envkit: error:")]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     return lines[0]
 

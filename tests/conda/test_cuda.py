@@ -154,11 +154,14 @@ def test_test_channel_copies_the_published_dependency_structure() -> None:
     doc = json.loads(RECORDS.read_text())["packages"]
     ours = {(p.name, p.build): p for p in reference_packages(("linux-64",))}
     carried = {p.name for p in ours.values()}
+
+    def names(deps: list[str] | tuple[str, ...]) -> set[str]:
+        return {d.split()[0] for d in deps}
+
     for fn in ("pytorch-2.0.1-py3.11_cpu_0.tar.bz2", "pytorch-2.0.1-py3.11_cuda11.8_cudnn8.7.0_0.tar.bz2",
                "torchvision-0.15.2-py311_cu118.tar.bz2", "torchaudio-2.0.2-py311_cpu.tar.bz2"):
         real = doc[fn]
         mine = ours[(real["name"], real["build"])]
-        names = lambda deps: {d.split()[0] for d in deps}
         assert names(real["depends"]) & carried <= names(mine.depends), fn
         assert list(mine.constrains) == real.get("constrains", []), fn
         assert {"pytorch-mutex"} & names(mine.depends)
@@ -298,7 +301,8 @@ def test_shipped_environment_yml_plans_the_cuda_118_build_with_no_flag(tmp_path:
     assert "pytorch 2.0.1 py3.11_cuda11.8_cudnn8.7.0_0" in plan.stdout and "torchvision 0.15.2 py311_cu118" in plan.stdout
     assert "pytorch-mutex 1.0 cuda" in plan.stdout and "_cpu" not in plan.stdout
     assert "torch-summary==1.4.5" in plan.stdout
-    done = subprocess.run(check=False, args=[*envkit, "lock", "-p", "linux-64", "-p", "win-64"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(check=False, args=[*envkit, "lock", "-p", "linux-64", "-p", "win-64"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert builds(tmp_path / "conda-lock.yml") == {"linux-64": CUDA_BUILD, "win-64": CUDA_BUILD}
 

@@ -164,7 +164,7 @@ def test_create_uses_micromamba_on_path_stand_in_explicit_list(tmp_path: Path, c
     monkeypatch.setattr(create_mod.subprocess, "run", spy)
     run("create", str(spec), "-p", str(tmp_path / "env"))
     lock = read_lock(tmp_path / "conda-lock.yml")
-    entries = [l for l in seen[0].splitlines() if not l.startswith("#") and l != "@EXPLICIT"]
+    entries = [ln for ln in seen[0].splitlines() if not ln.startswith("#") and ln != "@EXPLICIT"]
     assert sorted(entries) == sorted(f"{p.url}#{p.md5}" for p in lock.packages_for("linux-64"))
     assert len(calls(log)) == 1
 
@@ -184,7 +184,7 @@ def test_engine_named_but_not_on_path_exits_2(tmp_path: Path, channel: Path, sta
     prefix = tmp_path / "env"
     result = CliRunner().invoke(main, ["create", str(spec), "-p", str(prefix), "--engine", "micromamba"])
     assert result.exit_code == 2, result.output
-    [line] = [l for l in result.output.splitlines() if l.startswith("envkit: error:")]
+    [line] = [ln for ln in result.output.splitlines() if ln.startswith("envkit: error:")]
     assert "--engine micromamba: not found on PATH" in line and "--engine rattler" in line
     assert "Traceback" not in result.output
     assert not prefix.exists() and calls(log) == []

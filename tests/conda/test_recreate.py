@@ -114,7 +114,10 @@ def test_pip_installs_exactly_the_recorded_set_into_a_fresh_venv(tmp_path: Path)
     b = _venv(tmp_path / "b")
     subprocess.run([*PIP, "--python", str(b), "install", "--no-index", "--find-links", str(wheels),
                     "-r", str(out / "requirements.txt")], check=True, capture_output=True)
-    listed = lambda fp: {(p.name, p.version) for p in fp.packages if p.name != "pip"}
+
+    def listed(fp: Fingerprint) -> set[tuple[str, str]]:
+        return {(p.name, p.version) for p in fp.packages if p.name != "pip"}
+
     assert listed(collect(tmp_path / "b")) == listed(fp_a)
     assert (out / ".python-version").read_text().strip() == fp_a.python.version
 

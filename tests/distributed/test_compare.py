@@ -22,7 +22,10 @@ BASE = Fingerprint(
 )
 
 
-def report(*others: Fingerprint, policy: Policy = Policy()) -> ConsistencyReport:
+DEFAULT_POLICY = Policy()
+
+
+def report(*others: Fingerprint, policy: Policy = DEFAULT_POLICY) -> ConsistencyReport:
     fps = [BASE, *others]
     return ConsistencyReport(len(fps), tuple(f.digest for f in fps), BASE.host.hostname, compare_fingerprints(fps, policy))
 

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.distributed.helpers import ROOT, rank_env, run_ranks, worker_commands  # noqa: E402
+from tests.distributed.helpers import ROOT, rank_env, run_ranks, worker_commands
 
 OTHER_VENV = ROOT / ".venv-numpy-other"
 OTHER_NUMPY = "1.26.4"

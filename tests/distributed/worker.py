@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -102,7 +103,7 @@ def sharded_round_trip(folder: Path) -> None:
     with envkit.CheckpointManager(folder / "sh", project="sh", sharded=True) as mgr:
         info = mgr.resume(model=fresh, optimizer=fresh_opt)
         names = sorted(p.name for p in (folder / "sh").iterdir() if not p.name.startswith("."))
-    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
     same_opt = len(opt.state_dict()["state"]) == len(fresh_opt.state_dict()["state"]) == 4 and all(
         torch.equal(x[n], fresh_opt.state_dict()["state"][k][n]) for k, x in opt.state_dict()["state"].items() for n in x
     ) and opt.state_dict()["param_groups"] == fresh_opt.state_dict()["param_groups"]

@@ -65,7 +65,8 @@ def test_determinism_flags_are_process_settings_not_the_environment(settings: st
     toggled, doc = _collect_in_subprocess(f"import torch\n{settings}", env)
     assert toggled == plain
     flags = doc["runtime"]["determinism"]
-    assert any(flags[k] not in (None, False) for k in ("cudnn_benchmark", "cudnn_deterministic", "deterministic_algorithms", "tf32_matmul", "cublas_workspace_config"))
+    assert any(flags[k] not in (None, False)
+               for k in ("cudnn_benchmark", "cudnn_deterministic", "deterministic_algorithms", "tf32_matmul", "cublas_workspace_config"))
 
 
 @needs_torch
