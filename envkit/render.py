@@ -213,7 +213,7 @@ def _tensor_lines(insp: Inspection) -> str:
 def verify_text(result: VerifyResult) -> str:
     """One line per checkpoint; an unreadable one is bad input and goes to stderr as an error instead."""
     if result.status == "ok":
-        digest = result.info.stamp.payload.digest if result.info and result.info.stamp and result.info.stamp.payload else "-"
+        digest = _payload_digest(result)
         return f"ok         {result.path}  ({digest})"
     if result.status == "unstamped":
         return f"unstamped  {result.problem}"
@@ -222,10 +222,15 @@ def verify_text(result: VerifyResult) -> str:
     return f"envkit: error: {result.problem}"
 
 
+def _payload_digest(result: VerifyResult) -> str:
+    stamp = result.info.stamp if result.info else None
+    return stamp.payload.digest if stamp and stamp.payload else "-"
+
+
 def check_verify_text(result: VerifyResult) -> str:
     """The line ``envkit check --verify`` adds after the verdict."""
     if result.status == "ok":
-        digest = result.info.stamp.payload.digest if result.info and result.info.stamp and result.info.stamp.payload else "-"
+        digest = _payload_digest(result)
         return f"verified: the payload matches its stamp ({digest})"
     if result.status == "unstamped":
         return "verify: unstamped, nothing to verify against; stamp it by saving with envkit.save"
