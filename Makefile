@@ -17,7 +17,7 @@ all: test
 $(READY): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "numpy"
-	$(BIN)/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -e ".[dev,safetensors,lightning,transformers,s3]" --config-settings editable_mode=compat
 	@# Byte-compile so that start-up is measured as users see it, even under PYTHONDONTWRITEBYTECODE.
 	$(BIN)/python -m compileall -q envkit $(VENV)/lib >/dev/null || true
 	@touch $@

@@ -9,7 +9,7 @@ files import next to nothing, which ``test_package_inits_stay_light`` holds).
 
 Layers, top to bottom; a module may import its own layer or any lower one:
   6  envkit.cli, envkit.commands.*, envkit.__main__
-  5  envkit.render
+  5  envkit.render, envkit.integrations.*   (Lightning, transformers, accelerate: over checkpoint/)
   4  envkit.checkpoint.*, envkit.conda.*
   3  envkit.distributed           (checkpoint's manager uses its collectives)
   2  envkit.config                (reads [tool.envkit] and builds policy.py's Policy)
@@ -33,7 +33,7 @@ PACKAGE = ROOT / "envkit"
 
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (6, ("envkit.cli", "envkit.commands", "envkit.__main__")),
-    (5, ("envkit.render",)),
+    (5, ("envkit.render", "envkit.integrations")),
     (4, ("envkit.checkpoint", "envkit.conda")),
     (3, ("envkit.distributed",)),
     # config.py reads [tool.envkit] and builds the Policy that policy.py defines: it sits above it
@@ -46,7 +46,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
 ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 ALLOWED_UPWARD_EDGES: set[tuple[str, str]] = set()
 
-HEAVY = ("torch", "click", "yaml", "conda_lock", "rattler")
+HEAVY = ("torch", "click", "yaml", "conda_lock", "rattler", "safetensors", "lightning", "pytorch_lightning",
+         "transformers", "accelerate", "fsspec", "s3fs")
 
 
 @dataclass(frozen=True)
