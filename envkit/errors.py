@@ -93,6 +93,10 @@ class TorchNotInstalled(BadInput):
     """An operation needs torch and it is not importable."""
 
 
+class ExtraNotInstalled(BadInput):
+    """An integration needs a framework that is not installed; the message names the extra (`pip install 'envkit[NAME]'`)."""
+
+
 class EnvironmentDriftWarning(UserWarning):
     """The live environment differs from the checkpoint's in a way the policy only warns about."""
 

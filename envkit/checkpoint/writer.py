@@ -186,3 +186,54 @@ class _Pending:
             raise self._error
         assert self._value is not None
         return self._value
+
+
+def stamp_existing(path: str | os.PathLike[str], *, stamp_for: Any, digest: str = "xxh3_128") -> Stamp | None:
+    """Stamp a torch zip checkpoint that something else wrote (a framework's own saver), atomically.
+
+    A copy beside the file gets the stamp appended as its last member (``stamp_for(payload)``,
+    the payload digest over the bytes up to the archive's directory); the copy is fsynced and
+    renamed over the file. Returns None, changing nothing, when the file already carries a stamp
+    member or is not a zip archive (a legacy torch stream has no room for one).
+    """
+    from envkit.checkpoint.hashing import digest_of_file
+    from envkit.checkpoint.ziptail import last_stamp_member
+
+    if digest not in DIGEST_ALGORITHMS:
+        raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+    target = write_target(path)
+    try:
+        with open(target, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if fh.read(4) != b"PK\x03\x04" or last_stamp_member(fh, size) is not None:
+                return None
+    except OSError as exc:
+        _raise_write_error(Path(path), exc, None)
+    import shutil
+
+    tmp = temp_path_for(target)
+    try:
+        shutil.copyfile(target, tmp)
+        with open(tmp, "r+b") as fh:
+            layout = torch_layout(fh, size)
+            if layout is not None:
+                payload = Payload(digest_of_file(fh, layout[1], digest), layout[1])
+                first = first_member(fh, layout[1], layout[1])
+                data_pkl = first[1] if first is not None and first[0] == f"{layout[0]}/data.pkl" else None
+                stamp = with_storage_devices(stamp_for(payload), data_pkl)
+                append_last_member(fh, layout, f"{layout[0]}/{MEMBER}", stamp.to_bytes())
+            else:
+                with zipfile.ZipFile(fh, "r") as zf:
+                    prefix = archive_prefix(Path(path), zf.namelist())
+                    start, data_pkl = zf.start_dir, data_pkl_of(zf, prefix)
+                stamp = with_storage_devices(stamp_for(Payload(digest_of_file(fh, start, digest), start)), data_pkl)
+                with zipfile.ZipFile(fh, "a") as zf:
+                    info = zipfile.ZipInfo(f"{prefix}/{MEMBER}", date_time=(1980, 1, 1, 0, 0, 0))
+                    zf.writestr(info, stamp.to_bytes(), compress_type=zipfile.ZIP_STORED)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:  # noqa: BLE001 - the temporary file goes, the error is raised
+        _discard(tmp)
+        _raise_write_error(Path(path), exc, None)
+    commit_file(tmp, Path(path))
+    return stamp
