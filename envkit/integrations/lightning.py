@@ -39,8 +39,8 @@ try:
 except ImportError:
     try:
         import pytorch_lightning as _pl  # type: ignore[no-redef]
-        from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO  # type: ignore[no-redef,assignment]
-        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef,assignment]
+        from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO  # type: ignore[assignment]
+        from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
 
         _PACKAGE = "pytorch_lightning"
     except ImportError:
@@ -152,9 +152,7 @@ class EnvkitCheckpointIO(CheckpointIO):
 
         if digest not in DIGEST_ALGORITHMS:
             raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
-        if isinstance(inner, EnvkitCheckpointIO):
-            inner = inner.inner
-        self.inner = inner
+        self.inner: CheckpointIO | None = inner.inner if isinstance(inner, EnvkitCheckpointIO) else inner
         self.policy = policy
         self.digest = digest
         self._stamper = _Stamper(fingerprint)

@@ -41,11 +41,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.e
 
 
 def _run_module() -> Any:
-    sys.path.insert(0, str(HERE))
-    try:
-        import lightning_run
-    finally:
-        sys.path.remove(str(HERE))
+    from tests.integrations import lightning_run  # imports lightning: only once a test runs
+
     return lightning_run
 
 
@@ -257,7 +254,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     R = _run_module()
     import lightning as L
 
-    class WithHparams(R.Tiny):  # type: ignore[misc,name-defined]
+    class WithHparams(R.Tiny):  # type: ignore[name-defined]
         def __init__(self, width: int = 4, name: str = "tiny") -> None:
             super().__init__()
             self.save_hyperparameters()
@@ -291,10 +288,11 @@ def test_envkit_check_on_a_plain_lightning_ckpt_says_unstamped_and_runs_nothing(
     assert [d["field"] for d in report["differences"]] == ["stamp"]
 
 
-def test_plain_lightning_ckpt_resumes_through_envkit_with_the_unstamped_warning(plain: Path, tmp_path: Path) -> None:
+def test_plain_lightning_ckpt_resumes_through_envkit_with_the_unstamped_warning(plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = _TorchLoads(monkeypatch)
     with pytest.warns(EnvironmentDriftWarning, match="no envkit stamp"):
         trainer, _ = _fit(tmp_path, 2, io="plugin", ckpt_path=plain)
-    assert trainer.global_step == 8
+    assert trainer.global_step == 8 and len(loads.calls) == 1  # guarded, then unpickled once, by Lightning
     assert envkit.read_stamp(tmp_path / "checkpoints" / "last.ckpt").stamp_source == "member"  # stamped from now on
 
 
@@ -317,7 +315,7 @@ def test_stamp_survives_a_plain_torch_resave(trained: Path, tmp_path: Path) -> N
 def _user_io(legacy: bool) -> Any:
     from lightning.fabric.plugins import TorchCheckpointIO
 
-    class UserIO(TorchCheckpointIO):  # type: ignore[misc]
+    class UserIO(TorchCheckpointIO):
         """A user's own CheckpointIO: plain torch.save, its own way."""
 
         saves: list[str] = []
@@ -334,14 +332,15 @@ def _user_io(legacy: bool) -> Any:
 def test_a_users_own_checkpoint_io_writes_and_envkit_stamps_what_it_wrote(tmp_path: Path, legacy: bool) -> None:
     from envkit.integrations.lightning import EnvkitCheckpointIO
 
-    user = _user_io(legacy)
+    user: Any = _user_io(legacy)
+    saves: list[str] = user.saves
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer, _ = _fit(tmp_path, 2, io="callback", plugins=[user])
     io = trainer.strategy.checkpoint_io
     assert isinstance(io, EnvkitCheckpointIO) and io.inner is user
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert os.fspath(last) in user.saves  # the user's IO did the writing
+    assert os.fspath(last) in saves  # the user's IO did the writing
     info = envkit.read_stamp(last)
     assert info.stamp.fingerprint.digest == envkit.collect().digest and (info.stamp.epoch, info.stamp.step) == (1, 8)
     if legacy:  # a legacy stream has no room for a member: the "envkit" key carries the stamp
