@@ -62,7 +62,7 @@ def _wrapping_class() -> Any:
 
 _WrappingCheckpointIO: Any = _wrapping_class()
 
-__all__ = ["EnvkitCallback", "EnvkitCheckpointIO", "checkpoint_meta", "install"]
+__all__ = ["EnvkitCallback", "EnvkitCheckpointIO", "checkpoint_meta", "guard_file", "install"]
 
 
 def checkpoint_meta(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,6 +191,15 @@ class EnvkitCheckpointIO(CheckpointIO):
         local = _local(path)
         if local is not None and local.is_file():
             guard_file(local, self.policy)
+        elif local is None or local.exists():  # a missing file: the inner IO raises FileNotFoundError, as Lightning does
+            import warnings
+
+            warnings.warn(
+                f"{os.fspath(path)}: envkit guards local checkpoint files; this {'URL' if local is None else 'folder'} "
+                "is loaded by the inner CheckpointIO without the guard; run `envkit check` on a local copy first",
+                UserWarning,
+                stacklevel=2,
+            )
         kwargs: dict[str, Any] = {}
         if map_location is not None:
             kwargs["map_location"] = map_location
@@ -208,7 +217,8 @@ class EnvkitCheckpointIO(CheckpointIO):
 
 def guard_file(path: Path, policy: Policy | str | None = None) -> None:
     """The guard and the payload digest check of ``envkit.load``, without the load: raises
-    EnvironmentMismatch or CorruptCheckpoint (or BadInput for a file that is no checkpoint)."""
+    EnvironmentMismatch or CorruptCheckpoint (or BadInput for a file that is no checkpoint).
+    ``LightningModule.load_from_checkpoint`` reads files without any CheckpointIO: call this first."""
     from envkit.checkpoint.integrity import verify
     from envkit.checkpoint.reader import read_stamp
     from envkit.checkpoint.resume_check import guard

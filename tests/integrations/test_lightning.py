@@ -438,12 +438,24 @@ def test_pytorch_lightning_is_used_when_lightning_is_absent(tmp_path: Path) -> N
     assert envkit.verify(target).status == "ok" and envkit.read_stamp(target).stamp.step == 5
 
 
-def test_a_remote_path_is_left_to_the_inner_io(tmp_path: Path) -> None:
-    from envkit.integrations.lightning import _local
+def test_a_url_is_left_to_lightnings_io_with_the_dict_stamp_and_a_warning_on_load(tmp_path: Path) -> None:
+    """fsspec's memory:// file system stands in for object storage: Lightning's own IO writes and reads it."""
+    import fsspec
+
+    from envkit.integrations.lightning import EnvkitCheckpointIO, _local
 
     assert _local("s3://bucket/last.ckpt") is None
     assert _local(f"file://{tmp_path}/x.ckpt") == tmp_path / "x.ckpt"
-    assert _local(tmp_path / "x.ckpt") == tmp_path / "x.ckpt"
+    io = EnvkitCheckpointIO()
+    url = "memory://envkit-test/last.ckpt"
+    io.save_checkpoint({"epoch": 1, "global_step": 3, "state_dict": {"w": torch.ones(2)}}, url)
+    with fsspec.open(url, "rb") as fh:
+        saved = torch.load(fh, weights_only=True)
+    assert saved["envkit"]["meta"]["step"] == 3 and saved["envkit"]["payload"] is None
+    with pytest.warns(UserWarning, match="without the guard"):
+        assert io.load_checkpoint(url)["global_step"] == 3
+    io.remove_checkpoint(url)
+    assert not fsspec.filesystem("memory").exists("/envkit-test/last.ckpt")
 
 
 def test_unknown_digest_is_bad_input() -> None:
