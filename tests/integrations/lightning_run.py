@@ -6,7 +6,7 @@
 Linear 4->2 on a fixed TensorDataset (32 rows, batches of 8, not shuffled), SGD with momentum
 (so the optimizer state matters on resume), CPU. ModelCheckpoint writes ``last.ckpt`` (and the
 best by ``train_loss``) at every epoch end, or every K steps with ``--every-n-steps``. A hang
-point writes ``DIR/ready`` once the checkpoint before it is on disk and then waits to be killed.
+point writes ``DIR/ready`` once the checkpoint before it is on disk and then waits for a signal.
 The final weights go to ``DIR/final.pt``.
 """
 
@@ -51,18 +51,20 @@ class _Hang(Callback):
     def __init__(self, root: Path, epoch: int | None, step: int | None) -> None:
         self.root, self.epoch, self.step = root, epoch, step
 
-    def _hang(self) -> None:
+    def _hang(self, trainer: Any) -> None:
+        """Until SIGKILL ends the process, or SIGTERM reaches Lightning's handler: then Lightning
+        raises SIGTERMException before the next batch and the process exits 1."""
         (self.root / "ready").write_text("ready")
-        while True:
-            time.sleep(1)
+        while not getattr(trainer, "received_sigterm", False):
+            time.sleep(0.05)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.epoch is not None and trainer.current_epoch == self.epoch:
-            self._hang()
+            self._hang(trainer)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.step is not None and trainer.global_step == self.step:
-            self._hang()
+            self._hang(trainer)
 
 
 def trainer_for(root: Path, epochs: int, *, io: str = "plugin", callbacks: list[Any] | None = None,
