@@ -273,7 +273,7 @@ class EnvkitCallback(Callback):
         self._stamper = _Stamper()
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        install(trainer, self.policy)
+        self._stamper = install(trainer, self.policy)._stamper  # one fingerprint for the key and the member
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         path = getattr(trainer, "default_root_dir", ".")
