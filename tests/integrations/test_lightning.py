@@ -257,6 +257,35 @@ def test_tampered_ckpt_is_refused_before_torch_load(trained: Path, tmp_path: Pat
     assert loads.calls == [] and _same(_weights(model), before)
 
 
+class _Touch:
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.canary}",))
+
+
+def test_a_ckpt_that_runs_code_is_refused_even_with_weights_only_false(trained: Path, tmp_path: Path) -> None:
+    """``trainer.fit(..., weights_only=False)`` makes torch.load run any pickled call: the reader
+    refuses the file first (UnsafeCheckpoint), and the control shows plain Lightning running it."""
+    from envkit.errors import UnsafeCheckpoint
+
+    state = torch.load(trained / "last.ckpt", weights_only=True)
+    del state["envkit"]
+    canary = tmp_path / "canary"
+    state["hyper_parameters"] = {"payload": _Touch(canary)}
+    evil = tmp_path / "evil.ckpt"
+    torch.save(state, evil)
+    R = _run_module()
+    with pytest.raises(UnsafeCheckpoint, match="os.system|posix.system"):
+        R.trainer_for(tmp_path / "run", 3, io="callback").fit(R.Tiny(), R.loader(), ckpt_path=evil, weights_only=False)
+    assert not canary.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        R.trainer_for(tmp_path / "plain", 3, io="none").fit(R.Tiny(), R.loader(), ckpt_path=evil, weights_only=False)
+    assert canary.exists()  # the control: without envkit the pickle ran
+
+
 # --- (d) checkpoints written by plain Lightning ---------------------------------------------------
 
 
