@@ -481,7 +481,7 @@ def test_pytorch_lightning_is_used_when_lightning_is_absent(tmp_path: Path) -> N
 
 def test_a_url_is_left_to_lightnings_io_with_the_dict_stamp_and_a_warning_on_load(tmp_path: Path) -> None:
     """fsspec's memory:// file system stands in for object storage: Lightning's own IO writes and reads it."""
-    import fsspec
+    import fsspec  # type: ignore[import-untyped]
 
     from envkit.integrations.lightning import EnvkitCheckpointIO, _local
 
