@@ -127,6 +127,8 @@ class EnvkitCheckpointIO(CheckpointIO):
     ``inner``: the CheckpointIO to wrap (the strategy's own; None or a plain ``TorchCheckpointIO``
     means Lightning's default). ``policy``: the guard's policy (a preset name or a Policy; None:
     ``[tool.envkit]``, else the default preset). ``digest``: the payload digest's algorithm.
+    ``fingerprint``: the environment to record instead of the live one (collected once, at the
+    first save, otherwise).
 
     Saving: with the default IO, envkit's own one-pass writer (``torch.save`` through a hashing
     writer, the stamp appended, fsync, rename: never a partial file under the final name). With
