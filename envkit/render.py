@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import os
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
+    from envkit.checkpoint.adopt import Adoption
     from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
@@ -213,7 +214,7 @@ def _tensor_lines(insp: Inspection) -> str:
 def verify_text(result: VerifyResult) -> str:
     """One line per checkpoint; an unreadable one is bad input and goes to stderr as an error instead."""
     if result.status == "ok":
-        digest = _payload_digest(result)
+        digest = result.sidecar.label if result.sidecar is not None else _payload_digest(result)
         return f"ok         {result.path}  ({digest})"
     if result.status == "unstamped":
         return f"unstamped  {result.problem}"
@@ -229,6 +230,8 @@ def _payload_digest(result: VerifyResult) -> str:
 
 def check_verify_text(result: VerifyResult) -> str:
     """The line ``envkit check --verify`` adds after the verdict."""
+    if result.status == "ok" and result.sidecar is not None:
+        return f"verified: the file matches its checksum {result.sidecar.label} ({result.sidecar.sidecars[0].path.name})"
     if result.status == "ok":
         digest = _payload_digest(result)
         return f"verified: the payload matches its stamp ({digest})"
@@ -387,3 +390,17 @@ def recreate_text(result: Recreated) -> str:
         wrote_text(result.explicit, f"{result.conda_packages} conda packages, {result.platform}"),
         wrote_text(result.environment, f"{result.pip_packages} pip packages" if result.pip_packages else None),
     ])
+
+
+def adopt_text(result: Adoption) -> str:
+    """``envkit stamp FILE``: what was stamped, the sidecar checked first, and whose environment the stamp records."""
+    if result.already_stamped:
+        return f"{result.path}: already stamped (saved_at {result.stamp.meta.get('saved_at', '?')}); left as it is"
+    payload = result.stamp.payload
+    lines = [f"stamped    {result.path}  ({payload.digest if payload is not None else '-'}), adopted"]
+    if result.sidecar is not None:
+        names = ", ".join(s.path.name for s in result.sidecar.sidecars)
+        lines.append(f"  checked against its {result.sidecar.label} ({names}) first; rewritten for the stamped bytes")
+    lines.append(f"  the environment that wrote it is unknown: the stamp records this one ({result.stamp.fingerprint.digest[:19]}) "
+                 "marked adopted, so check and guard compare later environments with this one")
+    return "\n".join(lines)

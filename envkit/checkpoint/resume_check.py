@@ -168,6 +168,12 @@ def load(
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
+    if verify and not report.info.stamped:
+        from envkit.checkpoint.sidecar import check_sidecars
+
+        checked = check_sidecars(path)  # a checksum sidecar (ckpt.pth.md5): MalformedSidecar is exit 2
+        if checked is not None and not checked.ok:
+            raise CorruptCheckpoint(f"{checked.problem(Path(path))}; resume from an earlier checkpoint")
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 

@@ -1,4 +1,4 @@
-"""The read commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls."""
+"""The commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls (read), stamp (adopt)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,23 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
         emit_json({"folder": str(folder), "checkpoints": [r.to_json() for r in rows]})
     else:
         echo(folder_text(rows))
+
+
+@click.command()
+@click.argument("checkpoint", type=path_type())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def stamp(checkpoint: Path, as_json: bool) -> None:
+    """Adopt the unstamped torch checkpoint CHECKPOINT: stamp it in place, atomically.
+
+    A checksum sidecar beside it (CHECKPOINT.md5, .sha256) is verified first (exit 1 on a
+    mismatch, the file untouched) and rewritten for the new bytes. The stamp records this
+    environment, marked adopted: the one that wrote the file is unknown."""
+    from envkit.checkpoint.adopt import adopt
+    from envkit.render import adopt_text
+
+    result = adopt(checkpoint)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        echo(adopt_text(result))
