@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
+    from envkit.conda.channels import ResolvedChannel
     from envkit.conda.create import CreatePlan
     from envkit.conda.doctor import DoctorReport, Drift
     from envkit.conda.lint import LintReport
@@ -329,9 +330,15 @@ def lint_text(report: LintReport) -> str:
     return "\n".join(lines)
 
 
-def lock_text(result: LockResult) -> str:
-    """What ``envkit lock`` prints once the lock is written."""
-    return wrote_text(result.path, f"{', '.join(result.platforms)}; {result.packages} packages")
+def lock_text(result: LockResult, *, verbose: bool = False) -> str:
+    """What ``envkit lock`` prints once the lock is written (``-v``: each channel's URL and the setting that gave it)."""
+    text = wrote_text(result.path, f"{', '.join(result.platforms)}; {result.packages} packages")
+    return "\n".join([text, *channel_lines(result.channels)]) if verbose else text
+
+
+def channel_lines(channels: Iterable[ResolvedChannel]) -> list[str]:
+    """``channel conda-forge -> https://mirror/conda-forge  (custom_channels.conda-forge in ~/.condarc)``, one per URL."""
+    return [f"channel  {c.name} -> {c.url}" + (f"  ({c.via})" if c.via else "") for c in channels]
 
 
 def lock_check_text(result: LockCheck) -> str:
@@ -341,15 +348,22 @@ def lock_check_text(result: LockCheck) -> str:
     return "\n".join([f"{result.path}: stale", *(f"  {change}" for change in result.changes)])
 
 
-def create_text(plan: CreatePlan, *, dry_run: bool = False) -> str:
-    """What ``envkit create`` prints: the plan with --dry-run, else the environment it created."""
+def create_text(plan: CreatePlan, *, dry_run: bool = False, verbose: bool = False) -> str:
+    """What ``envkit create`` prints: the plan with --dry-run, else the environment it created
+    (``-v``: and where its channels and its folder came from)."""
+    where = [f"prefix from {plan.prefix_via}"] if plan.prefix_via else []
     if not dry_run:
-        return f"created {plan.prefix}"
+        return "\n".join([f"created {plan.prefix}", *where, *channel_lines(plan.channels)]) if verbose else f"created {plan.prefix}"
     out = [
-        f"prefix:   {plan.prefix}",
+        f"prefix:   {plan.prefix}" + (f"  ({plan.prefix_via})" if plan.prefix_via else ""),
         f"platform: {plan.platform}",
         f"engine:   {plan.engine.name}",
         f"lock:     {plan.lockfile} ({plan.lock.hash_for(plan.platform)})" + (", solved from the spec now" if plan.kept_lock else ""),
+    ]
+    if plan.channels:
+        out.append(f"channels ({len(plan.channels)}):")
+        out += [f"  {line.removeprefix('channel  ')}" for line in channel_lines(plan.channels)]
+    out += [
         f"conda packages ({len(plan.packages)}):",
     ]
     out += [f"  {p.name} {p.version} {p.build}" for p in sorted(plan.packages, key=lambda p: p.name)]
