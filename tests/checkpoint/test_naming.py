@@ -116,3 +116,19 @@ def test_epoch_step_metrics_and_escaped_percent_keep_working(tmp_path: Path) -> 
     (tmp_path / "d").mkdir()
     with envkit.CheckpointManager(tmp_path / "d", project="q") as mgr:
         assert mgr.save(epoch=1, step=2, model=model).name == "q_0001_00000002.pth"
+
+
+@pytest.mark.slow
+def test_sharded_ranks_agree_on_one_save_time(tmp_path: Path) -> None:
+    """Two real gloo ranks whose clocks read different milliseconds save one folder, named by rank 0's time."""
+    from tests.distributed.helpers import run_ranks, worker_commands
+
+    results = run_ranks(worker_commands(2, tmp_path, ["timestamp_names"]))
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    docs = [r.reports()["timestamp_names"] for r in results]
+    assert docs[0]["name"] == docs[1]["name"] and docs[0]["saved_at"] == docs[1]["saved_at"]
+    folders = [p.name for p in (tmp_path / "ts").iterdir() if not p.name.startswith(".")]
+    assert folders == [docs[0]["name"]]
+    saved = datetime.fromisoformat(docs[0]["saved_at"])
+    assert docs[0]["name"] == f"ts_{saved.strftime('%Y%m%dT%H%M%S%f')}_4.dcp"

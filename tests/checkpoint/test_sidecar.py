@@ -250,3 +250,16 @@ def test_stamp_and_verify_in_a_real_process(tmp_path: Path) -> None:
     assert stamped.returncode == 0 and "adopted" in stamped.stdout
     again = subprocess.run([*run, "verify", str(path)], capture_output=True, text=True, env=env)
     assert again.returncode == 0 and "xxh3_128:" in again.stdout
+
+
+def test_the_first_adopted_checkpoint_still_reads(data_dir: Path) -> None:
+    """tests/data/adopted-v1.pth: what `envkit stamp` of envkit 0.1.0 wrote (fixture of the adopted meta)."""
+    path = data_dir / "adopted-v1.pth"
+    info = envkit.read_stamp(path)
+    assert info.stamp is not None and info.stamp.schema == "envkit.stamp/1" and info.stamp_source == "member"
+    meta = info.stamp.meta
+    assert meta["adopted"] is True and meta["adopted_sidecars"] == ["adopted-v1.pth.md5"]
+    assert meta["adopted_at"] >= meta["saved_at"]  # saved_at: the file's mtime, before it was adopted
+    assert envkit.verify(path).ok
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and state["model"]["weight"].shape == (2, 2)
