@@ -74,7 +74,11 @@ class SaveTime:
     def __format__(self, spec: str) -> str:
         if not spec:
             return self.when.strftime(TIMESTAMP_FORMAT)
-        bad = [f"%{c}" for c in _codes(spec) if c not in TIME_CODES]
+        codes = _codes(spec)
+        if not codes:  # e.g. {time:.1f}: a number's format; the field is the save time, never a metric
+            raise BadInput(f"{{time:{spec}}} has no strftime code; {{time}} is the save time, formatted like "
+                           f"{{time:%Y%m%d-%H%M%S}} (a metric named 'time' cannot be used in a template: rename it)")
+        bad = [f"%{c}" for c in codes if c not in TIME_CODES]
         if bad:
             raise BadInput(f"{{time:{spec}}} uses {', '.join(sorted(set(bad)))}; use only the "
                            f"strftime codes whose text is the same in every locale: "

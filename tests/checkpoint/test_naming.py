@@ -89,13 +89,14 @@ def test_unknown_field_names_the_fields_that_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("{project}_{time:%b}.pth", "%b"),           # month name: locale text
-        ("{project}_{time:%c}.pth", "%c"),           # locale date and time
-        ("{project}_{time:%A_%p}.pth", "%A, %p"),
+        ("{project}_{time:%b}.pth", "uses %b; use only"),  # month name: locale text
+        ("{project}_{time:%c}.pth", "uses %c;"),           # locale date and time
+        ("{project}_{time:%A_%p}.pth", "uses %A, %p;"),
         ("{project}_{time:%Y/%m}.pth", "drop '/'"),  # a folder, not a name
-        ("{project}_{time:%D}.pth", "%D"),           # %m/%d/%y
+        ("{project}_{time:%D}.pth", "uses %D;"),          # %m/%d/%y
         ("{project}_{time:%}.pth", "uses %"),
-        ("{project}_{time:%-d}.pth", "%-"),
+        ("{project}_{time:%-d}.pth", "uses %-;"),
+        ("{project}_{time:.1f}.pth", "no strftime code"),  # a metric named time: the field wins, so say so
     ],
 )
 def test_time_formats_that_are_not_names_are_refused_before_any_save(tmp_path: Path, template: str, message: str) -> None:
