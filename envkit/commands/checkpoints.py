@@ -77,7 +77,8 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
     """Re-hash each checkpoint's payload against its stamp.
 
     Exit 2 if any cannot be read (missing, not a checkpoint), else 1 if any is corrupt, else 0;
-    an unstamped file has nothing to verify against: a warning, not corruption (exit 0)."""
+    an unstamped file has nothing to verify against: a warning, not corruption (exit 0), unless a
+    checksum sidecar (CKPT.md5, CKPT.sha256, as md5sum/sha256sum write them) sits beside it."""
     from envkit.checkpoint.integrity import exit_code_of
     from envkit.render import verify_text, verify_with_progress
 
