@@ -47,6 +47,10 @@ class MalformedStamp(BadInput):
     """The envkit stamp inside a checkpoint is not valid JSON of a known schema."""
 
 
+class MalformedSidecar(BadInput):
+    """A checksum sidecar (``ckpt.pth.md5``, ``.sha256``) is not what md5sum/sha256sum write."""
+
+
 class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 

@@ -9,9 +9,11 @@ if TYPE_CHECKING:
     import os
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
+    from envkit.checkpoint.adopt import Adoption
     from envkit.checkpoint.directory import FolderRow
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
+    from envkit.conda.channels import ResolvedChannel
     from envkit.conda.create import CreatePlan
     from envkit.conda.doctor import DoctorReport, Drift
     from envkit.conda.lint import LintReport
@@ -213,7 +215,7 @@ def _tensor_lines(insp: Inspection) -> str:
 def verify_text(result: VerifyResult) -> str:
     """One line per checkpoint; an unreadable one is bad input and goes to stderr as an error instead."""
     if result.status == "ok":
-        digest = _payload_digest(result)
+        digest = result.sidecar.label if result.sidecar is not None else _payload_digest(result)
         return f"ok         {result.path}  ({digest})"
     if result.status == "unstamped":
         return f"unstamped  {result.problem}"
@@ -229,6 +231,8 @@ def _payload_digest(result: VerifyResult) -> str:
 
 def check_verify_text(result: VerifyResult) -> str:
     """The line ``envkit check --verify`` adds after the verdict."""
+    if result.status == "ok" and result.sidecar is not None:
+        return f"verified: the file matches its checksum {result.sidecar.label} ({result.sidecar.sidecars[0].path.name})"
     if result.status == "ok":
         digest = _payload_digest(result)
         return f"verified: the payload matches its stamp ({digest})"
@@ -326,9 +330,15 @@ def lint_text(report: LintReport) -> str:
     return "\n".join(lines)
 
 
-def lock_text(result: LockResult) -> str:
-    """What ``envkit lock`` prints once the lock is written."""
-    return wrote_text(result.path, f"{', '.join(result.platforms)}; {result.packages} packages")
+def lock_text(result: LockResult, *, verbose: bool = False) -> str:
+    """What ``envkit lock`` prints once the lock is written (``-v``: each channel's URL and the setting that gave it)."""
+    text = wrote_text(result.path, f"{', '.join(result.platforms)}; {result.packages} packages")
+    return "\n".join([text, *channel_lines(result.channels)]) if verbose else text
+
+
+def channel_lines(channels: Iterable[ResolvedChannel]) -> list[str]:
+    """``channel conda-forge -> https://mirror/conda-forge  (custom_channels.conda-forge in ~/.condarc)``, one per URL."""
+    return [f"channel  {c.name} -> {c.url}" + (f"  ({c.via})" if c.via else "") for c in channels]
 
 
 def lock_check_text(result: LockCheck) -> str:
@@ -338,15 +348,22 @@ def lock_check_text(result: LockCheck) -> str:
     return "\n".join([f"{result.path}: stale", *(f"  {change}" for change in result.changes)])
 
 
-def create_text(plan: CreatePlan, *, dry_run: bool = False) -> str:
-    """What ``envkit create`` prints: the plan with --dry-run, else the environment it created."""
+def create_text(plan: CreatePlan, *, dry_run: bool = False, verbose: bool = False) -> str:
+    """What ``envkit create`` prints: the plan with --dry-run, else the environment it created
+    (``-v``: and where its channels and its folder came from)."""
+    where = [f"prefix from {plan.prefix_via}"] if plan.prefix_via else []
     if not dry_run:
-        return f"created {plan.prefix}"
+        return "\n".join([f"created {plan.prefix}", *where, *channel_lines(plan.channels)]) if verbose else f"created {plan.prefix}"
     out = [
-        f"prefix:   {plan.prefix}",
+        f"prefix:   {plan.prefix}" + (f"  ({plan.prefix_via})" if plan.prefix_via else ""),
         f"platform: {plan.platform}",
         f"engine:   {plan.engine.name}",
         f"lock:     {plan.lockfile} ({plan.lock.hash_for(plan.platform)})" + (", solved from the spec now" if plan.kept_lock else ""),
+    ]
+    if plan.channels:
+        out.append(f"channels ({len(plan.channels)}):")
+        out += [f"  {line.removeprefix('channel  ')}" for line in channel_lines(plan.channels)]
+    out += [
         f"conda packages ({len(plan.packages)}):",
     ]
     out += [f"  {p.name} {p.version} {p.build}" for p in sorted(plan.packages, key=lambda p: p.name)]
@@ -387,3 +404,17 @@ def recreate_text(result: Recreated) -> str:
         wrote_text(result.explicit, f"{result.conda_packages} conda packages, {result.platform}"),
         wrote_text(result.environment, f"{result.pip_packages} pip packages" if result.pip_packages else None),
     ])
+
+
+def adopt_text(result: Adoption) -> str:
+    """``envkit stamp FILE``: what was stamped, the sidecar checked first, and whose environment the stamp records."""
+    if result.already_stamped:
+        return f"{result.path}: already stamped (saved_at {result.stamp.meta.get('saved_at', '?')}); left as it is"
+    payload = result.stamp.payload
+    lines = [f"stamped    {result.path}  ({payload.digest if payload is not None else '-'}), adopted"]
+    if result.sidecar is not None:
+        names = ", ".join(s.path.name for s in result.sidecar.sidecars)
+        lines.append(f"  checked against its {result.sidecar.label} ({names}) first; rewritten for the stamped bytes")
+    lines.append(f"  the environment that wrote it is unknown: the stamp records this one ({result.stamp.fingerprint.digest[:19]}) "
+                 "marked adopted, so check and guard compare later environments with this one")
+    return "\n".join(lines)

@@ -5,6 +5,8 @@ Four answers (``VerifyResult.status``), each with its exit code on the command l
 - ``ok`` (0): the payload hashes to the digest its stamp recorded and the zip is whole;
 - ``unstamped`` (0, with a warning): no envkit stamp with a payload digest, so there is
   nothing to verify against; not corruption (``check`` likewise only warns about it);
+  an unstamped file with a checksum sidecar (``ckpt.pth.md5``, ``.sha256``) is checked
+  against it instead: ``ok`` or ``corrupt``, ``sidecar`` naming it (``sidecar.py``);
 - ``corrupt`` (1): the file is a checkpoint, but its bytes changed or were cut short;
 - ``unreadable`` (2): not something verify can read at all (a missing file, a folder,
   permission denied, not a checkpoint, an unsafe pickle): bad input, as ``check`` says.
@@ -32,6 +34,7 @@ from envkit.errors import (
     EXIT_OK,
     EXIT_REFUSED,
     EnvkitError,
+    MalformedSidecar,
     MalformedStamp,
     NotACheckpoint,
 )
@@ -40,6 +43,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from envkit.checkpoint.sidecar import SidecarCheck
 
     Progress = Callable[[int, int], None]  # (bytes hashed so far, bytes to hash)
 
@@ -62,6 +67,7 @@ class VerifyResult:
     status: str
     problem: str | None = None
     info: CheckpointFile | None = None
+    sidecar: SidecarCheck | None = None  # an unstamped file checked against its checksum sidecar(s)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -85,6 +91,7 @@ class VerifyResult:
             "problem": self.problem,
             "stamped": bool(self.info and self.info.stamped),
             "digest": self.info.stamp.payload.digest if self.info and self.info.stamp and self.info.stamp.payload else None,
+            "sidecar": [s.to_json() for s in self.sidecar.sidecars] if self.sidecar is not None else None,
         }
 
 
@@ -132,13 +139,12 @@ def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, ope
             problem = exc.message
         return VerifyResult(p, CORRUPT if problem else OK, problem, info)
     if stamp is None:
-        return VerifyResult(p, UNSTAMPED, f"{p}: unstamped ({UNSTAMPED_ADVICE})", info)
+        return _by_sidecar(p, info, opened, f"{p}: unstamped ({UNSTAMPED_ADVICE})")
     if stamp.payload is None:
-        return VerifyResult(
-            p, UNSTAMPED,
+        return _by_sidecar(
+            p, info, opened,
             f"{p}: unstamped: its envkit record carries no payload digest (re-saved by plain torch.save?); "
             f"{UNSTAMPED_ADVICE}",
-            info,
         )
     payload = stamp.payload
     if payload.length > info.size:
@@ -161,6 +167,23 @@ def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, ope
     if problem:
         return VerifyResult(p, CORRUPT, problem, info)
     return VerifyResult(p, OK, None, info)
+
+
+def _by_sidecar(p: Path, info: CheckpointFile, opened: Any, unstamped: str) -> VerifyResult:
+    """An unstamped file: checked against its checksum sidecar(s) when it has any, else unstamped."""
+    from envkit.checkpoint.sidecar import check_sidecars, has_sidecar
+
+    if not has_sidecar(p):
+        return VerifyResult(p, UNSTAMPED, unstamped, info)
+    try:
+        checked = check_sidecars(p, opened)
+    except MalformedSidecar as exc:
+        return VerifyResult(p, UNREADABLE, exc.message, info)
+    except OSError as exc:
+        return VerifyResult(p, UNREADABLE, f"{p}: cannot read ({exc.strerror or exc}); check the file and its permissions", info)
+    if checked is None:
+        return VerifyResult(p, UNSTAMPED, unstamped, info)
+    return VerifyResult(p, OK if checked.ok else CORRUPT, checked.problem(p), info, sidecar=checked)
 
 
 def _status_of_unreadable(path: Path, exc: EnvkitError) -> str:

@@ -56,6 +56,8 @@ from envkit.checkpoint.naming import (
     as_int,
     check_template,
     checkpoint_name,
+    save_time,
+    uses_time,
 )
 from envkit.checkpoint.paths import ephemeral_warning
 from envkit.checkpoint.ranks import Ranks
@@ -274,9 +276,13 @@ class CheckpointManager:
         if not force and not self.is_due(epoch, step):
             return None
         numbers = normalise_metrics(metrics, source=where)  # 0-d tensors and numpy scalars become numbers
-        template_name = checkpoint_name(self.filename, numbers, project=self.project, epoch=epoch, step=step)
+        saved_at = save_time()  # once per save: the name's {timestamp}/{time} and the stamp's saved_at
+        if self.distributed and uses_time(self.filename):
+            saved_at = self.ranks.broadcast(saved_at)  # one name on every rank
+        template_name = checkpoint_name(self.filename, numbers, saved_at=saved_at, project=self.project, epoch=epoch, step=step)
         name = self.storage.name_for(template_name)
-        meta = build_meta({"epoch": epoch, "step": step, "metrics": numbers, "project": self.project}, self.directory / template_name)
+        meta = build_meta({"epoch": epoch, "step": step, "metrics": numbers, "project": self.project}, self.directory / template_name,
+                          saved_at=saved_at)
         fingerprint = self._environment()
         if self.distributed and not self._consistent:
             self._check_ranks()

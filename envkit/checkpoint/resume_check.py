@@ -168,7 +168,14 @@ def load(
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
-    if verify and report.info.stamped:
+    stamp = report.info.stamp
+    if verify and (stamp is None or stamp.payload is None):  # no digest of its own: a checksum sidecar, if any
+        from envkit.checkpoint.sidecar import check_sidecars
+
+        checked = check_sidecars(path)  # MalformedSidecar (exit 2) names a sidecar that is not one
+        if checked is not None and not checked.ok:
+            raise CorruptCheckpoint(f"{checked.problem(Path(path))}; resume from an earlier checkpoint")
+    elif verify:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 
         result = verify_checkpoint(path, report.info)

@@ -34,12 +34,16 @@ def _import_torch() -> Any:
     return torch
 
 
-def build_meta(meta: Mapping[str, Any] | None, path: Path) -> dict[str, Any]:
-    """The stamp's meta as plain JSON (see ``stamp.normalise_meta``); BadInput before anything is written."""
+def build_meta(meta: Mapping[str, Any] | None, path: Path, *, saved_at: datetime | None = None) -> dict[str, Any]:
+    """The stamp's meta as plain JSON (see ``stamp.normalise_meta``); BadInput before anything is written.
+
+    ``saved_at`` (UTC; default now) is the save time the stamp records, the one a filename template used.
+    """
     from envkit import __version__
 
     out = normalise_meta(meta, source=str(path))
-    out.setdefault("saved_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    when = saved_at if saved_at is not None else datetime.now(timezone.utc)
+    out.setdefault("saved_at", when.astimezone(timezone.utc).isoformat(timespec="milliseconds"))
     out["envkit"] = __version__
     return out
 

@@ -1,4 +1,4 @@
-"""The read commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls."""
+"""The commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls (read), stamp (adopt)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
     """Re-hash each checkpoint's payload against its stamp.
 
     Exit 2 if any cannot be read (missing, not a checkpoint), else 1 if any is corrupt, else 0;
-    an unstamped file has nothing to verify against: a warning, not corruption (exit 0)."""
+    an unstamped file has nothing to verify against: a warning, not corruption (exit 0), unless a
+    checksum sidecar (CKPT.md5, CKPT.sha256, as md5sum/sha256sum write them) sits beside it."""
     from envkit.checkpoint.integrity import exit_code_of
     from envkit.render import verify_text, verify_with_progress
 
@@ -106,3 +107,23 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
         emit_json({"folder": str(folder), "checkpoints": [r.to_json() for r in rows]})
     else:
         echo(folder_text(rows))
+
+
+@click.command()
+@click.argument("checkpoint", type=path_type())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def stamp(checkpoint: Path, as_json: bool) -> None:
+    """Adopt the unstamped torch checkpoint CHECKPOINT: stamp it in place, atomically.
+
+    A checksum sidecar beside it (CHECKPOINT.md5, .sha256) is verified first (exit 1 on a
+    mismatch, the file untouched) and rewritten for the new bytes. The stamp records this
+    environment, marked adopted: the one that wrote the file is unknown."""
+    from envkit.checkpoint.adopt import adopt
+    from envkit.render import adopt_text
+
+    result = adopt(checkpoint)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        echo(adopt_text(result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,11 +20,13 @@ ENGINE_CHOICE = click.Choice(["auto", "rattler", "conda", "mamba", "micromamba"]
 CUDA_DEFAULT = "Default: the spec's own (pytorch-cuda, cuda-version, cudatoolkit, a cuda build string), else none."
 
 
-def _mirrors() -> tuple[tuple[str, str], ...]:
-    """The project's [tool.envkit.mirrors]: defaults of the solve, as the config gives them."""
+def _channel_settings() -> dict[str, Any]:
+    """[tool.envkit.mirrors] (and its file), then conda's .condarc settings: how channel names become URLs."""
+    from envkit.conda.condarc import load_condarc
     from envkit.config import load_config
 
-    return load_config().mirrors
+    config = load_config()
+    return {"mirrors": config.mirrors, "mirrors_from": config.source, "condarc": load_condarc()}
 
 
 @click.command()
@@ -41,8 +44,10 @@ def _mirrors() -> tuple[tuple[str, str], ...]:
     "Locks are always solved by the embedded rattler solver (any platform, no conda needed), "
     "so the lock is the same file whichever engine later installs it with `envkit create`.",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Also print each channel's URL and the setting that gave it (.condarc, [tool.envkit.mirrors]).")
 @handle_errors
-def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | None, lockfile: Path | None, check: bool, engine: str) -> None:
+def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | None, lockfile: Path | None, check: bool, engine: str,
+         verbose: bool) -> None:
     """Solve environment.yml for several platforms and write conda-lock.yml.
 
     The solve is always the embedded rattler solver's; --engine matters to `create` only."""
@@ -59,26 +64,30 @@ def lock(files: tuple[Path, ...], platforms: tuple[str, ...], with_cuda: str | N
 
     if engine not in ("auto", "rattler"):
         progress(f"--engine {engine} applies to `envkit create`; the lock is solved by the embedded rattler solver")
-    echo(lock_text(make_lock(specs, lockfile, platforms=platforms, with_cuda=with_cuda, mirrors=_mirrors(), progress=progress)))
+    result = make_lock(specs, lockfile, platforms=platforms, with_cuda=with_cuda, progress=progress, **_channel_settings())
+    echo(lock_text(result, verbose=verbose))
 
 
 @click.command()
 @click.argument("file", required=False, type=path_type(dir_okay=False))
 @click.option("--lockfile", type=path_type(dir_okay=False), help="Install exactly this lock (default conda-lock.yml next to FILE).")
-@click.option("-n", "--name", help="Environment name (under $ENVKIT_ENVS_DIR, conda's envs dir, or ~/.envkit/envs).")
+@click.option("-n", "--name", help="Environment name (under $ENVKIT_ENVS_DIR, else conda's envs_dirs from .condarc, else conda's envs dir, "
+              "else ~/.envkit/envs).")
 @click.option("-p", "--prefix", type=path_type(file_okay=False), help="Environment folder.")
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True)
 @click.option("--with-cuda", metavar="VER", help="When solving FILE without a lock: assume this CUDA (picks CUDA builds). " + CUDA_DEFAULT)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Also say which setting gave each channel's URL and the folder of -n NAME.")
 @handle_errors
-def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: Path | None, engine: str, with_cuda: str | None, dry_run: bool) -> None:
+def create(file: Path | None, lockfile: Path | None, name: str | None, prefix: Path | None, engine: str, with_cuda: str | None, dry_run: bool,
+           verbose: bool) -> None:
     """Create an environment from a fresh lock, or from FILE (solved on the fly)."""
     from envkit.conda.create import create_environment
     from envkit.render import create_text
 
-    plan = create_environment(file, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=_mirrors(),
-                              dry_run=dry_run, progress=progress)
-    echo(create_text(plan, dry_run=dry_run))
+    plan = create_environment(file, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, dry_run=dry_run,
+                              progress=progress, **_channel_settings())
+    echo(create_text(plan, dry_run=dry_run, verbose=verbose))
 
 
 @click.command()

@@ -19,16 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkit.conda.channels import ResolvedChannel
 from envkit.conda.engines import Engine, explicit_install_command, pick_engine
 from envkit.conda.explicit import render_explicit
 from envkit.conda.lock import DEFAULT_LOCKFILE, LockDocument, LockedPackage, check_lock, default_cache_dir, make_lock, read_lock
 from envkit.conda.pip_lock import PipPackage, requirements_text
 from envkit.conda.platforms import check_cuda_version, current_platform
-from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, pip_dists, resolve_prefix
+from envkit.conda.prefixes import ENVKIT_META, KEPT_LOCK, STATE_FILE, env_dir_for, pip_dists, resolve_prefix
 from envkit.conda.spec import EnvironmentSpec, read_spec
 from envkit.errors import BadInput, InstallError, StaleLock
 
 Progress = Callable[[str], None]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from envkit.conda.condarc import CondaConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class CreatePlan:
     """The lock's pip set for this platform: installed exactly (hashes, no dependency resolution)."""
     kept_lock: Path | None = None
     """Where the lock solved from the spec goes (None when installing an existing lock)."""
+    channels: tuple[ResolvedChannel, ...] = ()
+    """The channel URLs a solve on the fly used, each with the setting that gave it (none from a lock)."""
+    prefix_via: str | None = None
+    """The setting that put -n NAME where it is (conda's envs_dirs, $ENVKIT_ENVS_DIR); None: -p or the default."""
 
     @property
     def lockfile(self) -> Path:
@@ -61,6 +70,8 @@ def plan_create(
     mirrors: tuple[tuple[str, str], ...] = (),
     cache_dir: Path | None = None,
     scratch: Path | None = None,
+    condarc: CondaConfig | None = None,
+    mirrors_from: Path | None = None,
 ) -> CreatePlan:
     check_cuda_version(with_cuda)  # a bad --with-cuda is exit 2 whether or not a lock is used
     platform = current_platform()
@@ -70,6 +81,7 @@ def plan_create(
     if lock_path is None and spec is not None and (spec.path.parent / DEFAULT_LOCKFILE).is_file():
         lock_path = spec.path.parent / DEFAULT_LOCKFILE
     kept_lock: Path | None = None
+    channels: tuple[ResolvedChannel, ...] = ()
     if lock_path is not None:
         lock = read_lock(lock_path)
         lock.require_platform(platform)
@@ -92,10 +104,12 @@ def plan_create(
         # `sources` are written relative to where it will live, not to the scratch folder
         kept_lock = target / "conda-meta" / KEPT_LOCK
         made = make_lock((spec.path,), scratch / KEPT_LOCK, platforms=(platform,), with_cuda=with_cuda, mirrors=mirrors, cache_dir=cache_dir,
-                         sources_from=kept_lock.parent)
+                         sources_from=kept_lock.parent, condarc=condarc, mirrors_from=mirrors_from)
         lock = read_lock(made.path)
+        channels = made.channels
     else:
         raise BadInput("nothing to create from; pass an environment file or --lockfile")
+    chosen = name or (spec.name if spec is not None else None)
     return CreatePlan(
         prefix=target,
         platform=platform,
@@ -105,6 +119,8 @@ def plan_create(
         packages=lock.packages_for(platform),
         pip=lock.pip_for(platform),
         kept_lock=kept_lock,
+        channels=channels,
+        prefix_via=env_dir_for(chosen)[1] if prefix is None and chosen else None,
     )
 
 
@@ -119,6 +135,8 @@ def create_environment(
     mirrors: tuple[tuple[str, str], ...] = (),
     dry_run: bool = False,
     progress: Progress = lambda _: None,
+    condarc: CondaConfig | None = None,
+    mirrors_from: Path | None = None,
 ) -> CreatePlan:
     """``envkit create``: plan the environment (from ``lockfile``, or ``spec_path`` locked on the
     fly; neither: ./environment.yml when there is one) and, unless ``dry_run``, create it at the
@@ -127,7 +145,8 @@ def create_environment(
     if spec_path is None and lockfile is None and Path("environment.yml").is_file():
         spec_path = Path("environment.yml")
     with tempfile.TemporaryDirectory(prefix="envkit-create-") as scratch:
-        plan = plan_create(spec_path, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=mirrors, scratch=Path(scratch))
+        plan = plan_create(spec_path, lockfile, name=name, prefix=prefix, engine=engine, with_cuda=with_cuda, mirrors=mirrors, scratch=Path(scratch),
+                           condarc=condarc, mirrors_from=mirrors_from)
         if not dry_run:
             create(plan, cache_dir=default_cache_dir(), progress=progress)
     return plan

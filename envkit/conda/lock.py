@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envkit.conda.channels import resolve_channels
+from envkit.conda.channels import ResolvedChannel, resolve_channels
 from envkit.conda.pip_lock import PipPackage
 from envkit.conda.platforms import check_cuda_version, check_platforms, cuda_from_specs, current_platform, virtual_package_repo, virtual_packages
 from envkit.conda.spec import EnvironmentSpec, read_spec
 from envkit.errors import BadInput, LockError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from envkit.conda.condarc import CondaConfig
 
 DEFAULT_LOCKFILE = "conda-lock.yml"
 META_SPEC_SHA = "envkit.spec_sha256"
@@ -38,6 +42,7 @@ class LockResult:
     platforms: tuple[str, ...]
     content_hash: tuple[tuple[str, str], ...]
     packages: int
+    channels: tuple[ResolvedChannel, ...] = ()  # the URLs solved against, each with the setting that gave it
 
 
 @dataclass(frozen=True)
@@ -150,9 +155,12 @@ def make_lock(
     cache_dir: Path | None = None,
     progress: Any = None,
     sources_from: Path | None = None,
+    condarc: CondaConfig | None = None,
+    mirrors_from: Path | None = None,
 ) -> LockResult:
     """Solve and write the lock; ``sources_from`` is the folder the lock's spec paths are
-    relative to when it will be moved after writing (default: its own folder)."""
+    relative to when it will be moved after writing (default: its own folder). Channel names
+    resolve through ``mirrors`` (from ``mirrors_from``), then ``condarc`` (conda's settings)."""
     from conda_lock.content_hash import compute_content_hashes
     from conda_lock.lockfile.v1.models import HashModel
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile, LockMeta, TimeMeta
@@ -166,7 +174,8 @@ def make_lock(
         raise BadInput(f"{target}: the folder {target.parent} does not exist; create it first")
     chosen = check_platforms(platforms or specs[0].platforms or (current_platform(),))
     lock_spec = _lock_specification(specs, chosen)
-    channels = resolve_channels(tuple(c.url for c in lock_spec.channels), mirrors, source=specs[0].path)
+    channels = resolve_channels(tuple(c.url for c in lock_spec.channels), mirrors, source=specs[0].path, condarc=condarc,
+                                mirrors_from=mirrors_from)
     repo = virtual_package_repo(with_cuda)
     hashes = compute_content_hashes(lock_spec, repo)
     cache = cache_dir or default_cache_dir()
@@ -218,7 +227,7 @@ def make_lock(
         ),
     )
     _write_atomically(content, target)
-    return LockResult(target, chosen, tuple(sorted(hashes.items())), len(packages))
+    return LockResult(target, chosen, tuple(sorted(hashes.items())), len(packages), channels)
 
 
 def _lock_pip(specs: tuple[EnvironmentSpec, ...], platform: str, records: list[Any], virtual: Any, progress: Any) -> list[Any]:

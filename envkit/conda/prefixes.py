@@ -84,7 +84,36 @@ def resolve_prefix(name: str | None, prefix: Path | None, default_name: str | No
     problem = env_name_problem(name)
     if problem:
         raise BadInput(f"{where}: {problem}")
-    return envs_dir() / name
+    return env_dir_for(name)[0]
+
+
+def env_dir_for(name: str) -> tuple[Path, str | None]:
+    """The folder of the environment NAME and the setting that chose it: $ENVKIT_ENVS_DIR, else conda's
+    ``envs_dirs`` (.condarc, $CONDA_ENVS_DIRS: the first that holds NAME, else the first writable),
+    else ``envs_dir()``."""
+    if os.environ.get("ENVKIT_ENVS_DIR"):
+        return envs_dir() / name, "$ENVKIT_ENVS_DIR"
+    from envkit.conda.condarc import load_condarc
+
+    dirs = load_condarc().envs_dirs
+    if not dirs:
+        return envs_dir() / name, None
+    for setting in dirs:
+        if (Path(setting.value) / name / "conda-meta").is_dir():
+            return Path(setting.value) / name, setting.where("envs_dirs")
+    for setting in dirs:
+        if _writable(Path(setting.value)):
+            return Path(setting.value) / name, setting.where("envs_dirs")
+    listed = ", ".join(f"{s.value} ({s.source})" for s in dirs)
+    raise BadInput(f"-n {name}: none of conda's envs_dirs can be written ({listed}); fix envs_dirs, or pass -p PREFIX")
+
+
+def _writable(folder: Path) -> bool:
+    """A folder envkit may create an environment in: writable, or creatable under a writable parent."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK)
+    return False
 
 
 def active_prefix(command: str) -> Path:

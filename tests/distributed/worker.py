@@ -141,9 +141,22 @@ def sharded_kill(folder: Path) -> None:
         mgr.save(epoch=0, step=2, model=model, optimizer=opt)
 
 
+def timestamp_names(folder: Path) -> None:
+    """A {time:...%f} template, sharded: every rank saves under the name rank 0's clock gives (rank 1 starts later)."""
+    import time
+
+    with envkit.CheckpointManager(folder / "ts", project="ts", sharded=True, keep_last=None,
+                                  filename="{project}_{time:%Y%m%dT%H%M%S%f}_{step}.pth") as mgr:
+        if dist.get_rank() == 1:
+            time.sleep(0.05)  # another millisecond on this rank's clock than on rank 0's
+        path = mgr.save(epoch=0, step=4, model=torch.nn.Linear(2, 2))
+        stamp = envkit.read_stamp(path).stamp
+        report("timestamp_names", ok=True, name=path.name, saved_at=stamp.meta["saved_at"] if stamp else None)
+
+
 SCENARIOS = {
     f.__name__: f
-    for f in (consistency, manager_resume, save_error, slurm, sharded_round_trip, sharded_other_world, sharded_kill)
+    for f in (consistency, manager_resume, save_error, slurm, sharded_round_trip, sharded_other_world, sharded_kill, timestamp_names)
 }
 
 
