@@ -24,6 +24,7 @@ import json
 import os
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from envkit.fingerprint import Fingerprint
 
-__all__ = ["FolderEntry", "checkpoint_folders", "detect_framework", "folder_evidence", "safetensors_metadata", "stamp_folder"]
+__all__ = [
+    "FolderEntry", "StampedFolder", "checkpoint_folders", "detect_framework", "folder_evidence", "safetensors_metadata",
+    "stamp_checkpoint_folder", "stamp_folder",
+]
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json holds the whole log history
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit
@@ -89,6 +93,29 @@ def trainer_step(folder: Path) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
+@dataclass(frozen=True)
+class StampedFolder:
+    """What ``envkit stamp DIR`` reports: the stamp, how many files and bytes it covers, and
+    whether ``envkit.json`` was written (False: the folder was stamped already, files unchanged)."""
+
+    path: Path
+    stamp: Stamp
+    files: int
+    size: int
+    written: bool
+
+    def to_json(self) -> dict[str, Any]:
+        payload = self.stamp.payload
+        return {
+            "checkpoint": str(self.path),
+            "written": self.written,
+            "files": self.files,
+            "size": self.size,
+            "digest": payload.digest if payload else None,
+            "meta": dict(self.stamp.meta),
+        }
+
+
 def stamp_folder(
     path: str | os.PathLike[str],
     *,
@@ -99,6 +126,21 @@ def stamp_folder(
     replace: bool = True,
     fsync: bool = True,
 ) -> Stamp:
+    """Stamp an existing checkpoint folder and return its stamp; ``stamp_checkpoint_folder`` has the arguments."""
+    return stamp_checkpoint_folder(path, meta=meta, framework=framework, fingerprint=fingerprint, digest=digest,
+                                   replace=replace, fsync=fsync).stamp
+
+
+def stamp_checkpoint_folder(
+    path: str | os.PathLike[str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    framework: str | None = None,
+    fingerprint: Fingerprint | None = None,
+    digest: str = "xxh3_128",
+    replace: bool = True,
+    fsync: bool = True,
+) -> StampedFolder:
     """Stamp an existing checkpoint folder: hash every file once, then write ``envkit.json`` last,
     atomically (a failure leaves no partial ``envkit.json``, and any earlier one as it was).
 
@@ -153,9 +195,10 @@ def stamp_folder(
                     os.fsync(fh.fileno())
         except OSError as exc:
             raise BadInput(f"{root}: cannot read {name} ({exc.strerror}); check its permissions, then stamp the folder") from None
+    total = sum(r["size"] for r in files.values())
     if previous is not None:
         if previous.layout == LAYOUT and _same_files(previous.files, files):
-            return previous.stamp
+            return StampedFolder(root, previous.stamp, len(files), total, written=False)
         if not replace:
             changed = sorted(set(previous.files) ^ set(files)) or [n for n in sorted(files) if previous.files.get(n) != files[n]]
             raise CorruptCheckpoint(
@@ -175,14 +218,13 @@ def stamp_folder(
         from envkit.fingerprint import collect
 
         fingerprint = collect()
-    total = sum(r["size"] for r in files.values())
     stamp = Stamp(fingerprint, Payload(manifest_digest(files, digest), total), full_meta)
     data = json.dumps({**stamp.to_json(), "layout": LAYOUT, "files": files}, sort_keys=True, separators=(",", ":")).encode()
     if len(data) > MAX_STAMP_BYTES:
         raise BadInput(f"{root}: {len(files)} files make a stamp of {len(data)} bytes, over the {MAX_STAMP_BYTES} byte limit; "
                        "stamp the folders below it one by one")
     _write_marker(root, data, sorted({(root / name).parent for name in files}) if fsync else [])
-    return stamp
+    return StampedFolder(root, stamp, len(files), total, written=True)
 
 
 def _same_files(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -131,6 +131,7 @@ class Inspection:
             "meta": dict(stamp.meta) if stamp else None,
             "payload": {"digest": stamp.payload.digest, "length": stamp.payload.length} if stamp and stamp.payload else None,
             "fingerprint": stamp.fingerprint.to_json() if stamp else None,
+            **({"notes": list(self.extra["notes"])} if self.extra.get("notes") else {}),
         }
 
 

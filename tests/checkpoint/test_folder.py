@@ -10,18 +10,28 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import envkit
-from envkit.checkpoint.folder import FolderEntry, checkpoint_folders, folder_evidence, stamp_folder
-from envkit.checkpoint.folder_format import LAYOUT, STAMP_NAME
 from envkit.errors import BadInput, CorruptCheckpoint, EnvironmentMismatch, MalformedStamp, NotACheckpoint
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 DATA = Path(__file__).resolve().parents[1] / "data"
+STAMP_NAME = "envkit.json"  # the on-disk format, spelt out: the commit marker's name ...
+LAYOUT = "envkit.folder/1"  # ... and the layout of its files map
+
+
+def stamp_folder(path: Path, **kwargs: object) -> envkit.Stamp:
+    return envkit.stamp_folder(path, **kwargs)  # type: ignore[no-any-return]
+
+
+def checkpoint_folders(path: Path) -> list[tuple[int, Path]]:
+    return envkit.checkpoint_folders(path)  # type: ignore[no-any-return]
 
 
 class _Executes:
@@ -309,20 +319,24 @@ def test_checkpoint_folders_are_sorted_by_step_never_by_mtime(tmp_path: Path) ->
     (out / "checkpoint-300").write_text("a file, not a folder")
     (out / "checkpoint-abc").mkdir()
     os.utime(out / "checkpoint-5", (2_000_000_000, 2_000_000_000))  # the newest mtime, the oldest step
+    from envkit.checkpoint.folder import FolderEntry
+
     found = checkpoint_folders(out)
-    assert [e.step for e in found] == [100, 10, 5]
+    assert [e.step for e in found] == [100, 10, 5]  # type: ignore[attr-defined]
     assert found[0] == FolderEntry(100, out / "checkpoint-100")
     step, path = found[-1]
     assert (step, path.name) == (5, "checkpoint-5")
     project = tmp_path / "project"
     for n in (0, 2, 11):
         (project / "checkpoints" / f"checkpoint_{n}").mkdir(parents=True)
-    assert [e.step for e in checkpoint_folders(project)] == [11, 2, 0]
-    assert [e.step for e in checkpoint_folders(project / "checkpoints")] == [11, 2, 0]
+    assert [step for step, _ in checkpoint_folders(project)] == [11, 2, 0]
+    assert [step for step, _ in checkpoint_folders(project / "checkpoints")] == [11, 2, 0]
     assert checkpoint_folders(tmp_path / "project" / "checkpoints" / "checkpoint_0") == []
     with pytest.raises(BadInput, match="no such folder"):
         checkpoint_folders(tmp_path / "nope")
-    assert envkit.checkpoint_folders is checkpoint_folders and envkit.stamp_folder is stamp_folder
+    from envkit.checkpoint import folder
+
+    assert envkit.checkpoint_folders is folder.checkpoint_folders and envkit.stamp_folder is folder.stamp_folder
 
 
 # -- unstamped folders ----------------------------------------------------------------------------
@@ -356,7 +370,7 @@ def test_evidence_survives_hostile_files(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{nope")
     (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
     (folder / "trainer_state.json").write_text("[]")
-    evidence = folder_evidence(folder)
+    evidence = envkit.check(folder).evidence
     assert "past the end" in evidence["model.safetensors"]["error"]
     assert "not a readable JSON object" in evidence["config.json"]["error"]
     assert "damaged or truncated zip" in evidence["optimizer.pt"]["error"]
@@ -414,3 +428,96 @@ def test_a_folder_stamp_of_layout_envkit_folder_1_still_reads_and_verifies(tmp_p
     assert envkit.verify(folder).status == "ok"
     names = [name for name, _ in envkit.inspect_checkpoint(folder).records]
     assert names == ["config.json", "extra/notes.txt", "model.safetensors", "optimizer.pt", "trainer_state.json"]
+
+
+# -- the command line, in real processes ----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def envkit_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "envkit", *map(str, args)], capture_output=True, text=True, env=env, check=False)
+
+
+@pytest.mark.slow
+def test_stamp_ls_check_verify_inspect_diff_on_an_output_dir(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    marker = tmp_path / "EXECUTED"
+    old, new = hf_folder(out / "checkpoint-5", step=5, marker=marker), hf_folder(out / "checkpoint-10", marker=marker)
+    done = envkit_cli("stamp", new)
+    assert done.returncode == 0 and done.stdout.startswith(f"stamped {new}: 7 files") and "step 10" in done.stdout, done.stderr
+    again = envkit_cli("stamp", "--json", new)
+    assert again.returncode == 0 and json.loads(again.stdout)["written"] is False
+
+    listing = envkit_cli("ls", "--json", out)
+    assert listing.returncode == 0, listing.stderr
+    rows = [(Path(r["checkpoint"]).name, r["step"], r["stamped"], r["valid"]) for r in json.loads(listing.stdout)["checkpoints"]]
+    assert rows == [("checkpoint-5", 5, False, False), ("checkpoint-10", 10, True, True)]
+    text = envkit_cli("ls", out).stdout.splitlines()
+    assert text[1].split()[:3] == ["checkpoint-5", "-", "5"] and "unstamped" in text[1] and text[2].split()[5] == "yes"
+
+    check = envkit_cli("check", old)
+    assert check.returncode == 0 and "unstamped" in check.stdout and "transformers_version 4.57.1" in check.stdout
+    assert "global_step 5" in check.stdout and "format=pt" in check.stdout
+    as_json = json.loads(envkit_cli("check", "--json", old).stdout)
+    assert as_json["stamped"] is False and as_json["format"] == "folder" and as_json["evidence"]["optimizer.pt"]["byteorder"] == "little"
+    assert envkit_cli("check", "--fail-on", "warn", old).returncode == 1
+    assert envkit_cli("check", "--verify", new).returncode == 0
+
+    inspected = json.loads(envkit_cli("inspect", "--json", new).stdout)
+    assert [r["name"] for r in inspected["records"]][:2] == ["config.json", "model.safetensors"] and inspected["stamped"] is True
+    assert envkit_cli("diff", new, "live").returncode == 0
+
+    _changed(new)
+    verified = envkit_cli("verify", new, old)
+    assert verified.returncode == 1 and "CORRUPT" in verified.stdout and "unstamped" in verified.stdout
+    refused = envkit_cli("stamp", new)
+    assert refused.returncode == 1 and "--restamp" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert envkit_cli("stamp", "--restamp", new).returncode == 0 and envkit_cli("verify", new).returncode == 0
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_bad_folder_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.pt").write_bytes(b"x")
+    hf_folder(tmp_path / "out" / "checkpoint-3")
+    bad = {}
+    for name, content in (("notjson", b"{oops"), ("dotdot", None), ("absolute", None), ("huge", b" " * (8 * 1024 * 1024 + 1))):
+        folder = stamp_and_return(hf_folder(tmp_path / name / "checkpoint-1"))
+        if content is None:
+            doc = json.loads((folder / STAMP_NAME).read_text())
+            doc["files"]["../x" if name == "dotdot" else "/etc/passwd"] = {"size": 1, "digest": "xxh3_128:00"}
+            content = json.dumps(doc).encode()
+        (folder / STAMP_NAME).write_bytes(content)
+        bad[name] = folder
+    cases = [
+        ("stamp", tmp_path / "missing"), ("stamp", tmp_path / "empty"), ("stamp", tmp_path / "file.pt"),
+        ("check", tmp_path / "empty"), ("check", tmp_path / "out"), ("verify", tmp_path / "empty"),
+        *[(command, folder) for folder in bad.values() for command in ("check", "verify", "inspect", "stamp")],
+    ]
+    for command, path in cases:
+        done = envkit_cli(command, path)
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("envkit: error: ") and str(path) in lines[0], (
+            command, path, done.stderr)
+    assert os.listdir(tmp_path / "empty") == [] and not (tmp_path / "out" / STAMP_NAME).exists()
+    assert (bad["notjson"] / STAMP_NAME).read_bytes() == b"{oops"  # a stamp that cannot be read is not overwritten by `stamp`
+
+
+@pytest.mark.slow
+def test_the_read_commands_and_stamp_do_not_import_torch_on_folders(tmp_path: Path) -> None:
+    stamped = stamp_and_return(hf_folder(tmp_path / "out" / "checkpoint-2"))
+    plain = hf_folder(tmp_path / "out" / "checkpoint-1")
+    accelerate_folder(tmp_path / "acc")
+    commands = [["check", plain], ["check", stamped], ["verify", stamped], ["inspect", plain], ["ls", tmp_path / "out"],
+                ["diff", stamped, "live"], ["stamp", tmp_path / "acc"]]
+    code = (
+        "import sys\nfrom envkit.cli import main\nfor args in " + repr([[str(a) for a in c] for c in commands]) + ":\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        assert e.code == 0, (args, e.code)\n"
+        "print('torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stderr.split()[-1] == "False", done.stderr
