@@ -26,7 +26,6 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from envkit.checkpoint.folder_format import (
     DCP_SUFFIX,
@@ -45,6 +44,8 @@ from envkit.errors import BadInput, CorruptCheckpoint, EnvkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from envkit.fingerprint import Fingerprint
 
 __all__ = [
