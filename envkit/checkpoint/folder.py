@@ -125,7 +125,7 @@ def stamp_folder(
     fingerprint: Fingerprint | None = None,
     digest: str = "xxh3_128",
     replace: bool = True,
-    fsync: bool = True,
+    fsync: bool = False,
 ) -> Stamp:
     """Stamp an existing checkpoint folder and return its stamp; ``stamp_checkpoint_folder`` has the arguments."""
     return stamp_checkpoint_folder(path, meta=meta, framework=framework, fingerprint=fingerprint, digest=digest,
@@ -140,7 +140,7 @@ def stamp_checkpoint_folder(
     fingerprint: Fingerprint | None = None,
     digest: str = "xxh3_128",
     replace: bool = True,
-    fsync: bool = True,
+    fsync: bool = False,
 ) -> StampedFolder:
     """Stamp an existing checkpoint folder: hash every file once, then write ``envkit.json`` last,
     atomically (a failure leaves no partial ``envkit.json``, and any earlier one as it was).
@@ -148,8 +148,10 @@ def stamp_checkpoint_folder(
     ``meta`` is the stamp's meta (as for ``envkit.save``); ``framework`` (else guessed from the
     file names: transformers, accelerate, lightning) and ``step`` (else ``trainer_state.json``'s
     ``global_step``, else the number in the folder's name) are added to it. ``fingerprint``: the
-    environment to record (default: this one). ``fsync``: make every file durable before the
-    commit marker. See the module docstring for a folder stamped already (``replace``).
+    environment to record (default: this one). ``envkit.json`` itself is always written atomically
+    and durably; ``fsync=True`` also makes every file durable before it (``envkit stamp`` does).
+    Off by default, as the frameworks do not fsync their own files either: a file a power cut
+    lost under a durable marker reads as corrupt, and a resume that verifies skips that folder. See the module docstring for a folder stamped already (``replace``).
     BadInput (exit 2): a missing path, a file, a ``.dcp`` folder (the manager stamps those), a
     folder with no checkpoint file, a file the stamp cannot cover (a link leaving the folder,
     a pipe), too many files for one stamp.

@@ -405,6 +405,46 @@ def test_folders_that_hold_no_checkpoint_are_bad_input(tmp_path: Path) -> None:
         envkit.read_stamp(tmp_path / "interrupted.dcp")
 
 
+def test_inspect_lists_a_folders_safetensors_tensors_or_says_why_not(tmp_path: Path) -> None:
+    from envkit.errors import EnvkitError
+
+    folder = hf_folder(tmp_path / "checkpoint-1")
+    (folder / "broken.safetensors").write_bytes(b"\xff" * 4)
+    insp = envkit.inspect_checkpoint(folder)
+    notes = insp.extra.get("notes", [])
+    assert any(n.startswith("broken.safetensors: tensors not listed") for n in notes)
+    assert insp.to_json()["notes"] == notes and insp.to_json()["records_total"] == 8
+    try:
+        own = envkit.inspect_checkpoint(folder / "model.safetensors")
+    except EnvkitError:  # no safetensors reader in this envkit: the folder's inspection says so, file by file
+        assert any(n.startswith("model.safetensors: tensors not listed") for n in notes)
+    else:
+        assert [t.name for t in insp.tensors] == [f"model.safetensors:{t.name}" for t in own.tensors] and own.tensors
+
+
+def test_load_of_a_folder_is_bad_input_after_the_guard(tmp_path: Path) -> None:
+    folder = stamp_and_return(hf_folder(tmp_path / "checkpoint-1"))
+    with pytest.raises(BadInput, match="a checkpoint folder, not one file"):
+        envkit.load(folder)
+
+
+def test_large_files_hash_the_same_through_the_pipelined_reader(tmp_path: Path) -> None:
+    """Files past PIPELINE_MIN_BYTES are read and hashed on two cores: the digest must not change."""
+    import hashlib
+
+    import xxhash
+
+    from envkit.checkpoint.hashing import CHUNK, PIPELINE_MIN_BYTES, digest_of_file
+
+    data = os.urandom(PIPELINE_MIN_BYTES + CHUNK // 2)
+    (tmp_path / "big.bin").write_bytes(data)
+    for length in (len(data), PIPELINE_MIN_BYTES, PIPELINE_MIN_BYTES + 1, len(data) + 10):
+        with open(tmp_path / "big.bin", "rb") as fh:
+            assert digest_of_file(fh, length, "xxh3_128") == f"xxh3_128:{xxhash.xxh3_128(data[:length]).hexdigest()}"
+    with open(tmp_path / "big.bin", "rb") as fh:
+        assert digest_of_file(fh, len(data), "sha256") == f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
 # -- the fixtures: formats written by earlier envkit ----------------------------------------------
 
 
