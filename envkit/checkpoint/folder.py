@@ -151,7 +151,8 @@ def stamp_checkpoint_folder(
     environment to record (default: this one). ``envkit.json`` itself is always written atomically
     and durably; ``fsync=True`` also makes every file durable before it (``envkit stamp`` does).
     Off by default, as the frameworks do not fsync their own files either: a file a power cut
-    lost under a durable marker reads as corrupt, and a resume that verifies skips that folder. See the module docstring for a folder stamped already (``replace``).
+    lost under a durable marker reads as corrupt, and a resume that verifies skips that folder.
+    See the module docstring for a folder stamped already (``replace``).
     BadInput (exit 2): a missing path, a file, a ``.dcp`` folder (the manager stamps those), a
     folder with no checkpoint file, a file the stamp cannot cover (a link leaving the folder,
     a pipe), too many files for one stamp.
