@@ -29,6 +29,7 @@ from pathlib import Path
 
 from envkit.checkpoint.folder_format import (
     DCP_SUFFIX,
+    INDEX_NAME,
     LAYOUT,
     STAMP_NAME,
     FolderEntry,
@@ -173,6 +174,13 @@ def stamp_checkpoint_folder(
         raise BadInput(f"{root}: a sharded checkpoint folder; the CheckpointManager that writes it stamps it, stamp another folder")
     if digest not in DIGEST_ALGORITHMS:
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+    children = checkpoint_folders(root)
+    if children:
+        raise BadInput(f"{root}: a folder of {len(children)} checkpoint folder(s), not one checkpoint; stamp each of them "
+                       f"(`envkit stamp {children[0].path}`)")
+    if os.path.lexists(root / INDEX_NAME):
+        raise BadInput(f"{root}: a CheckpointManager's folder, whose checkpoints are stamped one by one already; "
+                       "stamp a framework's checkpoint folder instead")
     marker = root / STAMP_NAME
     if os.path.islink(marker) or (os.path.lexists(marker) and not os.path.isfile(marker)):
         raise BadInput(f"{marker}: not a regular file; remove it, then stamp the folder again")

@@ -81,6 +81,7 @@ FRAMEWORK_FILES = (
 # What else counts as a checkpoint file when a folder is stamped explicitly.
 CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".distcp", ".pkl")
 _CHECKPOINT_DIR = (re.compile(r"checkpoint-([0-9]{1,18})"), re.compile(r"checkpoint_([0-9]{1,18})"))
+INDEX_NAME = ".envkit-index.json"  # index.INDEX_NAME: a CheckpointManager's folder, not one checkpoint
 ACCELERATE_SUBFOLDER = "checkpoints"  # ProjectConfiguration(automatic_checkpoint_naming=True)
 
 
@@ -361,7 +362,7 @@ def unstamped_files(path: Path) -> dict[str, int]:
             f"{path}: a folder of {len(children)} checkpoint folder(s), not one checkpoint; pass one of them "
             f"(the newest is {children[0].path.name}), or run `envkit ls {path}`"
         )
-    if os.path.lexists(path / ".envkit-index.json"):
+    if os.path.lexists(path / INDEX_NAME):
         raise NotACheckpoint(f"{path}: a folder of envkit checkpoints, not one checkpoint; run `envkit ls {path}` and pass one of them")
     found = walk(path, limit=10_000)
     if not any(is_framework_file(name) for name in found.files):
