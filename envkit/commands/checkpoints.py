@@ -1,4 +1,4 @@
-"""The commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls (read), stamp (adopt)."""
+"""The commands over checkpoints and environments: fingerprint, diff, inspect, verify, ls (read), stamp (a file or a folder)."""
 
 from __future__ import annotations
 
@@ -111,19 +111,36 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("checkpoint", type=path_type())
+@click.option("--restamp", is_flag=True, help="A folder: stamp it again when its files changed since it was stamped.")
+@click.option("--framework", help="A folder: the framework that wrote it (default: guessed from its files).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def stamp(checkpoint: Path, as_json: bool) -> None:
-    """Adopt the unstamped torch checkpoint CHECKPOINT: stamp it in place, atomically.
+def stamp(checkpoint: Path, restamp: bool, framework: str | None, as_json: bool) -> None:
+    """Stamp an existing checkpoint in place: a FOLDER or an unstamped torch FILE.
 
-    A checksum sidecar beside it (CHECKPOINT.md5, .sha256) is verified first (exit 1 on a
-    mismatch, the file untouched) and rewritten for the new bytes. The stamp records this
-    environment, marked adopted: the one that wrote the file is unknown."""
+    A folder (a Hugging Face checkpoint-<step>, an Accelerate save_state folder): every file's
+    digest and this environment's fingerprint in FOLDER/envkit.json, written last. One stamped
+    already whose files are unchanged is left as it is; one whose files changed is refused
+    (exit 1: run `envkit verify` first) unless --restamp.
+
+    A file: adopted atomically. A checksum sidecar beside it (FILE.md5, .sha256) is verified first
+    (exit 1 on a mismatch, the file untouched) and rewritten for the new bytes. The stamp records
+    this environment, marked adopted: the one that wrote the file is unknown. Exit 2: neither."""
     from envkit.checkpoint.adopt import adopt
-    from envkit.render import adopt_text
+    from envkit.checkpoint.folder import stamp_checkpoint_folder
+    from envkit.checkpoint.paths import is_folder_checkpoint
+    from envkit.errors import BadInput
+    from envkit.render import adopt_text, stamp_text
 
-    result = adopt(checkpoint)
-    if as_json:
-        emit_json(result.to_json())
+    if is_folder_checkpoint(checkpoint):
+        stamped = stamp_checkpoint_folder(checkpoint, framework=framework, replace=restamp, fsync=True)
+        document, text = stamped.to_json(), stamp_text(stamped)
+    elif restamp or framework:
+        raise BadInput(f"{checkpoint}: --restamp and --framework are for checkpoint folders; a file is stamped without them")
     else:
-        echo(adopt_text(result))
+        adopted = adopt(checkpoint)
+        document, text = adopted.to_json(), adopt_text(adopted)
+    if as_json:
+        emit_json(document)
+    else:
+        echo(text)
