@@ -47,6 +47,10 @@ class MalformedStamp(BadInput):
     """The envkit stamp inside a checkpoint is not valid JSON of a known schema."""
 
 
+class MalformedSafetensors(NotACheckpoint):
+    """A file shaped like safetensors (an 8-byte length, then ``{``) whose header safetensors would refuse."""
+
+
 class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 

@@ -162,12 +162,17 @@ def load(
     verify: bool = True,
     info: CheckpointFile | None = None,
 ) -> Any:
-    """guard, then the payload digest, then ``torch.load(weights_only=True)``.
+    """guard, then the payload digest, then ``torch.load(weights_only=True)``; a safetensors file
+    gives its dict of tensors (read and verified in one pass; ``map_location`` a device).
 
     Without ``map_location`` tensors go where they were saved when that device
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
+    if report.info.format == "safetensors":  # read and hashed in one pass, into tensors
+        from envkit.checkpoint.safetensors_format import load_tensors
+
+        return load_tensors(path, map_location=map_location, verify=verify)
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 
