@@ -100,7 +100,7 @@ class Header:
 
 def looks_like_safetensors(head: bytes) -> bool:
     """The first bytes of a file: an 8-byte length, then the header's opening brace."""
-    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") >= 2
+    return len(head) >= 9 and head[8:9] == b"{"
 
 
 def _bad(path: Path, what: str) -> MalformedSafetensors:
