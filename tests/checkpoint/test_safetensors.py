@@ -118,6 +118,7 @@ def test_load_refuses_a_checkpoint_written_by_an_environment_the_policy_refuses(
     newer = dataclasses.replace(envkit.collect(), torch=TorchInfo(version="2.99.0"))  # another minor, newer than this torch
     path = tmp_path / "newer.safetensors"
     envkit.save(tensors(), path, fingerprint=newer)
+    assert envkit.read_stamp(path).format == "safetensors"
     with pytest.raises(envkit.EnvironmentMismatch):
         envkit.load(path)
     assert CliRunner().invoke(main, ["check", str(path)]).exit_code == 1
