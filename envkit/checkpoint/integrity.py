@@ -27,7 +27,6 @@ from envkit.checkpoint.reader import (
     open_zip,
     read_stamp,
 )
-from envkit.checkpoint.safetensors_format import looks_like_safetensors
 from envkit.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -182,6 +181,8 @@ def _verify_safetensors(p: Path, info: CheckpointFile, progress: Progress | None
 
 def _status_of_unreadable(path: Path, exc: EnvkitError) -> str:
     """A file that starts like a checkpoint but cannot be read as one is corrupt; anything else is bad input."""
+    from envkit.checkpoint.safetensors_format import looks_like_safetensors
+
     if not isinstance(exc, (NotACheckpoint, MalformedStamp)):
         return UNREADABLE  # missing, a folder, permission denied, an unsafe pickle: what check calls bad input
     try:

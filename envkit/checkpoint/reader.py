@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from envkit.checkpoint.paths import is_folder_checkpoint
-from envkit.checkpoint.safetensors_format import looks_like_safetensors
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
 from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
@@ -420,7 +419,7 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
     with nullcontext(opened) if opened is not None else _open(p) as fh:
         fh.seek(0)
         head = fh.read(len(LEGACY_MAGIC))
-        if looks_like_safetensors(head):
+        if head[8:9] == b"{" and not head.startswith(ZIP_MAGIC):  # an 8-byte length, then the header's brace (safetensors_format.looks_like_safetensors)
             return _read_safetensors(p, fh, size)
         fmt = sniff(p, head)
         try:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,20 @@ def test_in_a_real_process_check_and_verify_answer_with_their_exit_codes(saved: 
     saved.write_bytes(bytes(raw))
     corrupt = run("verify", str(saved))
     assert corrupt.returncode == 1 and corrupt.stdout.startswith("CORRUPT")
+
+
+def test_the_first_safetensors_stamp_keeps_reading(data_dir: Path) -> None:
+    """tests/data/stamp-v1.safetensors, written by envkit 0.1.0: every later envkit reads, verifies and loads it."""
+    path = data_dir / "stamp-v1.safetensors"
+    info = envkit.read_stamp(path)
+    assert info.format == "safetensors" and info.stamp is not None and info.stamp.schema == "envkit.stamp/1"
+    assert info.stamp.step == 7 and info.stamp.meta["header_digest"].startswith("xxh3_128:")
+    assert envkit.verify(path).ok
+    expected = {"model.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "model.bias": torch.arange(3).to(torch.bfloat16),
+                "step": torch.tensor(7)}
+    assert _equal(st.load_file(str(path)), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", envkit.EnvironmentDriftWarning)  # a later environment drifts from the fixture's
+        assert _equal(envkit.load(path, policy="warn"), expected)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "pt" and f.metadata()["note"] == "fixture"
