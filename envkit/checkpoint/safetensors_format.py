@@ -160,10 +160,6 @@ def _refuse_constant(path: Path) -> Callable[[str], Any]:
     return parse
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def parse_header(data: bytes, *, path: Path, size: int) -> Header:
     """Validate the N header bytes as safetensors does (and refuse duplicate keys, which it does not)."""
     if data[:1] != b"{":
@@ -173,7 +169,10 @@ def parse_header(data: bytes, *, path: Path, size: int) -> Header:
     except UnicodeDecodeError:
         raise _bad(path, "the header is not UTF-8") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates(path), parse_int=_bounded_int(path),
+        # Python's own limit on the digits of an int (4,300 by default) bounds the work of a hostile
+        # number; only where it is switched off does every number pass through a Python check
+        limited = 0 < getattr(sys, "get_int_max_str_digits", lambda: 0)() <= 10_000
+        doc = json.loads(text, object_pairs_hook=_no_duplicates(path), parse_int=None if limited else _bounded_int(path),
                          parse_constant=_refuse_constant(path))
     except RecursionError:
         raise _bad(path, "the header's JSON is nested too deeply") from None
@@ -195,23 +194,28 @@ def parse_header(data: bytes, *, path: Path, size: int) -> Header:
 
 
 def _entry(path: Path, name: str, entry: Any, data_length: int) -> TensorInfo:
-    if not isinstance(entry, dict):
+    """One tensor's entry, checked as safetensors checks it (exact types: a bool is not a dimension)."""
+    if type(entry) is not dict:
         raise _bad(path, f"the entry of tensor {_name(name)} is not an object")
-    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
-    if missing:
-        raise _bad(path, f"tensor {_name(name)} has no {' and no '.join(missing)}")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    try:
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except KeyError:
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+        raise _bad(path, f"tensor {_name(name)} has no {' and no '.join(missing)}") from None
+    known = DTYPES.get(dtype) if type(dtype) is str else None
+    if known is None:
         raise _bad(path, f"tensor {_name(name)} has the unknown dtype {_name(dtype)} (known: {', '.join(DTYPES)})")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+    if type(shape) is not list or any(type(d) is not int or d < 0 for d in shape):
         raise _bad(path, f"the shape of tensor {_name(name)} is not a list of non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)) or offsets[0] > offsets[1]:
+    if type(offsets) is not list or len(offsets) != 2:
         raise _bad(path, f"the data_offsets of tensor {_name(name)} are not [begin, end] with 0 <= begin <= end")
     begin, end = offsets
+    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+        raise _bad(path, f"the data_offsets of tensor {_name(name)} are not [begin, end] with 0 <= begin <= end")
     if end > data_length:
         raise _bad(path, f"tensor {_name(name)} ends at {end:,}, past the {data_length:,} bytes of the data section")
-    bits = DTYPES[dtype][0]
-    want_bits, numel = (end - begin) * 8, 0 if 0 in shape else 1
+    bits, want_bits = known[0], (end - begin) * 8
+    numel = 0 if 0 in shape else 1
     for d in shape if numel else ():
         numel *= d
         if numel * bits > want_bits:

@@ -36,7 +36,7 @@ CASES: dict[str, tuple[bytes, str]] = {
     "not-json": (sf(b'{"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]'), "not valid JSON"),
     "not-utf8": (sf(b'{"\xff\xfe": 1}'), "not UTF-8"),
     "nan": (sf(b'{"x": {"dtype": "U8", "shape": [NaN], "data_offsets": [0, 4]}}'), "NaN"),
-    "huge-integer": (sf(b'{"x": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}'), "digits"),
+    "huge-integer": (sf(b'{"x": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}'), "digit"),
     "deep-nesting": (sf(b'{"x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"), "nested too deeply"),
     "entry-not-object": (sf({"x": [1, 2]}), "is not an object"),
     "no-dtype": (sf({"x": {"shape": [4], "data_offsets": [0, 4]}}), "has no dtype"),
