@@ -116,8 +116,10 @@ def _name(key: object) -> str:
 
 
 def read_header(path: Path, fh: BinaryIO, size: int) -> Header:
-    """The header of an open safetensors file of ``size`` bytes: one read of 8 + N bytes' worth
-    (the 8 already sniffed are read again with it); nothing is read past what the file holds."""
+    """The header of an open safetensors file of ``size`` bytes, in at most two reads of the file:
+    the reader's sniff has filled the file object's buffer (8 KiB, which holds most headers whole),
+    and a longer header is one more read of the rest. N is checked against the 100,000,000 byte cap
+    and the file's size before anything is allocated for it; the data section is never read."""
     if size < 10:
         raise _bad(path, f"the file has {size} bytes, too few for a length and a header")
     fh.seek(0)
@@ -126,9 +128,10 @@ def read_header(path: Path, fh: BinaryIO, size: int) -> Header:
         raise _bad(path, f"the header claims {n:,} bytes, over the {MAX_HEADER_BYTES:,} byte limit of safetensors")
     if n < 2 or 8 + n > size:
         raise _bad(path, f"the header claims {n:,} bytes, the file has {size - 8:,} after the length (truncated?)")
-    data = fh.read(n)
-    if len(data) != n:
-        raise _bad(path, f"the header is cut short ({len(data)} of {n:,} bytes read; the file changed while it was read?)")
+    data = bytearray(n)
+    got = fh.readinto(data)  # type: ignore[attr-defined]  # what the buffer holds, then the rest in one read
+    if got != n:
+        raise _bad(path, f"the header is cut short ({got} of {n:,} bytes read; the file changed while it was read?)")
     return parse_header(data, path=path, size=size)
 
 
@@ -160,7 +163,7 @@ def _refuse_constant(path: Path) -> Callable[[str], Any]:
     return parse
 
 
-def parse_header(data: bytes, *, path: Path, size: int) -> Header:
+def parse_header(data: bytes | bytearray, *, path: Path, size: int) -> Header:
     """Validate the N header bytes as safetensors does (and refuse duplicate keys, which it does not)."""
     if data[:1] != b"{":
         raise _bad(path, "the header does not start with '{'")
