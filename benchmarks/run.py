@@ -12,6 +12,11 @@ whose start-up is slower or faster than that one's;
 ``envkit fingerprint --json`` against ``python -m torch.utils.collect_env``;
 ``envkit.save`` against ``torch.save`` + fsync of the same state. Runs alternate
 between the candidates so that drift on a noisy machine hits both alike.
+
+``--only safetensors`` (issue 12; not in the default run): ``envkit check --json`` of a stamped
+``model.safetensors`` against one process that imports torch and ``safetensors.torch.load_file``s
+it (target >= 20x), with ``envkit verify`` of it beside; and ``envkit.save`` of the same tensors to
+``.safetensors`` against ``safetensors.torch.save_file`` + fsync.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ os.sync()  # start from a clean page cache: no earlier run's dirty pages compete
 t = time.perf_counter()
 if mode == "envkit":
     envkit.save(state, path, meta={{"epoch": 1, "step": 1}})
+elif mode == "safetensors":
+    import safetensors.torch
+    safetensors.torch.save_file(state, path, metadata={{"format": "pt"}})
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 else:
     torch_save_fsync(state, path)
 print(time.perf_counter() - t)
@@ -136,12 +146,42 @@ def bench_save(work: Path, size_gb: float, runs: int) -> dict[str, float]:
     return m
 
 
+def bench_safetensors(work: Path, size_gb: float, runs: int, quick_runs: int, checkpoint: Path | None) -> dict[str, float]:
+    """check of a stamped model.safetensors against import torch + safetensors.torch.load_file, in whole processes."""
+    model = checkpoint or work / f"model-{size_gb:g}g.safetensors"
+    make_checkpoint(model, size_gb)  # envkit.save: the suffix chooses safetensors
+    p = str(model)
+    # check runs between the loads it is compared with, and again many times on its own
+    m = medians({"import torch + safetensors.torch.load_file": [PY, "-c", f"import torch, safetensors.torch; safetensors.torch.load_file({p!r})"],
+                 "envkit check --json (between the loads)": [*ENVKIT, "check", "--json", p],
+                 "envkit verify --json": [*ENVKIT, "verify", "--json", p]}, runs)
+    quick = medians({"envkit check --json": [*ENVKIT, "check", "--json", p], "python -c pass": [PY, "-c", "pass"]}, quick_runs)
+    m = {**quick, **m}
+    # as bench_check: the anchor's median over check's own (more) runs; and over check run right after each
+    # 2 GB load (slower: the process that freed 2 GB has just exited), the less flattering figure
+    m["ratio load_file/check"] = m["import torch + safetensors.torch.load_file"] / m["envkit check --json"]
+    m["ratio load_file/check (right after each load)"] = m["import torch + safetensors.torch.load_file"] / m["envkit check --json (between the loads)"]
+    times: dict[str, list[float]] = {"safetensors.torch.save_file + fsync": [], "envkit.save (.safetensors)": []}
+    worker = SAVE_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
+    for i in range(runs):
+        names = list(times) if i % 2 == 0 else list(reversed(times))
+        for name in names:
+            target = work / f"save-{i}.safetensors"
+            mode = "envkit" if name.startswith("envkit") else "safetensors"
+            out = subprocess.run([PY, "-c", worker, mode, str(target), str(size_gb)], check=True, capture_output=True, text=True)
+            times[name].append(float(out.stdout.strip().splitlines()[-1]))
+            target.unlink()
+    m.update({name: statistics.median(v) for name, v in times.items()})
+    m["ratio envkit.save/save_file"] = m["envkit.save (.safetensors)"] / m["safetensors.torch.save_file + fsync"]
+    return m
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick-runs", type=int, default=21, help="runs of the sub-second processes (check, the floor, python -c pass)")
-    parser.add_argument("--only", choices=["check", "fingerprint", "save"])
+    parser.add_argument("--only", choices=["check", "fingerprint", "save", "safetensors"])
     parser.add_argument("--envkit", help="the envkit command to time (default: the console script next to this python)")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint check reads: written there if missing, and kept (default: a temporary one)")
     parser.add_argument("--workdir", type=Path, help="where to write the large files (default: a temporary folder under the repo)")
@@ -162,6 +202,8 @@ def main() -> None:
             results["fingerprint"] = bench_fingerprint(args.runs)
         if args.only in (None, "save"):
             results["save"] = bench_save(work, args.size_gb, args.runs)
+        if args.only == "safetensors":
+            results["safetensors"] = bench_safetensors(work, args.size_gb, args.runs, args.quick_runs, args.checkpoint)
 
     print_results(f"medians of {args.runs} runs, {args.size_gb:g} GB, {os.cpu_count()} cores, {sys.version.split()[0]}", results, 42)
     if args.json:

@@ -51,6 +51,10 @@ class MalformedSidecar(BadInput):
     """A checksum sidecar (``ckpt.pth.md5``, ``.sha256``) is not what md5sum/sha256sum write."""
 
 
+class MalformedSafetensors(NotACheckpoint):
+    """A file shaped like safetensors (an 8-byte length, then ``{``) whose header safetensors would refuse."""
+
+
 class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 

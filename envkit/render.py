@@ -240,6 +240,8 @@ def inspect_text(insp: Inspection) -> str:
         ("top level", ", ".join(f"{k}: {t}" for k, t in insp.top_level) or "-"),
         ("stamped", f"yes ({info.stamp_source})" if info.stamped else "no"),
     ]
+    if insp.extra.get("metadata"):  # a safetensors file's __metadata__, the stamp aside
+        rows.append(("metadata", ", ".join(f"{k}={v[:40]!r}" for k, v in list(insp.extra["metadata"].items())[:10])))
     if info.stamp:
         meta = info.stamp.meta
         rows += [

@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json holds the whole log history
-MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit
 _EVIDENCE_FILES = 16  # of each kind
 
 
@@ -261,36 +260,16 @@ def _write_marker(root: Path, data: bytes, folders: list[Path]) -> None:
 
 
 def safetensors_metadata(path: Path) -> dict[str, str] | None:
-    """The ``__metadata__`` map of a safetensors file's header (None when it has none).
+    """The ``__metadata__`` map of a safetensors file's header (None when it has none), read and
+    validated by the one safetensors reader (at most two reads; MalformedSafetensors, exit 2)."""
+    from envkit.checkpoint.safetensors_format import read_header
 
-    The one place envkit's folder code reads a safetensors header: the 8-byte little-endian
-    length N (at most the format's 100,000,000), then N bytes of JSON, nothing else. BadInput
-    for anything else (a short file, N past the end, not JSON, a map that is not string to string).
-    """
     try:
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(8)
-            if len(head) < 8:
-                raise BadInput(f"{path}: shorter than a safetensors header")
-            n = int.from_bytes(head, "little")
-            if n > MAX_SAFETENSORS_HEADER or n > size - 8:
-                raise BadInput(f"{path}: a safetensors header of {n} bytes, past the end of the file or the format's limit")
-            data = fh.read(n)
+            header = read_header(path, fh, os.fstat(fh.fileno()).st_size)
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        header = json.loads(data)
-    except (ValueError, RecursionError):
-        raise BadInput(f"{path}: the safetensors header is not JSON") from None
-    if not isinstance(header, dict):
-        raise BadInput(f"{path}: the safetensors header is not a JSON object")
-    metadata = header.get("__metadata__")
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise BadInput(f"{path}: the safetensors __metadata__ is not a map of strings to strings")
-    return metadata
+    return None if header.metadata is None else dict(header.metadata)
 
 
 def _torch_zip_records(path: Path) -> dict[str, Any]:

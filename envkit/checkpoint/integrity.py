@@ -150,6 +150,8 @@ def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, ope
             f"{UNSTAMPED_ADVICE}",
         )
     payload = stamp.payload
+    if info.format == "safetensors":
+        return _verify_safetensors(p, info, progress, opened)
     if payload.length > info.size:
         return VerifyResult(p, CORRUPT, f"{p}: truncated: the stamp records {payload.length} payload bytes, the file has {info.size}", info)
     try:
@@ -189,8 +191,24 @@ def _by_sidecar(p: Path, info: CheckpointFile, opened: Any, unstamped: str) -> V
     return VerifyResult(p, OK if checked.ok else CORRUPT, checked.problem(p), info, sidecar=checked)
 
 
+def _verify_safetensors(p: Path, info: CheckpointFile, progress: Progress | None, opened: Any) -> VerifyResult:
+    from envkit.checkpoint.safetensors_format import verify_problem
+
+    assert info.stamp is not None
+    try:
+        with nullcontext(opened) if opened is not None else open(p, "rb") as fh:
+            problem = verify_problem(p, fh, info.size, info.stamp, progress)
+    except OSError as exc:
+        return VerifyResult(p, UNREADABLE, f"{p}: cannot read ({exc.strerror or exc}); check the file and its permissions", info)
+    except EnvkitError as exc:
+        return VerifyResult(p, CORRUPT, exc.message, info)
+    return VerifyResult(p, CORRUPT if problem else OK, problem, info)
+
+
 def _status_of_unreadable(path: Path, exc: EnvkitError) -> str:
     """A file that starts like a checkpoint but cannot be read as one is corrupt; anything else is bad input."""
+    from envkit.checkpoint.safetensors_format import looks_like_safetensors
+
     if not isinstance(exc, (NotACheckpoint, MalformedStamp)):
         return UNREADABLE  # missing, a folder, permission denied, an unsafe pickle: what check calls bad input
     try:
@@ -200,8 +218,8 @@ def _status_of_unreadable(path: Path, exc: EnvkitError) -> str:
             head = fh.read(len(LEGACY_MAGIC))
     except OSError:
         return UNREADABLE
-    if head.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
-        return CORRUPT  # a truncated archive, a damaged stamp member
+    if head.startswith((ZIP_MAGIC, LEGACY_MAGIC)) or looks_like_safetensors(head):
+        return CORRUPT  # a truncated archive, a damaged stamp member or safetensors header
     return UNREADABLE
 
 

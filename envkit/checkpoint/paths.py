@@ -12,7 +12,7 @@ __all__ = [
     "remove_checkpoint", "remove_stale_temp_files", "temp_path_for", "write_target",
 ]
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".dcp")  # .dcp: a sharded checkpoint folder
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".dcp", ".safetensors")  # .dcp: a sharded checkpoint folder
 
 
 def is_folder_checkpoint(path: str | os.PathLike[str] | os.DirEntry[str]) -> bool:

@@ -55,10 +55,10 @@ class CheckpointFile:
     """What ``read_stamp`` learns about a checkpoint file."""
 
     path: Path
-    format: str  # "zip" | "legacy" | "torchscript"
+    format: str  # "zip" | "legacy" | "torchscript" | "safetensors" | "dcp"
     size: int
     stamp: Stamp | None = None
-    stamp_source: str | None = None  # "member" | "pickle"
+    stamp_source: str | None = None  # "member" | "pickle" | "metadata" (safetensors) | "file" (dcp)
     prefix: str | None = None
     serialization_version: str | None = None
     # The locations of the storages when the reader walked the pickle (an unstamped file); else
@@ -132,6 +132,7 @@ class Inspection:
             "payload": {"digest": stamp.payload.digest, "length": stamp.payload.length} if stamp and stamp.payload else None,
             "fingerprint": stamp.fingerprint.to_json() if stamp else None,
             **({"notes": list(self.extra["notes"])} if self.extra.get("notes") else {}),
+            **({"metadata": self.extra["metadata"]} if "metadata" in self.extra else {}),  # safetensors __metadata__
         }
 
 
@@ -445,6 +446,18 @@ def _with_safetensors_tensors(insp: Inspection) -> Inspection:
                    extra={**insp.extra, "notes": notes} if notes else insp.extra)
 
 
+def _read_safetensors(path: Path, fh: BinaryIO, size: int) -> Inspection:
+    """A safetensors file: everything from its header (one more read), never its data."""
+    from envkit.checkpoint.safetensors_format import FORMAT, read_header
+
+    header = read_header(path, fh, size)
+    info = CheckpointFile(path, FORMAT, size, header.stamp, "metadata" if header.stamp else None, storage_devices=("cpu",))
+    tensors = tuple(TensorEntry(t.name[:_MAX_NAME], t.torch_dtype, t.shape) for t in header.tensors[:MAX_TENSORS_LISTED])
+    records = (("header", header.data_start), ("data", header.data_length))
+    extra = {"metadata": header.user_metadata}
+    return Inspection(info, records, byteorder="little", extra=extra, tensors=tensors, tensor_count=len(header.tensors))
+
+
 # -- entry points -------------------------------------------------------------------
 
 
@@ -456,6 +469,8 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
     with nullcontext(opened) if opened is not None else _open(p) as fh:
         fh.seek(0)
         head = fh.read(len(LEGACY_MAGIC))
+        if head[8:9] == b"{" and not head.startswith(ZIP_MAGIC):  # an 8-byte length, then the header's brace (safetensors_format.looks_like_safetensors)
+            return _read_safetensors(p, fh, size)
         fmt = sniff(p, head)
         try:
             fast = last_stamp_member(fh, size) if fmt == "zip" and not deep else None

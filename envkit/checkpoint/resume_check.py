@@ -170,7 +170,8 @@ def load(
     verify: bool = True,
     info: CheckpointFile | None = None,
 ) -> Any:
-    """guard, then the payload digest, then ``torch.load(weights_only=True)``.
+    """guard, then the payload digest, then ``torch.load(weights_only=True)``; a safetensors file
+    gives its dict of tensors (read and verified in one pass; ``map_location`` a device).
 
     Without ``map_location`` tensors go where they were saved when that device
     exists here, else to the CPU. ``info``: its stamp, read already.
@@ -186,7 +187,11 @@ def load(
         checked = check_sidecars(path)  # MalformedSidecar (exit 2) names a sidecar that is not one
         if checked is not None and not checked.ok:
             raise CorruptCheckpoint(f"{checked.problem(Path(path))}; resume from an earlier checkpoint")
-    elif verify:
+    if report.info.format == "safetensors":  # read and hashed in one pass, into tensors
+        from envkit.checkpoint.safetensors_format import load_tensors
+
+        return load_tensors(path, map_location=map_location, verify=verify)
+    if verify and stamp is not None and stamp.payload is not None:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 
         result = verify_checkpoint(path, report.info)

@@ -153,16 +153,32 @@ def save(
     meta: Mapping[str, Any] | None = None,
     digest: str = "xxh3_128",
     fingerprint: Fingerprint | None = None,
+    format: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Stamp:
     """``torch.save`` that stamps the file with the environment that wrote it, atomically.
 
     Returns the stamp. ``meta`` (epoch, step, metrics, ...) must be plain JSON data.
+    ``format``: "torch" (a torch.save zip) or "safetensors" (a flat dict of tensors, stamp in
+    ``__metadata__["envkit"]``, ``metadata`` kept beside it); by default ".safetensors" names
+    choose safetensors and any other name torch.
     """
     target = Path(path)
     if digest not in DIGEST_ALGORITHMS:
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+    chosen = format or ("safetensors" if target.name.endswith(".safetensors") else "torch")
+    if chosen not in ("torch", "safetensors"):
+        raise BadInput(f"{target}: unknown format {format!r}; use \"torch\" or \"safetensors\"")
+    if metadata is not None and chosen != "safetensors":
+        raise BadInput(f"{target}: metadata= is for safetensors files; put what a torch file should carry in meta=")
     full_meta = build_meta(meta, target)
     _import_torch()
+    if chosen == "safetensors":
+        from envkit.checkpoint import safetensors_format
+
+        live = fingerprint if fingerprint is not None else collect()
+        return safetensors_format.write(obj, target, stamp_for=lambda payload: Stamp(live, payload, full_meta), digest=digest,
+                                        metadata=metadata)
     if fingerprint is not None:
         return write_stamped(obj, target, stamp_for=lambda payload: Stamp(fingerprint, payload, full_meta), digest=digest)
     pending = _Pending()  # reading package metadata and nvidia-smi overlaps torch.save
