@@ -365,6 +365,11 @@ def unstamped_files(path: Path) -> dict[str, int]:
     if os.path.lexists(path / INDEX_NAME):
         raise NotACheckpoint(f"{path}: a folder of envkit checkpoints, not one checkpoint; run `envkit ls {path}` and pass one of them")
     found = walk(path, limit=10_000)
+    if not any(is_framework_file(n) and not n.endswith(".safetensors") for n in found.files) and "config.json" not in found.files \
+            and any(n.endswith(".safetensors") for n in found.files):
+        raise NotACheckpoint(  # safetensors files and nothing that makes them one framework checkpoint: each is one
+            f"{path}: a folder of safetensors files, not one checkpoint folder; pass one of them, or run `envkit ls {path}`"
+        )
     if not any(is_framework_file(name) for name in found.files):
         raise NotACheckpoint(
             f"{path}: a folder with no checkpoint in it (no {STAMP_NAME}, no model, optimizer or trainer state files); "

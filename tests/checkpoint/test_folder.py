@@ -397,7 +397,7 @@ def test_evidence_survives_hostile_files(tmp_path: Path) -> None:
     (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
     (folder / "trainer_state.json").write_text("[]")
     evidence = envkit.check(folder).evidence
-    assert "past the end" in evidence["model.safetensors"]["error"]
+    assert "over the 100,000,000 byte limit" in evidence["model.safetensors"]["error"]
     assert "not a readable JSON object" in evidence["config.json"]["error"]
     assert "damaged or truncated zip" in evidence["optimizer.pt"]["error"]
     assert "not a readable JSON object" in evidence["trainer_state.json"]["error"]
@@ -429,6 +429,22 @@ def test_folders_that_hold_no_checkpoint_are_bad_input(tmp_path: Path) -> None:
     torch.save({}, tmp_path / "interrupted.dcp" / "rank0.pt")
     with pytest.raises(NotACheckpoint, match="interrupted save"):
         envkit.read_stamp(tmp_path / "interrupted.dcp")
+
+
+def test_a_folder_of_loose_safetensors_files_is_a_listing_not_one_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from envkit.checkpoint.directory import describe_folder
+
+    loose = tmp_path / "weights"
+    loose.mkdir()
+    save_file({"w": torch.zeros(2)}, str(loose / "a.safetensors"))
+    envkit.save({"w": torch.ones(2)}, loose / "b.safetensors")
+    with pytest.raises(NotACheckpoint, match="a folder of safetensors files"):
+        envkit.read_stamp(loose)
+    assert {r.info.path.name for r in describe_folder(loose)} == {"a.safetensors", "b.safetensors"}
+    (loose / "config.json").write_text('{"transformers_version": "4.41.0"}')  # save_pretrained's folder: one checkpoint
+    assert envkit.read_stamp(loose).format == "folder"
 
 
 def test_inspect_lists_a_folders_safetensors_tensors_or_says_why_not(tmp_path: Path) -> None:
