@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 from envkit.errors import (
+    BackgroundSaveWarning,
     BadInput,
     CheckFailed,
     CheckpointDirLocked,
@@ -52,6 +53,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BackgroundSaveWarning",
     "BadInput",
     "CheckpointDirLocked",
     "EphemeralDirectoryWarning",
