@@ -6,9 +6,10 @@ included, that the training loop may then change) and returns; one background th
 serialises, hashes, writes and commits it through the storage's own write and commit.
 
 - At most one save is in flight: the next ``save()`` (or ``wait()``, ``close()``) waits for it
-  first. Its error is raised there, never lost; one nobody collected is reported at
-  interpreter exit (the thread is not a daemon, so a script that ends without ``close()``
-  still finishes its last save before exiting).
+  first. Its error is raised there, never lost; a script that ends without ``close()`` still
+  finishes its last save before the interpreter exits, and a failure nobody collected is
+  reported then (a BackgroundSaveWarning on stderr). A kill (SIGKILL, ``os._exit``) ends it
+  with the process: the previous checkpoint stays the latest.
 - Retention and the index update run on the caller's thread when the save is collected
   (the next ``save()``/``wait()``/``close()``), so the folder is never changed by two
   threads at once; until then the new checkpoint is committed and listed like any other.
@@ -81,19 +82,21 @@ class Stager:
         self._buffers.clear()
 
     def stage(self, state: TrainingState) -> TrainingState:
-        memo: dict[int, Any] = {}
+        memo: dict[Any, Any] = {}
         used: dict[tuple[Any, ...], Any] = {}
         copies = {f.name: self._copy(getattr(state, f.name), (f.name,), memo, used) for f in fields(state)}
         self._buffers = used  # buffers of tensors that are gone are dropped
         return replace(state, **copies)
 
-    def _copy(self, obj: Any, key: tuple[Any, ...], memo: dict[int, Any], used: dict[tuple[Any, ...], Any]) -> Any:
+    def _copy(self, obj: Any, key: tuple[Any, ...], memo: dict[Any, Any], used: dict[tuple[Any, ...], Any]) -> Any:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
-            if id(obj) in memo:
-                return memo[id(obj)]
+            same = _alias_key(obj)  # state_dict() detaches: tied weights are two tensor objects on one storage
+            if same is not None and same in memo:
+                return memo[same]
             out = self._tensor(torch, obj, key, used)
-            memo[id(obj)] = out
+            if same is not None:
+                memo[same] = out
             return out
         if isinstance(obj, Mapping):
             items = {k: self._copy(v, (*key, k), memo, used) for k, v in obj.items()}
@@ -124,6 +127,14 @@ class Stager:
         return buf
 
 
+def _alias_key(t: Any) -> tuple[Any, ...] | None:
+    """Tensors with this key are the same values (one storage, one view of it); None: do not share."""
+    try:
+        return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (meta, sparse, ...)
+        return None
+
+
 def synchronize_devices() -> None:
     """Wait for copies from a GPU (issued non-blocking) before the state is handed to the background thread."""
     torch = sys.modules.get("torch")
@@ -134,6 +145,7 @@ def synchronize_devices() -> None:
 # -- the thread ---------------------------------------------------------------------------
 
 _LIVE: weakref.WeakSet[BackgroundSaver] = weakref.WeakSet()
+_HOOKED = False
 
 
 class BackgroundSaver:
@@ -143,6 +155,10 @@ class BackgroundSaver:
         self.where = where
         self._thread: threading.Thread | None = None
         self._outcome: Outcome | None = None
+        global _HOOKED
+        if not _HOOKED:
+            _register_exit_hook()
+            _HOOKED = True
         _LIVE.add(self)
 
     @property
@@ -180,13 +196,16 @@ class BackgroundSaver:
         return outcome if outcome is not None else Outcome(self.where, None, CheckpointWriteError(
             f"{self.where}: the background save ended without an outcome; save again"))
 
-    def report_uncollected(self) -> None:
-        """At interpreter exit: a finished save nobody waited for that failed is not lost silently."""
-        thread, outcome = self._thread, self._outcome
-        if thread is None or thread.is_alive() or outcome is None or outcome.error is None:
+    def finish_at_exit(self) -> None:
+        """At interpreter exit: the save in flight is finished; one that failed, with nobody to wait for it, is reported."""
+        thread = self._thread
+        if thread is None:
             return
-        self._thread = None
-        warnings.warn(lost_save_message(outcome), BackgroundSaveWarning, stacklevel=1)
+        thread.join()
+        outcome = self._outcome
+        self._thread, self._outcome = None, None
+        if outcome is not None and outcome.error is not None:
+            warnings.warn(lost_save_message(outcome), BackgroundSaveWarning, stacklevel=1)
 
 
 def lost_save_message(outcome: Outcome) -> str:
@@ -196,10 +215,26 @@ def lost_save_message(outcome: Outcome) -> str:
             "is still the latest: call mgr.wait() or mgr.close() at the end of training to see such errors")
 
 
-@atexit.register
-def _report_at_exit() -> None:  # runs after the interpreter has joined the (non-daemon) save threads
+def _finish_at_exit() -> None:
+    """At interpreter exit: finish the saves in flight, then report failures nobody collected."""
     for saver in list(_LIVE):
-        saver.report_uncollected()
+        saver.finish_at_exit()
+
+
+def _register_exit_hook() -> None:
+    """Run ``_finish_at_exit`` before concurrent.futures shuts its executors down at exit (the writer's
+    hashing pool, DCP's): after that a save still in flight could not submit work and would fail.
+    ``threading._register_atexit`` hooks run before the interpreter joins its threads, newest first."""
+    import concurrent.futures.thread  # noqa: F401 - its hook is registered first, so ours runs before it
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(_finish_at_exit)
+        return
+    try:
+        register(_finish_at_exit)
+    except RuntimeError:  # the interpreter is shutting down already
+        atexit.register(_finish_at_exit)
 
 
 # -- the ranks agree on the outcome --------------------------------------------------------
