@@ -25,6 +25,13 @@ stop across ranks, so a SIGTERM that reaches one rank stops all of them after th
 step. ``resume`` loads, on every rank, the checkpoint rank 0 chose. The ranks' environments
 are compared (``envkit.distributed.check_consistency``) on resume and before the first save.
 
+With ``async_save=True`` a ``save`` returns once the state is copied to CPU memory, and one
+background thread writes and commits it (background.py): at most one save in flight, its
+error raised at the next ``save``, ``wait`` or ``close``; retention runs on the caller's
+thread when it is collected; a stop's save is synchronous. Distributed, the background thread
+runs no collective on ``group``: only rank 0 writes a single-file save, and the ranks agree on
+its outcome at the next ``save``/``wait``/``close``; sharded saves use a gloo group of their own.
+
 The manager only orchestrates: where and how checkpoints are written is a ``CheckpointStorage``
 (storage.py, sharded.py), the cache and listing are index.py and directory.py, the lock
 folder_lock.py, the stop signals stop.py, the saved state state.py.
@@ -389,6 +396,7 @@ class CheckpointManager:
         checkpoint and every rank loads that one. The chosen file is read twice: once to
         verify it (its stamp comes with that read) and once to load it.
         """
+        self.wait()  # a background save in flight is committed first (and its error raised)
         if self.distributed:
             self._check_ranks()
         found = find_latest_verified(self.directory, self.project) if self.rank == 0 else None
