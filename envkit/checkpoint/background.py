@@ -114,8 +114,8 @@ class Stager:
             return obj
         return copy.deepcopy(obj)
 
-    def _tensor(self, torch: Any, t: Any, key: tuple[Any, ...], used: dict[tuple[Any, ...], Any]) -> Any:
-        t = t.detach()
+    def _tensor(self, torch: Any, live: Any, key: tuple[Any, ...], used: dict[tuple[Any, ...], Any]) -> Any:
+        t = live.detach()
         if t.layout != torch.strided or t.is_quantized or t.is_nested:
             return t.to("cpu", copy=True)  # rare layouts: a plain copy, no buffer
         buf = self._buffers.get(key)
@@ -124,7 +124,9 @@ class Stager:
             buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
         buf.copy_(t, non_blocking=t.device.type == "cuda")
         used[key] = buf
-        return buf
+        if isinstance(live, torch.nn.Parameter):  # a Parameter kept in `extra` is saved as one, as torch.save would
+            return torch.nn.Parameter(buf, requires_grad=live.requires_grad)
+        return buf.detach().requires_grad_(True) if live.requires_grad else buf
 
 
 def _alias_key(t: Any) -> tuple[Any, ...] | None:

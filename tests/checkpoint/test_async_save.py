@@ -211,9 +211,15 @@ def test_with_block_that_raises_keeps_its_exception_and_warns_of_the_failed_save
 def test_tied_weights_stay_shared_and_a_cpu_copy_is_what_gets_written(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10, bias=False))
     model[1].weight = model[0].weight  # tied, as language models tie input and output embeddings
+    scale = torch.nn.Parameter(torch.full((2,), 3.0))
     with envkit.CheckpointManager(tmp_path, project="p", async_save=True) as mgr:
-        path = mgr.save(epoch=0, step=1, model=model)
-    state = torch.load(path, weights_only=True)["model"]
+        path = mgr.save(epoch=0, step=1, model=model, extra={"scale": scale, "note": ["a", 1]})
+        with torch.no_grad():
+            scale.zero_()
+    saved = torch.load(path, weights_only=True)
+    assert isinstance(saved["extra"]["scale"], torch.nn.Parameter) and saved["extra"]["scale"].tolist() == [3.0, 3.0]
+    assert saved["extra"]["note"] == ["a", 1]
+    state = saved["model"]
     assert state["0.weight"].data_ptr() == state["1.weight"].data_ptr()  # one tensor in the file, as torch.save writes it
     fresh = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10, bias=False))
     fresh.load_state_dict(state)
