@@ -183,8 +183,9 @@ def async_sharded_mock_of_torch_20(folder: Path) -> None:
     """torch 2.0.1 has no DCP async_save: hidden here, the sharded save is synchronous, with one warning."""
     import torch.distributed.checkpoint as dcp
 
-    hidden = dcp.async_save
-    del dcp.async_save
+    hidden = getattr(dcp, "async_save", None)  # torch 2.0.1 itself has none
+    if hidden is not None:
+        del dcp.async_save
     model, opt = _trained(0)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -195,7 +196,8 @@ def async_sharded_mock_of_torch_20(folder: Path) -> None:
                 mgr.save(epoch=0, step=2, model=model, optimizer=opt)
                 pending = mgr.wait()
     finally:
-        dcp.async_save = hidden
+        if hidden is not None:
+            dcp.async_save = hidden
     messages = [str(w.message) for w in caught if issubclass(w.category, envkit.BackgroundSaveWarning)]
     report("async_sharded_mock_of_torch_20", ok=True, durable=durable, pending=pending.name if pending else None, warnings=messages)
 
