@@ -325,7 +325,8 @@ class CheckpointManager:
         ``async_save=True``: it first waits for the save in flight (raising its error, and then
         not saving this step), copies the state to CPU memory and returns the path the checkpoint
         will have once the background thread has committed it (``wait()``). A stop's save (after
-        SIGTERM/SIGUSR1) is synchronous: durable when it returns.
+        SIGTERM/SIGUSR1) is synchronous, durable when it returns, and made even when the save
+        before it failed (that failure is then a BackgroundSaveWarning).
         """
         self.stop.agree_for_save()
         where = f"{self.directory}: save()"
@@ -340,7 +341,9 @@ class CheckpointManager:
         if self.distributed and not self._consistent:
             self._check_ranks()
         parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
-        if self._saver is not None:
+        if self._saver is not None and self.stop.stopping_now:
+            self._wait_before_stop_save()
+        elif self._saver is not None:
             self.wait()  # at most one save in flight; its error is raised here
             staged = self._stage(name, epoch=epoch, step=step, metrics=meta["metrics"], extra=extra, parts=parts,
                                  fingerprint=fingerprint, meta=meta)
@@ -352,6 +355,16 @@ class CheckpointManager:
         path = self.storage.commit(pending, then=self._apply_retention)
         self._after_stop_save()
         return path
+
+    def _wait_before_stop_save(self) -> None:
+        """A stop's save waits for the one in flight; if that failed, the stop's own save is still made (a
+        preemption must not lose it): the earlier failure is a warning, not an error that would skip it."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - every rank gets the same agreed error, and warns alike
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            warn_at_caller(f"{self.directory}: the background save before this stop failed ({reason}); the stop's "
+                           "checkpoint is saved now, synchronously", BackgroundSaveWarning)
 
     def _stage(self, name: str, **save: Any) -> StagedSave | None:
         """The staged background save; None: save synchronously (a stop's final save, a storage that cannot)."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,6 +249,53 @@ def test_sigterm_final_save_waits_for_the_one_in_flight_then_saves_synchronously
         assert mgr.wait() is None  # nothing left in flight
     finally:
         mgr.close()
+
+
+def test_a_stop_save_is_made_even_when_the_background_save_before_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Linear(128, 128)
+    with envkit.CheckpointManager(tmp_path, project="p", async_save=True, keep_last=None) as mgr:
+        mgr.handle_signals()
+        mgr.save(epoch=0, step=1, model=model)
+        mgr.wait()
+        real_write = hashing.HashingWriter._write
+
+        def step_2_fails(self: hashing.HashingWriter, data: object) -> int:
+            if "00000002" in self._fh.name and self.position > 20_000:  # the disk is full for step 2 only
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(self, data)
+
+        monkeypatch.setattr(hashing.HashingWriter, "_write", step_2_fails)
+        mgr.save(epoch=0, step=2, model=model)  # fails on the background thread
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.warns(BackgroundSaveWarning, match="the background save before this stop failed.*No space left"):
+            last = mgr.save(epoch=0, step=3, model=model)
+        assert mgr.should_stop and envkit.verify(last).ok and mgr.latest().step == 3
+        mgr.restore_signals()
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["p_0000_00000001.pth", "p_0000_00000003.pth"]
+
+
+class _WithoutStage:
+    """A storage that cannot save in the background (it has no ``stage``), as another CheckpointStorage may be."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        if name == "stage":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_storage_without_stage_saves_synchronously_with_one_warning(tmp_path: Path) -> None:
+    model = torch.nn.Linear(8, 8)
+    with envkit.CheckpointManager(tmp_path, project="p", async_save=True, keep_last=None) as mgr:
+        mgr.storage = _WithoutStage(mgr.storage)  # type: ignore[assignment]
+        with pytest.warns(BackgroundSaveWarning, match="_WithoutStage cannot save in the background; async_save=True saves synchronously"):
+            first = mgr.save(epoch=0, step=1, model=model)
+        assert envkit.verify(first).ok and mgr.wait() is None  # durable on return: nothing in flight
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BackgroundSaveWarning)  # once, not at every save
+            assert envkit.verify(mgr.save(epoch=0, step=2, model=model)).ok
 
 
 CHILD = textwrap.dedent(
