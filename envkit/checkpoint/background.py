@@ -266,4 +266,4 @@ def warn_once(key: str, message: str) -> None:
     warn_at_caller(message, BackgroundSaveWarning)
 
 
-__all__ = ["BackgroundSaver", "Outcome", "StagedSave", "Stager", "agree", "warn_once"]
+__all__ = ["BackgroundSaver", "Outcome", "StagedSave", "Stager", "agree", "lost_save_message", "warn_once"]

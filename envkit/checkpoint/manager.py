@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from envkit import distributed as dist_util
-from envkit.checkpoint.background import BackgroundSaver, Outcome, StagedSave, Stager, agree, warn_once
+from envkit.checkpoint.background import (
+    BackgroundSaver,
+    Outcome,
+    StagedSave,
+    Stager,
+    agree,
+    lost_save_message,
+    warn_once,
+)
 from envkit.checkpoint.directory import (
     CheckpointInfo,
     apply_retention,
@@ -196,11 +204,8 @@ class CheckpointManager:
         try:  # an exception is on its way out already: a background save's error is a warning, not a replacement
             self.close()
         except Exception as error:  # noqa: BLE001
-            from envkit.checkpoint.background import lost_save_message
-
-            outcome = Outcome(self.directory, None, error)
-            warn_at_caller(lost_save_message(outcome).replace("nobody waited for it", "the with block raised"),
-                           BackgroundSaveWarning)
+            message = lost_save_message(Outcome(self.directory, None, error))
+            warn_at_caller(message.replace("nobody waited for it", "the with block raised"), BackgroundSaveWarning)
 
     def wait(self) -> Path | None:
         """Block until the background save in flight (``async_save=True``) is committed; returns its path.
@@ -369,7 +374,7 @@ class CheckpointManager:
     def _stage(self, name: str, **save: Any) -> StagedSave | None:
         """The staged background save; None: save synchronously (a stop's final save, a storage that cannot)."""
         if self.stop.stopping_now:
-            return None  # a SIGTERM/SIGUSR1's last save: the one in flight was waited for, this one is durable on return
+            return None  # a signal that came while save() waited for the one in flight: this save is the stop's, durable on return
         stage = getattr(self.storage, "stage", None)
         if stage is None:
             warn_once(f"stage:{type(self.storage).__name__}", f"{self.directory}: {type(self.storage).__name__} cannot "
