@@ -1,4 +1,4 @@
-"""A longer kill -9 stress run than the test suite's 50: `python benchmarks/kill_stress.py --kills 500`.
+"""A longer kill -9 stress run than the test suite's 50: `python benchmarks/kill_stress.py --kills 500 [--async-save]`.
 
 A forked child saves checkpoints in a loop through CheckpointManager; the parent
 SIGKILLs it at a random moment, then checks that every file under a final name
@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-delay", type=float, default=0.6, help="longest wait before a kill, seconds")
+    parser.add_argument("--async-save", action="store_true", help="the child saves with async_save=True")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -41,7 +42,7 @@ def main() -> int:
     last_step, started = 0, time.time()
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1]) as folder:
         for kill in range(1, args.kills + 1):
-            child = ctx.Process(target=_save_forever, args=(folder, model, opt), daemon=True)
+            child = ctx.Process(target=_save_forever, args=(folder, model, opt, args.async_save), daemon=True)
             child.start()
             time.sleep(rng.random() * args.max_delay)
             os.kill(child.pid, signal.SIGKILL)

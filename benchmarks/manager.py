@@ -2,6 +2,7 @@
 
     python benchmarks/manager.py                  # both groups, 2 GB, 5 runs
     python benchmarks/manager.py --only latest    # latest() over 10,000 checkpoints
+    python benchmarks/manager.py --only async     # async_save=True against synchronous saves, 2 GB
 
 - save: ``CheckpointManager.save`` (stamp, one-pass digest, fsync, rename, directory
   fsync, retention, index) against ``torch.save`` + fsync of the same 2 GB state, in
@@ -11,11 +12,18 @@
   cold (index deleted: every stamp is read). Also the call alone, timed inside that
   process after its imports (what a training script that already imported envkit pays),
   and the ratio to the floor, a standard-library process reading one stamp.
+- async: a loop of 5 saves of the same 2 GB state (a model and Adam's two moments) with
+  training work between them (``--work-steps`` matmuls on one thread, standing in for a GPU
+  step: it leaves the other core to the writer), once with ``async_save=True`` and once
+  synchronously, each in a fresh process, alternating. Per save: the time ``save()`` blocks
+  the loop (async: its wait for the previous save plus the staging copy); per run: the whole
+  loop, to the last checkpoint committed (``wait()``). Medians over saves and runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -47,6 +55,42 @@ else:
 print(time.perf_counter() - t)
 """
 
+ASYNC_WORKER = r"""
+import json, os, sys, time, torch
+sys.path[:0] = [{root!r}, {bench!r}]
+import envkit, envkit.checkpoint.manager, envkit.fingerprint
+from common import tensors_of
+mode, folder, size_gb, work_steps = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
+tensors = tensors_of(size_gb / 3)  # the weights; Adam's exp_avg and exp_avg_sq make the state size_gb
+model = torch.nn.ParameterDict({{k.replace(".", "_"): torch.nn.Parameter(v) for k, v in tensors.items()}})
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+for p in model.parameters():
+    p.grad = torch.zeros_like(p)
+opt.step()  # Adam's state exists: 3 x the weights
+a = torch.randn(512, 512)
+mgr = envkit.CheckpointManager(folder, project="bench", keep_last=1, keep_best=0, async_save=mode == "async")
+os.sync()
+blocked, waited = [], []
+start = time.perf_counter()
+for step in range(1, 6):
+    for _ in range(work_steps):  # the training work between two saves
+        a = torch.tanh(a @ a)
+    t = time.perf_counter()
+    mgr.wait()  # what save() does first: wait for the save in flight (None in sync mode)
+    w = time.perf_counter()
+    mgr.save(epoch=0, step=step, metrics={{"loss": 0.5}}, model=model, optimizer=opt)
+    blocked.append(time.perf_counter() - t)
+    waited.append(w - t)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3)  # the loop changes the weights right after save() returned
+mgr.wait()
+total = time.perf_counter() - start
+mgr.close()
+print(json.dumps({{"blocked": blocked, "waited": waited, "total": total}}))
+"""
+
 LATEST = (
     "import sys, time; sys.path.insert(0, {root!r})\n"
     "from pathlib import Path\n"
@@ -70,6 +114,52 @@ def bench_save(size_gb: float, runs: int) -> dict[str, float]:
             times[name].append(float(out.stdout.strip().splitlines()[-1]))
     m = {k: statistics.median(v) for k, v in times.items()}
     m["ratio manager/torch"] = m["CheckpointManager.save"] / m["torch.save + fsync"]
+    return m
+
+
+def work_steps_for(seconds: float) -> int:
+    """How many of the worker's matmuls take ``seconds`` on one thread here (measured once, used by both modes)."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.randn(512, 512)
+    t = time.perf_counter()
+    for _ in range(50):
+        a = torch.tanh(a @ a)
+    return max(1, int(seconds / ((time.perf_counter() - t) / 50)))
+
+
+def bench_async(size_gb: float, runs: int, work_s: float) -> dict[str, float]:
+    worker = ASYNC_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
+    work_steps = work_steps_for(work_s)
+    print(f"async: {size_gb} GB state, {work_steps} matmuls (~{work_s} s) of work before each of 5 saves", flush=True)
+    waited: list[float] = []
+    blocked: dict[str, list[float]] = {"sync": [], "async": []}
+    totals: dict[str, list[float]] = {"sync": [], "async": []}
+    for i in range(runs):
+        for mode in (["sync", "async"] if i % 2 == 0 else ["async", "sync"]):
+            with tempfile.TemporaryDirectory(dir=ROOT / "bench-out") as folder:
+                out = subprocess.run([PY, "-c", worker, mode, folder, str(size_gb), str(work_steps)], check=True,
+                                     capture_output=True, text=True)
+            doc = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  run {i + 1} {mode:5s}: save() blocked {', '.join(f'{b:.2f}' for b in doc['blocked'])} s "
+                  f"(of which waiting for the previous save {', '.join(f'{b:.2f}' for b in doc['waited'])}); "
+                  f"loop {doc['total']:.1f} s", flush=True)
+            blocked[mode] += doc["blocked"]
+            if mode == "async":
+                waited += doc["waited"]
+            totals[mode].append(doc["total"])
+    m = {
+        "sync save() (median of every save)": statistics.median(blocked["sync"]),
+        "async save() blocks the loop (median)": statistics.median(blocked["async"]),
+        "async save() blocks, first save (staging allocates)": statistics.median(blocked["async"][::5]),
+        "async save() blocks, later saves (buffers reused)": statistics.median([b for j, b in enumerate(blocked["async"]) if j % 5]),
+        "async: of which waiting for the previous save": statistics.median(waited),
+        "sync loop of 5 saves + work (median)": statistics.median(totals["sync"]),
+        "async loop of 5 saves + work, to the last commit": statistics.median(totals["async"]),
+    }
+    m["ratio async blocked/sync save (target <= 0.10)"] = m["async save() blocks the loop (median)"] / m["sync save() (median of every save)"]
+    m["ratio async/sync loop (target <= 1.10)"] = m["async loop of 5 saves + work, to the last commit"] / m["sync loop of 5 saves + work (median)"]
     return m
 
 
@@ -142,7 +232,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--latest-runs", type=int, default=21, help="runs of the latest() process and its anchors")
     parser.add_argument("--count", type=int, default=10_000)
-    parser.add_argument("--only", choices=["save", "latest"])
+    parser.add_argument("--only", choices=["save", "latest", "async"])
+    parser.add_argument("--work-s", type=float, default=8.0, help="async: seconds of training work (matmuls) before each save")
     args = parser.parse_args()
     (ROOT / "bench-out").mkdir(exist_ok=True)
     fresh_bytecode()
@@ -151,6 +242,8 @@ def main() -> None:
         results["latest"] = bench_latest(args.count, args.latest_runs)
     if args.only in (None, "save"):
         results["save"] = bench_save(args.size_gb, args.runs)
+    if args.only in (None, "async"):
+        results["async"] = bench_async(args.size_gb, args.runs, args.work_s)
     print_results(f"medians ({args.latest_runs} runs of latest, {args.runs} of save), {os.cpu_count()} cores, {sys.version.split()[0]}", results, 52)
 
 

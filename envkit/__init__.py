@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 from envkit.errors import (
+    BackgroundSaveWarning,
     BadInput,
     CheckFailed,
     CheckpointDirLocked,
@@ -54,6 +55,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BackgroundSaveWarning",
     "BadInput",
     "CheckpointDirLocked",
     "EphemeralDirectoryWarning",

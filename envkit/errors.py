@@ -117,6 +117,10 @@ class RankRngWarning(UserWarning):
     """A checkpoint saved by N ranks resumes on M != N ranks: every rank gets rank 0's random state."""
 
 
+class BackgroundSaveWarning(UserWarning):
+    """A background save (``async_save=True``) could not run as asked: saved synchronously, or failed with nobody waiting."""
+
+
 def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
     """A short phrase for an OSError, without the repr noise."""
     reason = exc.strerror or exc.__class__.__name__

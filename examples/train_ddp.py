@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--every-n-steps", type=int, default=5)
     parser.add_argument("--sharded", action="store_true", help="save through torch.distributed.checkpoint")
+    parser.add_argument("--async-save", action="store_true", help="save in the background (CheckpointManager(async_save=True))")
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (room for a signal)")
     parser.add_argument("--stop-at-step", type=int, help="send SIGTERM to one rank (--stop-rank) after this step")
     parser.add_argument("--stop-rank", type=int, default=1)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size * world, sampler=sampler, drop_last=True)
     loss_fn = nn.BCEWithLogitsLoss()
     mgr = envkit.CheckpointManager(args.dir, project="ddp", keep_last=2, keep_best=0,
-                                   every_n_steps=args.every_n_steps, sharded=args.sharded)
+                                   every_n_steps=args.every_n_steps, sharded=args.sharded, async_save=args.async_save)
     info = mgr.resume(model=ddp, optimizer=optimizer, scheduler=scheduler, sampler=sampler)
     step = info.step if info else 0
     if info and rank == 0:

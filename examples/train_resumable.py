@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (to make room for a signal)")
     parser.add_argument("--log-every", type=int, default=1, help="print every Nth step")
     parser.add_argument("--out", type=Path, help="write the final model and optimizer state here")
+    parser.add_argument("--async-save", action="store_true", help="save in the background (CheckpointManager(async_save=True))")
     args = parser.parse_args(argv)
 
     model, optimizer, scheduler, dataset = build()
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers)
     loss_fn = nn.BCEWithLogitsLoss()
     mgr = envkit.CheckpointManager(
-        args.dir, project="resumable", keep_last=2, keep_best=1, monitor="loss", every_n_steps=args.every_n_steps
+        args.dir, project="resumable", keep_last=2, keep_best=1, monitor="loss", every_n_steps=args.every_n_steps,
+        async_save=args.async_save,
     )
     info = mgr.resume(model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler)
     step = info.step if info else 0

@@ -25,6 +25,13 @@ stop across ranks, so a SIGTERM that reaches one rank stops all of them after th
 step. ``resume`` loads, on every rank, the checkpoint rank 0 chose. The ranks' environments
 are compared (``envkit.distributed.check_consistency``) on resume and before the first save.
 
+With ``async_save=True`` a ``save`` returns once the state is copied to CPU memory, and one
+background thread writes and commits it (background.py): at most one save in flight, its
+error raised at the next ``save``, ``wait`` or ``close``; retention runs on the caller's
+thread when it is collected; a stop's save is synchronous. Distributed, the background thread
+runs no collective on ``group``: only rank 0 writes a single-file save, and the ranks agree on
+its outcome at the next ``save``/``wait``/``close``; sharded saves use a gloo group of their own.
+
 The manager only orchestrates: where and how checkpoints are written is a ``CheckpointStorage``
 (storage.py, sharded.py), the cache and listing are index.py and directory.py, the lock
 folder_lock.py, the stop signals stop.py, the saved state state.py.
@@ -40,6 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from envkit import distributed as dist_util
+from envkit.checkpoint.background import (
+    BackgroundSaver,
+    Outcome,
+    StagedSave,
+    Stager,
+    agree,
+    lost_save_message,
+    warn_once,
+)
 from envkit.checkpoint.directory import (
     CheckpointInfo,
     apply_retention,
@@ -67,6 +83,7 @@ from envkit.checkpoint.stop import StopAgreement
 from envkit.checkpoint.storage import CheckpointStorage
 from envkit.checkpoint.writer import build_meta
 from envkit.errors import (
+    BackgroundSaveWarning,
     BadInput,
     CheckpointSkippedWarning,
     EphemeralDirectoryWarning,
@@ -120,11 +137,14 @@ class CheckpointManager:
         group: Any = None,
         sharded: bool = False,
         requeue: bool = False,
+        async_save: bool = False,
     ) -> None:
         """``group``: the process group of the ranks that share this folder (default: the world).
         ``sharded``: every rank saves its own shards through torch.distributed.checkpoint
         into a folder per checkpoint. ``requeue``: under SLURM, a SIGUSR1 stop requeues
-        the job (``scontrol requeue``) once its checkpoint is durable.
+        the job (``scontrol requeue``) once its checkpoint is durable. ``async_save``: ``save()``
+        returns once the state is copied to CPU memory, and a background thread writes and
+        commits it (background.py); ``wait()`` for it, and ``close()`` at the end.
         """
         if mode not in ("min", "max"):
             raise BadInput(f"mode must be 'min' or 'max', not {mode!r}")
@@ -137,6 +157,7 @@ class CheckpointManager:
         self.project, self.keep_last, self.keep_best, self.monitor, self.mode = project, keep_last, keep_best, monitor, mode
         self.every_n_epochs, self.every_n_steps, self.filename = every_n_epochs, every_n_steps, filename
         self.policy, self.digest, self.group, self.sharded, self.requeue = policy, digest, group, sharded, requeue
+        self.async_save = async_save
         check_template(filename, project)
         self._fingerprint: Any = None
         self._policy: Policy | None = None
@@ -149,6 +170,10 @@ class CheckpointManager:
         self.stop = StopAgreement(distributed=self.distributed, group=group)
         self.storage: CheckpointStorage = open_storage(self.directory, sharded=sharded, digest=digest, ranks=self.ranks)
         self.lock = FolderLock(self.directory)
+        self._saver: BackgroundSaver | None = None
+        self._stager: Stager | None = None
+        if async_save:
+            self._saver, self._stager = BackgroundSaver(self.directory), Stager()
         self.removed_temp_files: list[Path] = []
         if self.rank == 0:  # the other ranks only read; a second flock on the folder would fail
             try:
@@ -162,14 +187,49 @@ class CheckpointManager:
 
     # -- life cycle ------------------------------------------------------------------
     def close(self) -> None:
-        self.restore_signals()
-        self.lock.release()
+        """Wait for a background save (raising its error), restore the signal handlers, release the folder."""
+        try:
+            self.wait()
+        finally:
+            if self._stager is not None:
+                self._stager.release()
+            self.restore_signals()
+            self.lock.release()
 
     def __enter__(self) -> CheckpointManager:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # an exception is on its way out already: a background save's error is a warning, not a replacement
+            self.close()
+        except Exception as error:  # noqa: BLE001
+            message = lost_save_message(Outcome(self.directory, None, error))
+            warn_at_caller(message.replace("nobody waited for it", "the with block raised"), BackgroundSaveWarning)
+
+    def wait(self) -> Path | None:
+        """Block until the background save in flight (``async_save=True``) is committed; returns its path.
+
+        Raises its error (CheckpointWriteError, ...): the earlier checkpoints are untouched. None when no
+        save was in flight (and always without ``async_save``). Retention runs here, on this thread.
+        Distributed: a collective, like ``save``: every rank calls it at the same point (``save`` and
+        ``close`` call it first).
+        """
+        if self._saver is None:
+            return None
+        outcome = self._saver.wait()
+        if outcome is None:
+            return None
+        error = outcome.error
+        if error is None and outcome.committed is not None and self.rank == 0:
+            try:
+                self._apply_retention(outcome.committed)
+            except Exception as exc:  # noqa: BLE001 - every rank raises it (agree)
+                error = exc
+        agree(self.ranks, error)
+        return outcome.committed
 
     def _active_policy(self) -> Policy:
         """The policy, resolved once (the project's config is read at the first use, not per resume)."""
@@ -269,6 +329,11 @@ class CheckpointManager:
         """Save the state right after ``step``; returns the path, or None when not due.
 
         Distributed: call it on every rank at every step boundary (``force`` alike on all).
+        ``async_save=True``: it first waits for the save in flight (raising its error, and then
+        not saving this step), copies the state to CPU memory and returns the path the checkpoint
+        will have once the background thread has committed it (``wait()``). A stop's save (after
+        SIGTERM/SIGUSR1) is synchronous, durable when it returns, and made even when the save
+        before it failed (that failure is then a BackgroundSaveWarning).
         """
         self.stop.agree_for_save()
         where = f"{self.directory}: save()"
@@ -287,11 +352,43 @@ class CheckpointManager:
         if self.distributed and not self._consistent:
             self._check_ranks()
         parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
+        if self._saver is not None and self.stop.stopping_now:
+            self._wait_before_stop_save()
+        elif self._saver is not None:
+            self.wait()  # at most one save in flight; its error is raised here
+            staged = self._stage(name, epoch=epoch, step=step, metrics=meta["metrics"], extra=extra, parts=parts,
+                                 fingerprint=fingerprint, meta=meta)
+            if staged is not None:
+                self._saver.start(staged)
+                return staged.path
         pending = self.storage.write(name, epoch=epoch, step=step, metrics=meta["metrics"],  # as the stamp records them
                                      extra=extra, parts=parts, fingerprint=fingerprint, meta=meta)
         path = self.storage.commit(pending, then=self._apply_retention)
         self._after_stop_save()
         return path
+
+    def _wait_before_stop_save(self) -> None:
+        """A stop's save waits for the one in flight; if that failed, the stop's own save is still made (a
+        preemption must not lose it): the earlier failure is a warning, not an error that would skip it."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - every rank gets the same agreed error, and warns alike
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            warn_at_caller(f"{self.directory}: the background save before this stop failed ({reason}); the stop's "
+                           "checkpoint is saved now, synchronously", BackgroundSaveWarning)
+
+    def _stage(self, name: str, **save: Any) -> StagedSave | None:
+        """The staged background save; None: save synchronously (a stop's final save, a storage that cannot)."""
+        if self.stop.stopping_now:
+            return None  # a signal that came while save() waited for the one in flight: this save is the stop's, durable on return
+        stage = getattr(self.storage, "stage", None)
+        if stage is None:
+            warn_once(f"stage:{type(self.storage).__name__}", f"{self.directory}: {type(self.storage).__name__} cannot "
+                      "save in the background; async_save=True saves synchronously")
+            return None
+        assert self._stager is not None
+        staged: StagedSave | None = stage(name, **save, stager=self._stager)
+        return staged
 
     def _after_stop_save(self) -> None:
         """Under SLURM, with requeue on, a SIGUSR1 stop requeues the job once its checkpoint is durable."""
@@ -323,6 +420,7 @@ class CheckpointManager:
         checkpoint and every rank loads that one. The chosen file is read twice: once to
         verify it (its stamp comes with that read) and once to load it.
         """
+        self.wait()  # a background save in flight is committed first (and its error raised)
         if self.distributed:
             self._check_ranks()
         found = find_latest_verified(self.directory, self.project) if self.rank == 0 else None

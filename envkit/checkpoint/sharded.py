@@ -43,6 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from envkit.checkpoint.background import StagedSave, Stager
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Policy
 
@@ -131,6 +132,10 @@ class ShardedFolderStorage(LocalFolder):
     Needs an initialised process group: ``write``, ``commit`` and ``load`` are collectives.
     """
 
+    def __init__(self, root: Path, *, digest: str, ranks: Ranks) -> None:
+        super().__init__(root, digest=digest, ranks=ranks)
+        self._background: ShardedFolderStorage | None = None  # the same storage on the background thread's own group
+
     def name_for(self, name: str) -> str:
         return sharded_path(Path(name)).name
 
@@ -139,9 +144,80 @@ class ShardedFolderStorage(LocalFolder):
         ranks = self.ranks
         final = self.root / name
         rank, group = ranks.rank, ranks.group
+        tmp = self._temp_folder(final)
+        error, records = None, {}
+        try:
+            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            _write_rank_file(tmp, rank, _rank_doc(state, rank, ranks.world))
+            _dcp_save(_flat(state), tmp, group)
+            records = self._records(tmp)
+        except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
+            error = f"rank {rank}: {exc}"
+        return self._gathered(final, tmp, error, records, fingerprint, meta)
+
+    def stage(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any], stager: Stager) -> StagedSave | None:
+        """A background save through DCP's ``async_save`` (torch 2.3 and later; None, with a warning once, before).
+
+        Here, on the caller's thread: the temporary folder (a broadcast on the caller's group), the
+        capture, this rank's small ``rank<r>.pt``, and DCP's staging of the tensors to CPU memory.
+        DCP writes the shards on its thread; then ``write()``, on the background thread, hashes this
+        rank's files, gathers every rank's and commits, all on a gloo process group of its own
+        (made here, on the first background save: a collective), never on the caller's group,
+        which the training loop keeps using meanwhile.
+        """
+        from envkit.checkpoint.background import StagedSave, warn_once
+
+        dcp = _dcp()
+        if not hasattr(dcp, "async_save"):
+            warn_once("dcp-async", f"torch {torch.__version__} has no torch.distributed.checkpoint.async_save (torch 2.3 and "
+                      "later): sharded saves with async_save=True are synchronous; upgrade torch to write them in the background")
+            return None
+        ranks = self.ranks
+        final = self.root / name
+        rank = ranks.rank
+        mine = self._background_storage()
+        tmp = self._temp_folder(final)
+        error: str | None = None
+        future: Any = None
+        try:
+            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            _write_rank_file(tmp, rank, _rank_doc(state, rank, ranks.world))
+            future = dcp.async_save(_flat(state), storage_writer=dcp.FileSystemWriter(str(tmp)), process_group=mine.ranks.group)
+        except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks (in write), which raise it
+            error = f"rank {rank}: {exc}"
+
+        def write() -> Path:
+            failed, records = error, {}
+            if future is not None:
+                try:
+                    getattr(future, "upload_completion", future).result()  # a Future, or newer DCP's AsyncSaveResponse
+                    records = mine._records(tmp)
+                except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
+                    failed = f"rank {rank}: {exc}"
+            return mine.commit(mine._gathered(final, tmp, failed, records, fingerprint, meta))
+
+        return StagedSave(final, write)
+
+    def _background_storage(self) -> ShardedFolderStorage:
+        """This storage on a gloo process group of its own, for the background thread (made once: a collective)."""
+        if self._background is None:
+            import torch.distributed as dist
+
+            group = self.ranks.group
+            if group is None:
+                own = dist.new_group(backend="gloo")
+            else:  # only the ranks of the group make it
+                own = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo", use_local_synchronization=True)
+            self._background = ShardedFolderStorage(self.root, digest=self.digest, ranks=Ranks(True, self.ranks.rank, own))
+        return self._background
+
+    def _temp_folder(self, final: Path) -> Path:
+        """Rank 0 makes the temporary folder; every rank gets its name (a collective) or the error."""
+        ranks = self.ranks
         tmp = temp_path_for(final)
         made = None
-        if rank == 0:
+        if ranks.rank == 0:
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
@@ -150,24 +226,17 @@ class ShardedFolderStorage(LocalFolder):
         made = ranks.broadcast(made)
         if made is not None:
             raise CheckpointWriteError(f"{final}: save failed: {made}; earlier checkpoints are untouched")
-        tmp = self.root / ranks.broadcast(tmp.name)
+        return self.root / ranks.broadcast(tmp.name)
 
-        error, records = None, {}
-        try:
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
-            _write_rank_file(tmp, rank, _rank_doc(state, rank, ranks.world))
-            flat: dict[str, Any] = {}
-            if state.model is not None:
-                flatten("model", state.model, flat)
-            if state.optimizer is not None:
-                flatten("optimizer/state", {str(k): v for k, v in state.optimizer["state"].items()}, flat)
-            _dcp_save(flat, tmp, group)
-            records = {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, self.digest)} for n in _own_files(tmp, rank)}
-        except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
-            error = f"rank {rank}: {exc}"
-        gathered = dist_util.all_gather((error, records), group)
+    def _records(self, tmp: Path) -> dict[str, dict[str, Any]]:
+        return {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, self.digest)} for n in _own_files(tmp, self.ranks.rank)}
+
+    def _gathered(self, final: Path, tmp: Path, error: str | None, records: dict[str, Any], fingerprint: Any,
+                  meta: Mapping[str, Any]) -> _PendingFolder:
+        """Every rank's error and files on rank 0 (a collective)."""
+        gathered = dist_util.all_gather((error, records), self.ranks.group)
         errors = [e for e, _ in gathered if e]
-        return _PendingFolder(final, tmp, [r for _, r in gathered] if rank == 0 else [], errors[0] if errors else None,
+        return _PendingFolder(final, tmp, [r for _, r in gathered] if self.ranks.rank == 0 else [], errors[0] if errors else None,
                               fingerprint, dict(meta))
 
     def commit(self, pending: _PendingFolder, then: Callable[[Path], None] | None = None) -> Path:
@@ -195,6 +264,16 @@ class ShardedFolderStorage(LocalFolder):
 
     def load(self, name: str, *, policy: Policy, map_location: Any = None, file: CheckpointFile | None = None) -> TrainingState:
         return load_folder(self.root / name, ranks=self.ranks, policy=policy, file=file)
+
+
+def _flat(state: TrainingState) -> dict[str, Any]:
+    """The tensors DCP writes, under flat keys (``model/<key>``, ``optimizer/state/<i>/<name>``)."""
+    flat: dict[str, Any] = {}
+    if state.model is not None:
+        flatten("model", state.model, flat)
+    if state.optimizer is not None:
+        flatten("optimizer/state", {str(k): v for k, v in state.optimizer["state"].items()}, flat)
+    return flat
 
 
 def _rank_doc(state: TrainingState, rank: int, world: int) -> dict[str, Any]:

@@ -14,8 +14,15 @@ from envkit.checkpoint.storage import LocalFolder
 from envkit.errors import CheckpointWriteError
 
 if False:  # TYPE_CHECKING, without importing typing's machinery at run time
+    from envkit.checkpoint.background import StagedSave, Stager
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Policy
+
+
+@dataclass(frozen=True)
+class _Captured:
+    state: TrainingState | None  # rank 0's; None on the other ranks or after an error
+    error: Exception | None
 
 
 @dataclass
@@ -36,20 +43,64 @@ class SingleFileStorage(LocalFolder):
 
     def write(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
               parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingFile:
-        pending = _PendingFile(name, None)
+        captured = self._capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+        return self._write_captured(name, captured, fingerprint=fingerprint, meta=meta)
+
+    def stage(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any], stager: Stager) -> StagedSave:
+        """A background save (background.py): the state captured and copied to CPU memory here, on the caller's thread
+        (distributed: the RNG gather, a collective, happens here too); ``write()`` then writes and commits it on
+        rank 0 with local I/O only. The other ranks' ``write()`` does nothing; they learn the outcome from
+        ``background.agree`` when the save is collected. Errors are kept for that too, so that every rank raises them."""
+        from envkit.checkpoint.background import StagedSave, synchronize_devices
+
+        captured = self._capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+        if captured.state is not None:
+            try:
+                captured = _Captured(stager.stage(captured.state), None)
+                synchronize_devices()
+            except Exception as exc:  # noqa: BLE001 - raised by the background save, on every rank
+                captured = _Captured(None, exc)
+        if not self.ranks.distributed and captured.error is not None:
+            raise captured.error  # nothing is in flight: raise it now
+
+        def write() -> Path:
+            pending = self._write_captured(name, captured, fingerprint=fingerprint, meta=dict(meta))
+            if pending.error is not None:
+                raise pending.error
+            if pending.tmp is not None:
+                from envkit.checkpoint.writer import commit_file
+
+                commit_file(pending.tmp, self.root / name)
+            return self.root / name
+
+        return StagedSave(self.root / name, write)
+
+    def _capture(self, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+                 parts: Mapping[str, Any]) -> _Captured:
+        """Rank 0's TrainingState (None on the other ranks), or the error (kept, for every rank to hear of)."""
         try:
             rng_ranks = self._gather_rng() if self.ranks.distributed else None
         except CheckpointWriteError as exc:
-            pending.error = exc
-            return pending
+            return _Captured(None, exc)
         if self.ranks.rank != 0:
+            return _Captured(None, None)
+        try:
+            return _Captured(TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts,
+                                                   rng_ranks=rng_ranks), None)
+        except Exception as exc:  # noqa: BLE001 - kept and raised in commit; the other ranks must hear of it, or they wait forever
+            return _Captured(None, exc)
+
+    def _write_captured(self, name: str, captured: _Captured, *, fingerprint: Fingerprint,
+                        meta: Mapping[str, Any]) -> _PendingFile:
+        pending = _PendingFile(name, None, captured.error)
+        if captured.state is None:
             return pending
         try:
             from envkit.checkpoint.stamp import DICT_KEY, Stamp
             from envkit.checkpoint.writer import write_uncommitted
 
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts,
-                                          rng_ranks=rng_ranks).to_state()
+            state = captured.state.to_state()
             state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
             pending.tmp = write_uncommitted(state, self.root / name,
                                             stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)

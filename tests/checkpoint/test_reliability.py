@@ -26,12 +26,15 @@ TRAIN = ROOT / "examples" / "train_resumable.py"
 KILLS = 50
 
 
-def _save_forever(folder: str, state_model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Child: save checkpoints as fast as it can until it is killed.
+def _save_forever(folder: str, state_model: torch.nn.Module, opt: torch.optim.Optimizer, async_save: bool = False) -> None:
+    """Child: save checkpoints as fast as it can until it is killed (async_save: in the background, so most
+    kills land while the background thread writes, commits or deletes).
 
     It runs no tensor math: after fork, OpenMP's thread pool from the parent can hang it.
     """
-    mgr = envkit.CheckpointManager(folder, project="stress", keep_last=2, keep_best=0)
+    if async_save:
+        torch.set_num_threads(1)  # staging copies tensors: in one thread, not in the parent's OpenMP pool
+    mgr = envkit.CheckpointManager(folder, project="stress", keep_last=2, keep_best=0, async_save=async_save)
     latest = mgr.latest()
     step = latest.step if latest else 0
     while True:
@@ -57,17 +60,19 @@ def _assert_folder_whole(folder: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_kill_9_at_random_moments_never_loses_the_latest_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_kill_9_at_random_moments_never_loses_the_latest_checkpoint(tmp_path: Path, async_save: bool) -> None:
     ctx = multiprocessing.get_context("fork")
-    rng = random.Random(2026)
+    rng = random.Random(2026 + async_save)
+    kills = KILLS if not async_save else KILLS // 2
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Linear(512, 256))  # ~1.5 MB with Adam state
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 256)).sum().backward()
     opt.step()
     steps = []
-    for _ in range(KILLS):
-        child = ctx.Process(target=_save_forever, args=(str(tmp_path), model, opt), daemon=True)
+    for _ in range(kills):
+        child = ctx.Process(target=_save_forever, args=(str(tmp_path), model, opt, async_save), daemon=True)
         child.start()
         time.sleep(0.15 + rng.random() * 0.35)  # the first save lands in ~0.1 s; kill anywhere after
         os.kill(child.pid, signal.SIGKILL)
@@ -75,7 +80,7 @@ def test_kill_9_at_random_moments_never_loses_the_latest_checkpoint(tmp_path: Pa
         assert child.exitcode == -signal.SIGKILL
         if any(tmp_path.glob("*.pth")):
             steps.append(_assert_folder_whole(tmp_path))
-    assert len(steps) >= KILLS - 5, "the children hardly ever saved: the test proved nothing"
+    assert len(steps) >= kills - 5, "the children hardly ever saved: the test proved nothing"
     assert steps == sorted(steps), "latest() went backwards after a kill"
 
 

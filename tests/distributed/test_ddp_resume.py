@@ -55,9 +55,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])
-def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(tmp_path: Path, sharded: bool, uninterrupted: Path) -> None:
-    common = COMMON + (["--sharded"] if sharded else [])
+@pytest.mark.parametrize(("sharded", "async_save"), [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["replicated", "sharded", "replicated-async", "sharded-async"])
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(tmp_path: Path, sharded: bool, async_save: bool,
+                                                                                 uninterrupted: Path) -> None:
+    """async_save: the step-4 save is written in the background while DDP's all-reduces of steps 5 and 6 run."""
+    common = COMMON + (["--sharded"] if sharded else []) + (["--async-save"] if async_save else [])
     first = launch(2, "--dir", str(tmp_path / "run"), "--stop-at-step", "6", "--stop-rank", "1", *common)
     for r in first:
         assert r.returncode == 128 + signal.SIGTERM, r.stderr[-2000:]
