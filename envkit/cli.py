@@ -40,6 +40,7 @@ COMMANDS = {
     "inspect": "envkit.commands.checkpoints:inspect",
     "ls": "envkit.commands.checkpoints:ls",
     "verify": "envkit.commands.checkpoints:verify",
+    "trial": "envkit.commands.trial:trial",
     "create": "envkit.commands.environments:create",
     "doctor": "envkit.commands.environments:doctor",
     "export": "envkit.commands.environments:export",
