@@ -298,7 +298,8 @@ class _Child:
         except OSError as exc:
             raise BadInput(f"{python}: cannot run it ({exc.strerror or exc}); pass --python the other environment's python") from None
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(request).encode())
@@ -351,6 +352,9 @@ class _Child:
 
     def close(self) -> None:
         self.kill()
+        self.reader.join(5)  # the child is gone: its stdout reaches its end
+        if self.proc.stdout is not None and not self.reader.is_alive():
+            self.proc.stdout.close()
         self.stderr.close()
 
 
