@@ -417,9 +417,9 @@ def _trial_line(r: TrialResult) -> str:
     if r.problem:
         return f"loads, but {r.problem}"
     if r.ok:
-        return f"loads, same values ({_count(r.tensors, 'tensor')}, compared with {against})"
+        return f"loads, same values ({_count(r.tensors, 'tensor')}, {_count(r.keys, 'other key')}, compared with {against})"
     differing, missing, added = r.counts
-    parts = [f"{differing} of {r.tensors} tensors differ" if differing else "",
+    parts = [f"{differing} of {r.tensors + r.keys} keys differ" if differing else "",
              f"{missing} missing" if missing else "", f"{added} added" if added else ""]
     return f"loads, but {', '.join(p for p in parts if p)} (compared with {against})"
 

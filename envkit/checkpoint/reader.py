@@ -269,10 +269,12 @@ def _tensor_listing(obj: Any) -> tuple[tuple[TensorEntry, ...], int, bool]:
 class walk_tensors:  # used as a function: for name, placeholder in walk_tensors(obj)
     """Every tensor placeholder of an unpickled structure with its dotted name (``<object>`` for a
     bare tensor), walking dicts, lists and tuples, bounded; ``complete`` is False once the walk
-    stopped at a bound. ``envkit trial``'s child names the tensors it loads the same way."""
+    stopped at a bound. ``leaves``: every other leaf (a number, a string, an object) too.
+    ``envkit trial``'s child names what it loads the same way."""
 
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Any, *, leaves: bool = False) -> None:
         self.obj = obj
+        self.leaves = leaves
         self.complete = True
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
@@ -294,6 +296,8 @@ class walk_tensors:  # used as a function: for name, placeholder in walk_tensors
             elif isinstance(value, (list, tuple)):
                 children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
             else:
+                if self.leaves:
+                    yield name or "<object>", value
                 continue
             if depth >= MAX_WALK_DEPTH:
                 self.complete = False

@@ -39,13 +39,13 @@ CHILD_SOURCE = Path(__file__).with_name("trial_child.py")
 DEFAULT_TIMEOUT = 600.0  # seconds per checkpoint (the first also pays for importing torch)
 MEMORY_HEADROOM = 8 << 30  # torch alone maps 1-3 GB of address space; threads reserve more
 MAX_LISTED = 1000  # differing, missing and added names a result keeps (the counts are whole)
-FIELDS = ("dtype", "shape", "stride", "offset", "bytes")
+FIELDS = ("kind", "dtype", "shape", "stride", "offset", "bytes", "value")
 STAMP, HERE = "stamp", "current environment"
 
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """What a load gives for one tensor (None: not known, not compared)."""
+    """What a load gives for one key: a tensor, or another leaf (None: not known, not compared)."""
 
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
@@ -53,17 +53,29 @@ class TensorRecord:
     offset: int | None = None
     nbytes: int | None = None  # of its storage
     digest: str | None = None  # "crc32:xxxxxxxx" of its storage's bytes
+    leaf: bool = False  # not a tensor: a number, a string, an object
+    text: str | None = None  # a plain leaf's repr (trial_child.leaf_value)
 
     @classmethod
     def from_child(cls, row: Any) -> TensorRecord:
         dtype, shape, stride, offset, nbytes, digest = row
         return cls(dtype, _ints(shape), _ints(stride), offset, nbytes, digest)
 
+    @property
+    def kind(self) -> str:
+        return "value" if self.leaf else "tensor"
+
     def value(self, name: str) -> Any:
         if name == "bytes":
             return None if self.digest is None else {"digest": self.digest, "nbytes": self.nbytes}
+        if name == "value":
+            return self.text
         value = getattr(self, name)
         return list(value) if isinstance(value, tuple) else value
+
+
+def _leaves(values: Mapping[str, Any]) -> dict[str, TensorRecord]:
+    return {name: TensorRecord(leaf=True, text=text) for name, text in values.items()}
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
@@ -96,6 +108,7 @@ class TrialResult:
     error: str | None = None  # the other environment's error, one line
     problem: str | None = None  # why values could not be compared (the reference failed, the file changed)
     tensors: int = 0  # tensors expected
+    keys: int = 0  # other leaves expected (numbers, strings, objects)
     differing: tuple[TensorDifference, ...] = ()
     missing: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
@@ -120,6 +133,7 @@ class TrialResult:
             "compared_with": self.compared_with,
             "problem": self.problem,
             "tensors": self.tensors,
+            "other_keys": self.keys,
             "differing": [d.to_json() for d in self.differing],
             "missing": list(self.missing),
             "added": list(self.added),
@@ -164,6 +178,8 @@ class _Plan:
 
 def _expected(path: Path) -> _Plan:
     from envkit.checkpoint.reader import read_structure, walk_tensors
+    from envkit.checkpoint.safe_pickle import TensorPlaceholder
+    from envkit.checkpoint.trial_child import leaf_value
 
     info, obj = read_structure(path)  # BadInput (exit 2) for a missing, damaged or hostile file
     members = _stamped_members(path, info)
@@ -172,7 +188,10 @@ def _expected(path: Path) -> _Plan:
     if members is None:
         return _Plan(path, None)
     expected: dict[str, TensorRecord] = {}
-    for name, t in walk_tensors(obj):
+    for name, t in walk_tensors(obj, leaves=True):
+        if not isinstance(t, TensorPlaceholder):
+            expected[name] = TensorRecord(leaf=True, text=leaf_value(t))
+            continue
         key = t.storage.key if t.storage is not None else None
         member = members.get(f"{info.prefix}/data/{key}") if key is not None else None
         expected[name] = TensorRecord(
@@ -214,9 +233,14 @@ def compare(expected: Mapping[str, TensorRecord], got: Mapping[str, TensorRecord
         have = got.get(name)
         if have is None:
             continue
-        fields = [f for f in FIELDS[:4] if getattr(want, f) is not None and getattr(want, f) != getattr(have, f)]
+        if want.leaf != have.leaf:
+            differing.append(TensorDifference(name, ("kind",), want, have))
+            continue
+        fields = [f for f in FIELDS[1:5] if getattr(want, f) is not None and getattr(want, f) != getattr(have, f)]
         if want.digest is not None and (want.digest, want.nbytes) != (have.digest, have.nbytes):
             fields.append("bytes")
+        if want.text is not None and want.text != have.text:
+            fields.append("value")
         if fields:
             differing.append(TensorDifference(name, tuple(fields), want, have))
     missing = [n for n in expected if n not in got]
@@ -230,6 +254,7 @@ def _result(plan: _Plan, done: Mapping[str, Any], reference: Mapping[str, Any] |
     if not done.get("loaded"):
         return TrialResult(plan.path, compared_with, False, str(done.get("error") or "failed to load"), seconds=seconds)
     got = {name: TensorRecord.from_child(row) for name, row in done.get("tensors", {}).items()}
+    got.update(_leaves(done.get("values", {})))
     problem = plan.problem
     expected = plan.expected
     if expected is None:
@@ -238,9 +263,11 @@ def _result(plan: _Plan, done: Mapping[str, Any], reference: Mapping[str, Any] |
             return TrialResult(plan.path, HERE, True, None, f"this environment cannot load it either ({why}); nothing to compare with",
                                seconds=seconds)
         expected = {name: TensorRecord.from_child(row) for name, row in reference.get("tensors", {}).items()}
+        expected.update(_leaves(reference.get("values", {})))
     differing, missing, added = ([], [], []) if problem else compare(expected, got)
+    leaves = sum(r.leaf for r in expected.values())
     return TrialResult(
-        plan.path, compared_with, True, None, problem, len(expected),
+        plan.path, compared_with, True, None, problem, len(expected) - leaves, leaves,
         tuple(differing[:MAX_LISTED]), tuple(missing[:MAX_LISTED]), tuple(added[:MAX_LISTED]),
         (len(differing), len(missing), len(added)), seconds,
     )  # fmt: skip

@@ -10,7 +10,7 @@ and writes JSON lines on stdout: first ``{"environment": {...}}`` (or ``{"no_tor
 and exit 3), then one line per checkpoint, in order::
 
     {"path": ..., "loaded": true, "complete": true, "tensors": {name: [dtype, shape, stride,
-     offset, storage_bytes, "crc32:xxxxxxxx"], ...}}
+     offset, storage_bytes, "crc32:xxxxxxxx"], ...}, "values": {name: repr or null, ...}}
     {"path": ..., "loaded": false, "error": "<the exception, one line>"}
 
 Each checkpoint is ``torch.load(path, map_location="cpu", weights_only=not trust_pickles)``.
@@ -18,6 +18,8 @@ Tensors are named as envkit's reader names them from the pickle alone (``walk_te
 ``_key_label`` in envkit/checkpoint/reader.py; tests/checkpoint/test_trial.py holds the two
 equal), and each storage's digest is the CRC-32 of its bytes, the digest torch's writer
 records for every record of the archive, computed on several threads (zlib releases the GIL).
+Every other leaf (``values``) is reported by name with its ``repr`` when it is a plain
+number, string, bytes or None (null for an object: compared by presence only).
 Anything the load prints goes to stderr: stdout carries the JSON lines only.
 """
 
@@ -53,8 +55,15 @@ def _key_label(k: Any) -> str:
     return f"<{_kind(k)}>"
 
 
-def walk_tensors(obj: Any, torch: Any) -> tuple[list[tuple[str, Any]], bool]:
-    """(name, tensor) pairs, and whether the walk saw everything."""
+def leaf_value(v: Any) -> str | None:
+    """A plain value as text (compared across environments); None for an object (its presence only)."""
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return repr(v)[:200]
+    return None
+
+
+def walk_tensors(obj: Any, torch: Any, leaves: list[tuple[str, Any]] | None = None) -> tuple[list[tuple[str, Any]], bool]:
+    """(name, tensor) pairs, and whether the walk saw everything; other leaves go to ``leaves``."""
     found: list[tuple[str, Any]] = []
     complete, visits = True, _MAX_VISITS
     stack: list[tuple[str, Any, int]] = [("", obj, 0)]
@@ -71,6 +80,8 @@ def walk_tensors(obj: Any, torch: Any) -> tuple[list[tuple[str, Any]], bool]:
         elif isinstance(value, (list, tuple)):
             children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
         else:
+            if leaves is not None:
+                leaves.append((name or "<object>", value))
             continue
         if depth >= _MAX_DEPTH:
             complete = False
@@ -235,10 +246,12 @@ def main() -> int:
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a pickle, ...: still an answer
                 send({"path": path, "loaded": False, "error": _one_line(exc), "seconds": time.monotonic() - start})
                 continue
-            tensors, complete = walk_tensors(obj, torch)
+            leaves: list[tuple[str, Any]] = []
+            tensors, complete = walk_tensors(obj, torch, leaves)
             records = describe(tensors, torch, pool)
-            del obj, tensors
-            send({"path": path, "loaded": True, "complete": complete, "tensors": records,
+            values = {name: leaf_value(v) for name, v in leaves}
+            del obj, tensors, leaves
+            send({"path": path, "loaded": True, "complete": complete, "tensors": records, "values": values,
                   "seconds": time.monotonic() - start})
     return 0
 

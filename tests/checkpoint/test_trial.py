@@ -122,6 +122,12 @@ def test_child_names_every_tensor_as_the_reader_names_it_from_the_pickle(tmp_pat
     found, complete = trial_child.walk_tensors(loaded, torch)
     child = {name: (str(t.dtype).replace("torch.", ""), list(t.shape), list(t.stride()), t.storage_offset()) for name, t in found}
     assert complete and child == static and len(static) == 10
+    from envkit.checkpoint.safe_pickle import TensorPlaceholder
+
+    static_leaves = {n: trial_child.leaf_value(v) for n, v in walk_tensors(placeholders, leaves=True) if not isinstance(v, TensorPlaceholder)}
+    leaves: list = []
+    trial_child.walk_tensors(loaded, torch, leaves)
+    assert {n: trial_child.leaf_value(v) for n, v in leaves} == static_leaves == {"step": "3"}
     torch.save(torch.ones(2), tmp_path / "bare.pth")
     assert [n for n, _ in walk_tensors(read_structure(tmp_path / "bare.pth")[1])] == ["<object>"]
     assert [n for n, _ in trial_child.walk_tensors(torch.ones(2), torch)[0]] == ["<object>"]
@@ -146,6 +152,12 @@ def test_compare_names_each_differing_field_and_missing_and_added_keys() -> None
     differing, missing, added = compare(expected, got)
     assert [(d.name, d.fields) for d in differing] == [("b", ("dtype", "shape", "stride", "bytes"))]
     assert missing == ["gone"] and added == ["new"]  # "known": only what the expectation knows is compared
+    leaf = TensorRecord(leaf=True, text="3")
+    expected = {"epoch": leaf, "lr": TensorRecord(leaf=True, text="0.1"), "obj": TensorRecord(leaf=True), "w": a, "dropped": leaf}
+    got = {"epoch": TensorRecord(leaf=True, text="4"), "lr": leaf, "obj": TensorRecord(leaf=True, text="'x'"), "w": leaf}
+    differing, missing, added = compare(expected, got)
+    assert [(d.name, d.fields) for d in differing] == [("epoch", ("value",)), ("lr", ("value",)), ("w", ("kind",))]
+    assert missing == ["dropped"] and added == []
 
 
 # -- envkit trial, real processes -----------------------------------------------------------
@@ -165,12 +177,13 @@ def test_trial_in_this_environment_stamped_tampered_and_unstamped(tmp_path: Path
     assert report["weights_only"] is True and report["environment"]["torch"] == str(torch.__version__)
     rows = {Path(r["checkpoint"]).name: r for r in report["checkpoints"]}
     assert rows["good.pth"]["ok"] and rows["good.pth"]["compared_with"] == "stamp" and rows["good.pth"]["tensors"] == 6
+    assert rows["good.pth"]["other_keys"] == 1
     bad = rows["tampered.pth"]
     assert bad["loads"] is True and bad["same_values"] is False and bad["error"] is None  # differs, not a load failure
     assert [(d["key"], d["fields"]) for d in bad["differing"]] == [(_first_storage_tensor(good), ["bytes"])]
     assert rows["plain.pth"]["ok"] and rows["plain.pth"]["compared_with"] == "current environment"
     text = run(str(good), "--prefix", str(Path(sys.executable).parents[1]))
-    assert text.returncode == 0 and "same values (6 tensors" in text.stdout
+    assert text.returncode == 0 and "same values (6 tensors, 1 other key" in text.stdout
 
 
 def _first_storage_tensor(path: Path) -> str:
