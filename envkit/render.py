@@ -399,8 +399,8 @@ def trial_text(report: TrialReport) -> str:
     """A heading naming the other environment, then per checkpoint a line and what differs."""
     env = report.environment
     loader = "weights_only=False (--trust-pickles)" if report.trust_pickles else "weights_only=True"
-    lines = [f"trial in {report.python} (Python {env.get('python')}, torch {env.get('torch')}, "
-             f"numpy {env.get('numpy') or 'none'}), torch.load {loader}:"]
+    about = f"Python {env.get('python')}, torch {env.get('torch')}, numpy {env.get('numpy') or 'none'}" if env else "it did not answer"
+    lines = [f"trial in {report.python} ({about}), torch.load {loader}:"]
     for r in report.results:
         lines.append(f"  {'ok  ' if r.ok else 'FAIL'}  {r.path}: {_trial_line(r)}")
         lines.extend(f"          {row}" for row in _trial_rows(r))

@@ -390,6 +390,8 @@ def _environment(child: _Child, timeout: float) -> dict[str, Any]:
     if first is not None and "no_torch" in first:
         child.close()
         raise BadInput(f"{child.python}: no usable torch there ({first['no_torch']}); install torch in that environment or pass another --python")
+    if first is None and child.timed_out:
+        return {}  # slower than --timeout to start: each checkpoint fails with that (exit 1), not bad input
     if first is None or not isinstance(first.get("environment"), dict):
         why = child.how_it_ended(timeout)
         child.close()
@@ -436,8 +438,10 @@ def trial(
     cap = memory_limit if memory_limit is not None else 4 * max(p.stat().st_size for p in paths) + MEMORY_HEADROOM
     other = _Child(interpreter, paths, trust_pickles=trust_pickles, memory_cap=cap or None)
     need_reference = [plan.path for plan in plans if plan.expected is None]
-    here = _Child(sys.executable, need_reference, trust_pickles=trust_pickles, memory_cap=cap or None) if need_reference else None
-    try:
+    here: _Child | None = None
+    try:  # both children run at once; the reference, in this environment, only for files without digests
+        if need_reference:
+            here = _Child(sys.executable, need_reference, trust_pickles=trust_pickles, memory_cap=cap or None)
         environment = _environment(other, timeout)
         answers = _answers(other, paths, timeout)
         references: dict[str, dict[str, Any]] = {}
