@@ -76,3 +76,18 @@ def test_a_tampered_payload_differs_in_the_other_torch_not_a_load_failure(tmp_pa
     good, bad = report["checkpoints"]
     assert good["ok"] and bad["loads"] and not bad["same_values"] and bad["error"] is None
     assert [d["fields"] for d in bad["differing"]] == [["bytes"]]
+
+
+def test_a_checkpoint_between_2_and_4_gib_saved_here_loads_in_the_other_torch(tmp_path: Path) -> None:
+    """envkit's stamp used to make such archives zip64 (zipfile's 2**31 threshold), which torch
+    2.0.1's reader refuses as "invalid header or archive is corrupted"; torch itself does not."""
+    import envkit
+
+    assert OTHER is not None
+    path = tmp_path / "big.pth"
+    envkit.save({"w": torch.zeros(2**29 + 2**20), "step": 1}, path)  # 2.15 GB: offsets past 2**31
+    assert 2**31 < path.stat().st_size < 2**32
+    code, report = trial(str(path), "--python", OTHER)
+    path.unlink()
+    assert code == 0, report["checkpoints"][0]["error"]
+    assert report["checkpoints"][0]["tensors"] == 1

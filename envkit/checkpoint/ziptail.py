@@ -205,7 +205,10 @@ def last_stamp_member(fh: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
 
 # -- writing ------------------------------------------------------------------------
 
-_ZIP64_LIMIT = (1 << 31) - 1  # zipfile's thresholds, so the tail reads as zipfile would write it
+# torch's (miniz's) thresholds: zip64 only for a value that does not fit its 32-bit field. zipfile's
+# (2**31 - 1) made every archive between 2 and 4 GiB zip64, and torch 2.0.1's reader refuses those
+# ("PytorchStreamReader failed reading zip archive: invalid header"), found by `envkit trial`.
+_ZIP64_LIMIT = 0xFFFFFFFF - 1
 _FILECOUNT_LIMIT = (1 << 16) - 1
 _DOS_DATE_1980 = (1 << 5) | 1  # 1980-01-01, time 00:00:00
 
