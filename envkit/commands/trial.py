@@ -15,7 +15,7 @@ from envkit.commands import echo, emit_json, handle_errors, path_type
 @click.option("--python", "python", type=path_type(), help="The other environment's interpreter.")
 @click.option("--prefix", type=path_type(), help="The other environment's folder (its bin/python).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@click.option("--trust-pickles", is_flag=True, help="Load with weights_only=False (numpy objects, ...); only for files you trust.")
+@click.option("--trust-pickles", is_flag=True, help="weights_only=False there (numpy objects, ...); globals beyond torch and numpy stay refused.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds each checkpoint may take there.")
 @click.option("--memory-limit", type=float, help="The child's address-space cap in GB (default: 4x the largest file + 8 GB; 0: none).")
 @handle_errors
