@@ -70,7 +70,7 @@ $(READY20): pyproject.toml
 
 test-torch20: $(READY) $(READY20)
 	$(BIN20)/python -m pytest -q tests/checkpoint tests/distributed tests/test_cross_version.py
-	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py
+	ENVKIT_OTHER_PYTHON=$(abspath $(BIN20)/python) $(BIN)/python -m pytest -q tests/test_cross_version.py tests/test_trial_cross_version.py
 
 clean:
 	rm -rf $(VENV) $(VENV20) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -41,6 +41,7 @@ COMMANDS = {
     "ls": "envkit.commands.checkpoints:ls",
     "stamp": "envkit.commands.checkpoints:stamp",
     "verify": "envkit.commands.checkpoints:verify",
+    "trial": "envkit.commands.trial:trial",
     "create": "envkit.commands.environments:create",
     "doctor": "envkit.commands.environments:doctor",
     "export": "envkit.commands.environments:export",

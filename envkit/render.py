@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from envkit.checkpoint.folder import StampedFolder
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
+    from envkit.checkpoint.trial import TensorDifference, TrialReport, TrialResult
     from envkit.conda.channels import ResolvedChannel
     from envkit.conda.create import CreatePlan
     from envkit.conda.doctor import DoctorReport, Drift
@@ -479,3 +480,57 @@ def adopt_text(result: Adoption) -> str:
     lines.append(f"  the environment that wrote it is unknown: the stamp records this one ({result.stamp.fingerprint.digest[:19]}) "
                  "marked adopted, so check and guard compare later environments with this one")
     return "\n".join(lines)
+
+
+# -- envkit trial --------------------------------------------------------------------------
+
+TRIAL_ROWS_SHOWN = 10
+
+
+def trial_text(report: TrialReport) -> str:
+    """A heading naming the other environment, then per checkpoint a line and what differs."""
+    env = report.environment
+    loader = "weights_only=False (--trust-pickles)" if report.trust_pickles else "weights_only=True"
+    about = f"Python {env.get('python')}, torch {env.get('torch')}, numpy {env.get('numpy') or 'none'}" if env else "it did not answer"
+    lines = [f"trial in {report.python} ({about}), torch.load {loader}:"]
+    for r in report.results:
+        lines.append(f"  {'ok  ' if r.ok else 'FAIL'}  {r.path}: {_trial_line(r)}")
+        lines.extend(f"          {row}" for row in _trial_rows(r))
+    good = sum(r.ok for r in report.results)
+    lines.append(f"{good} of {len(report.results)} checkpoint{'s' if len(report.results) != 1 else ''} "
+                 "load there with the same values")
+    return "\n".join(lines)
+
+
+def _trial_line(r: TrialResult) -> str:
+    against = "the stamp's digests" if r.compared_with == "stamp" else "a load in this environment"
+    if not r.loaded:
+        return f"does not load there: {r.error}"
+    if r.problem:
+        return f"loads, but {r.problem}"
+    if r.ok:
+        return f"loads, same values ({_count(r.tensors, 'tensor')}, {_count(r.keys, 'other key')}, compared with {against})"
+    differing, missing, added = r.counts
+    parts = [f"{differing} of {r.tensors + r.keys} keys differ" if differing else "",
+             f"{missing} missing" if missing else "", f"{added} added" if added else ""]
+    return f"loads, but {', '.join(p for p in parts if p)} (compared with {against})"
+
+
+def _trial_rows(r: TrialResult) -> list[str]:
+    rows = [_difference_row(d) for d in r.differing[:TRIAL_ROWS_SHOWN]]
+    rows += [f"missing: {name}" for name in r.missing[:TRIAL_ROWS_SHOWN]]
+    rows += [f"added:   {name}" for name in r.added[:TRIAL_ROWS_SHOWN]]
+    hidden = sum(r.counts) - len(rows)
+    if hidden > 0:
+        rows.append(f"... and {hidden} more (--json lists up to 1000 of each)")
+    return rows
+
+
+def _difference_row(d: TensorDifference) -> str:
+    def show(field: str, record: object) -> str:
+        value = record.value(field)  # type: ignore[attr-defined]
+        if field == "bytes" and value is not None:
+            return f"{value['digest']} of {value['nbytes']} bytes"
+        return str(value)
+
+    return f"{d.name}: " + "; ".join(f"{f} {show(f, d.expected)} -> {show(f, d.got)}" for f in d.fields)

@@ -36,6 +36,7 @@ def main() -> None:
          [*TRAIN, "--epochs", "5", "--as-environment", str(REFERENCE)], 3)
     step("5. here, the same command resumes at epoch 3 and finishes", [*TRAIN, "--epochs", "5"], 0)
     step("6. what the checkpoint says about itself", [*ENVKIT, "inspect", last], 0)
+    trial_in_torch20(last)
     preemption()
     environments = ROOT / "environments"
     step("10. the environment.yml the blog post has users copy: lint explains what is wrong with it",
@@ -44,6 +45,19 @@ def main() -> None:
     environment()
     print("\ndemo ok: checkpoints stamped, checked, refused where they must be, resumed where they may, bit for bit;"
           " environment files linted; the reference environment locked (conda and pip) and created with its CUDA 11.8 build.")
+
+
+TORCH20 = ROOT / ".venv-torch20" / "bin" / "python"
+
+
+def trial_in_torch20(last: str) -> None:
+    """Prove, before an upgrade (or a downgrade), that another environment loads the checkpoint bit for bit."""
+    title = "6b. does torch 2.0.1 load this checkpoint with the same values? (envkit trial, in that environment's python)"
+    if not TORCH20.exists():
+        print(f"\n=== {title}\n(skipped: there is no .venv-torch20 here; `make .venv-torch20/.envkit-ready` creates it"
+              " (torch 2.0.1, a 2.3 GB download), and the next `make demo` tries the checkpoint in it)", flush=True)
+        return
+    step(title, [*ENVKIT, "trial", last, "--python", str(TORCH20)], 0)
 
 
 RESUMABLE = [sys.executable, str(ROOT / "examples" / "train_resumable.py"), "--epochs", "3", "--every-n-steps", "7"]

@@ -7,7 +7,7 @@ from collections import deque
 
 import xxhash
 
-from envkit.checkpoint.stamp import DIGEST_ALGORITHMS
+from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, StorageDigests
 from envkit.errors import BadInput
 
 TYPE_CHECKING = False
@@ -38,6 +38,12 @@ def new_hasher(algorithm: str) -> Hasher:
 
         return hashlib.sha256()
     raise BadInput(f"unknown digest {algorithm!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+
+
+def storage_digests(directory: bytes, records: int) -> StorageDigests:
+    """The stamp's record of every storage's CRC-32: the digest of the central directory torch
+    wrote (which lists them), taken from bytes the writer reads anyway (``append_last_member``)."""
+    return StorageDigests(f"xxh3_128:{xxhash.xxh3_128_hexdigest(directory)}", len(directory), records)
 
 
 def digest_of_file(fh: ReadableFile, length: int, algorithm: str) -> str:

@@ -266,34 +266,54 @@ def _top_level(obj: Any) -> tuple[tuple[str, str], ...]:
 
 def _tensor_listing(obj: Any) -> tuple[tuple[TensorEntry, ...], int, bool]:
     """(the first tensors with their dotted names, how many, whether the walk saw everything)."""
-    from envkit.checkpoint.safe_pickle import MAX_WALK_DEPTH, TensorPlaceholder
-
     listed: list[TensorEntry] = []
-    count, visits, complete = 0, _MAX_LISTING_VISITS, True
-    stack: list[tuple[str, Any, int]] = [("", obj, 0)]
-    while stack:
-        name, value, depth = stack.pop()
-        visits -= 1
-        if visits < 0:
-            complete = False
-            break
-        if isinstance(value, TensorPlaceholder):
-            count += 1
-            if len(listed) < MAX_TENSORS_LISTED:
-                listed.append(TensorEntry(name or "<object>", value.dtype, value.shape, value.parameter))
-            continue
-        if isinstance(value, dict):
-            children = [(_key_label(k), v) for k, v in itertools.islice(value.items(), visits + 1)]
-        elif isinstance(value, (list, tuple)):
-            children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
-        else:
-            continue
-        if depth >= MAX_WALK_DEPTH:
-            complete = False
-            continue
-        prefix = f"{name}." if name else ""
-        stack.extend((f"{prefix}{k}"[:_MAX_NAME], v, depth + 1) for k, v in reversed(children))
-    return tuple(listed), count, complete
+    count = 0
+    walk = walk_tensors(obj)
+    for name, value in walk:
+        count += 1
+        if len(listed) < MAX_TENSORS_LISTED:
+            listed.append(TensorEntry(name, value.dtype, value.shape, value.parameter))
+    return tuple(listed), count, walk.complete
+
+
+class walk_tensors:  # used as a function: for name, placeholder in walk_tensors(obj)
+    """Every tensor placeholder of an unpickled structure with its dotted name (``<object>`` for a
+    bare tensor), walking dicts, lists and tuples, bounded; ``complete`` is False once the walk
+    stopped at a bound. ``leaves``: every other leaf (a number, a string, an object) too.
+    ``envkit trial``'s child names what it loads the same way."""
+
+    def __init__(self, obj: Any, *, leaves: bool = False) -> None:
+        self.obj = obj
+        self.leaves = leaves
+        self.complete = True
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        from envkit.checkpoint.safe_pickle import MAX_WALK_DEPTH, TensorPlaceholder
+
+        visits = _MAX_LISTING_VISITS
+        stack: list[tuple[str, Any, int]] = [("", self.obj, 0)]
+        while stack:
+            name, value, depth = stack.pop()
+            visits -= 1
+            if visits < 0:
+                self.complete = False
+                return
+            if isinstance(value, TensorPlaceholder):
+                yield name or "<object>", value
+                continue
+            if isinstance(value, dict):
+                children = [(_key_label(k), v) for k, v in itertools.islice(value.items(), visits + 1)]
+            elif isinstance(value, (list, tuple)):
+                children = [(str(i), v) for i, v in enumerate(value[: visits + 1])]
+            else:
+                if self.leaves:
+                    yield name or "<object>", value
+                continue
+            if depth >= MAX_WALK_DEPTH:
+                self.complete = False
+                continue
+            prefix = f"{name}." if name else ""
+            stack.extend((f"{prefix}{k}"[:_MAX_NAME], v, depth + 1) for k, v in reversed(children))
 
 
 def _key_label(k: Any) -> str:
@@ -344,18 +364,7 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
         top: tuple[tuple[str, str], ...] = ()
         listing: tuple[tuple[TensorEntry, ...], int, bool] = ((), 0, True)
         if (stamp is None or deep) and not torchscript:
-            pkl = by_name[f"{prefix}/data.pkl"]
-            _refuse_unusual_member(pkl, path)
-            if pkl.file_size > MAX_PICKLE_BYTES:
-                raise UnsafeCheckpoint(f"{path}: data.pkl is {pkl.file_size} bytes; refusing to read so large a pickle")
-            try:
-                with zf.open(pkl) as stream:
-                    data = stream.read(MAX_PICKLE_BYTES + 1)
-            except _ZIP_READ_ERRORS as exc:
-                raise NotACheckpoint(f"{path}: data.pkl is damaged ({exc}); resume from an earlier checkpoint") from None
-            from envkit.checkpoint.safe_pickle import restricted_loads
-
-            obj, unpickler = restricted_loads(data, source=str(path))
+            obj, unpickler = _zip_pickle(zf, by_name, prefix, path)
             storages, top = tuple(unpickler.storages), _top_level(obj)
             if deep:
                 listing = _tensor_listing(obj)
@@ -374,10 +383,29 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
         return Inspection(info, records, storages, top, byteorder, {}, *listing)
 
 
+def _zip_pickle(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], prefix: str, path: Path) -> tuple[Any, Any]:
+    """(object, unpickler) of the archive's data.pkl, read with the restricted unpickler."""
+    pkl = by_name.get(f"{prefix}/data.pkl")
+    if pkl is None:
+        raise NotACheckpoint(f"{path}: a zip archive without {prefix}/data.pkl, not a torch checkpoint")
+    _refuse_unusual_member(pkl, path)
+    if pkl.file_size > MAX_PICKLE_BYTES:
+        raise UnsafeCheckpoint(f"{path}: data.pkl is {pkl.file_size} bytes; refusing to read so large a pickle")
+    try:
+        with zf.open(pkl) as stream:
+            data = stream.read(MAX_PICKLE_BYTES + 1)
+    except _ZIP_READ_ERRORS as exc:
+        raise NotACheckpoint(f"{path}: data.pkl is damaged ({exc}); resume from an earlier checkpoint") from None
+    from envkit.checkpoint.safe_pickle import restricted_loads
+
+    return restricted_loads(data, source=str(path))
+
+
 # -- legacy -------------------------------------------------------------------------
 
 
-def _read_legacy(path: Path, size: int) -> Inspection:
+def _legacy_pickle(path: Path) -> tuple[Any, Any, int, dict[Any, Any]]:
+    """(object, unpickler, protocol, sys_info) of a legacy torch stream, read with the restricted unpickler."""
     from envkit.checkpoint.safe_pickle import restricted_load
 
     with _open(path) as fh:
@@ -388,6 +416,11 @@ def _read_legacy(path: Path, size: int) -> Inspection:
         if not isinstance(protocol, int) or protocol.bit_length() > 64 or not isinstance(sys_info, dict):
             raise NotACheckpoint(f"{path}: a legacy torch header, but damaged; resume from an earlier checkpoint")
         obj, unpickler = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
+    return obj, unpickler, protocol, sys_info
+
+
+def _read_legacy(path: Path, size: int) -> Inspection:
+    obj, unpickler, protocol, sys_info = _legacy_pickle(path)
     stamp = _stamp_from_object(obj, path)
     byteorder = "little" if sys_info.get("little_endian") else "big"
     info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
@@ -506,6 +539,23 @@ def read_stamp(path: str | os.PathLike[str], opened: BinaryIO | None = None) -> 
     safe checkpoint. ``opened``: the file, already open for reading (left open).
     """
     return _read(path, deep=False, opened=opened).info
+
+
+def read_structure(path: str | os.PathLike[str]) -> tuple[CheckpointFile, Any]:
+    """``read_stamp``'s answer and the pickled object with inert placeholders for tensors and
+    storages (``safe_pickle``), always read with the restricted unpickler, stamp or not: what
+    ``envkit trial`` compares a load with, and its refusal of a hostile file before any child runs."""
+    p = Path(path)
+    info = read_stamp(p)
+    if info.format == "legacy":
+        with no_cycle_collection():
+            return info, _legacy_pickle(p)[0]
+    if info.format != "zip":
+        raise BadInput(f"{p}: a {info.format} checkpoint; this command reads single-file checkpoints written by torch.save")
+    with no_cycle_collection(), open_zip(p) as zf:
+        by_name = {i.filename: i for i in zf.infolist()}
+        prefix = info.prefix or archive_prefix(p, list(by_name))
+        return info, _zip_pickle(zf, by_name, prefix, p)[0]
 
 
 def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:

@@ -114,21 +114,36 @@ class Opaque:
 
 
 class StoragePlaceholder(Opaque):
-    """Stands for a storage reference: its element type (``float32``; None when untyped) and length."""
+    """Stands for a storage reference: its element type (``float32``; None when untyped), length and key."""
 
-    __slots__ = ("dtype", "numel")
+    __slots__ = ("dtype", "key", "numel")
 
-    def __init__(self, dtype: str | None, numel: int | None) -> None:
-        self.qualname, self.dtype, self.numel = "storage", dtype, numel
+    def __init__(self, dtype: str | None, numel: int | None, key: str | None = None) -> None:
+        self.qualname, self.dtype, self.numel, self.key = "storage", dtype, numel, key
 
 
 class TensorPlaceholder(Opaque):
-    """Stands for a tensor torch would rebuild: dtype (None when unknown) and shape (None when unreadable)."""
+    """Stands for a tensor torch would rebuild: dtype (None when unknown) and shape (None when unreadable);
+    ``storage`` (its StoragePlaceholder), ``offset`` and ``stride`` where the rebuilder's arguments say them."""
 
-    __slots__ = ("dtype", "parameter", "shape")
+    __slots__ = ("dtype", "offset", "parameter", "shape", "storage", "stride")
 
-    def __init__(self, qualname: str, dtype: str | None, shape: tuple[int, ...] | None, parameter: bool = False) -> None:
+    def __init__(
+        self, qualname: str, dtype: str | None, shape: tuple[int, ...] | None, parameter: bool = False,
+        storage: StoragePlaceholder | None = None, offset: int | None = None, stride: tuple[int, ...] | None = None,
+    ) -> None:  # fmt: skip
         self.qualname, self.dtype, self.shape, self.parameter = qualname, dtype, shape, parameter
+        self.storage, self.offset, self.stride = storage, offset, stride
+
+
+def _placement(args: tuple[Any, ...]) -> tuple[StoragePlaceholder | None, int | None, tuple[int, ...] | None]:
+    """(storage, offset, stride) of ``_rebuild_tensor*(storage, storage_offset, size, stride, ...)``."""
+    storage = args[0] if type(args[0]) is StoragePlaceholder else None
+    offset = args[1] if len(args) > 1 and type(args[1]) is int and 0 <= args[1] < _MAX_DIM else None
+    stride = args[3] if len(args) > 3 and type(args[3]) is tuple and len(args[3]) <= _MAX_DIMS else None
+    if stride is not None and any(type(d) is not int or abs(d) >= _MAX_DIM for d in stride):
+        stride = None
+    return storage, offset, stride
 
 
 # torch's legacy storage class names (torch.storage._dtype_to_storage_type_map) -> dtype names
@@ -181,9 +196,11 @@ def _tensor_of(name: str, qualname: str, args: tuple[Any, ...]) -> Opaque:
         dtype = storage.dtype if type(storage) is StoragePlaceholder else _dtype_name(storage)
         if name == "_rebuild_tensor_v3" and len(args) > 6:
             dtype = _dtype_name(args[6]) or dtype
-        return TensorPlaceholder(qualname, dtype, _shape(args[at_size]))
+        placement = _placement(args) if name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3") else ()
+        return TensorPlaceholder(qualname, dtype, _shape(args[at_size]), False, *placement)
     if name in _PARAMETER_REBUILDERS and args and isinstance(args[0], TensorPlaceholder):
-        return TensorPlaceholder(qualname, args[0].dtype, args[0].shape, parameter=True)
+        inner = args[0]
+        return TensorPlaceholder(qualname, inner.dtype, inner.shape, True, inner.storage, inner.offset, inner.stride)
     return Opaque(qualname)
 
 
@@ -197,7 +214,7 @@ def _stub_class(qualname: str) -> type:
                 return TensorPlaceholder(qualname, None, None)
             storage = args[0]
             dtype = storage.dtype if type(storage) is StoragePlaceholder else _dtype_name(storage)
-            return TensorPlaceholder(qualname, dtype, _shape(args[2]))
+            return TensorPlaceholder(qualname, dtype, _shape(args[2]), False, *_placement(args))
     elif module == "torch._utils" and (name in _TENSOR_ARGS or name in _PARAMETER_REBUILDERS):
 
         def new(cls: type, *args: Any, **kwargs: Any) -> Opaque:
@@ -211,7 +228,8 @@ def _stub_class(qualname: str) -> type:
             if isinstance(func, type) and getattr(func, "_rebuilds_tensor", False) and isinstance(inner, tuple):
                 rebuilt = func(*inner[:16])
                 if isinstance(rebuilt, TensorPlaceholder):
-                    return TensorPlaceholder(qualname, rebuilt.dtype, rebuilt.shape, rebuilt.parameter)
+                    return TensorPlaceholder(qualname, rebuilt.dtype, rebuilt.shape, rebuilt.parameter,
+                                             rebuilt.storage, rebuilt.offset, rebuilt.stride)
             return Opaque(qualname)
     else:
 
@@ -342,7 +360,8 @@ class RestrictedUnpickler(pickle.Unpickler):
                 if type(location) is not str or len(location) > 200:
                     location = _short(location, self.source)
                 self.storages.append(StorageRef(key, location, type_name, numel))
-            return StoragePlaceholder(_STORAGE_DTYPES.get(type_name), numel)
+            key = pid[2] if type(pid[2]) is str and len(pid[2]) <= 200 else None
+            return StoragePlaceholder(_STORAGE_DTYPES.get(type_name), numel, key)
         if isinstance(pid, tuple) and pid and pid[0] == "module":
             return Opaque("module")
         raise UnsafeCheckpoint(f"{self.source}: unknown persistent reference in the pickle; not a torch checkpoint")

@@ -29,6 +29,7 @@ DICT_KEY = "envkit"
 MAX_STAMP_BYTES = 8 * 1024 * 1024
 DIGEST_ALGORITHMS = ("xxh3_128", "sha256")
 _DIGEST = re.compile(r"^(xxh3_128|sha256):([0-9a-f]+)$")
+STORAGES_FORMAT = "envkit.storages/1"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,45 @@ class Payload:
         return self.digest.split(":", 1)[0]
 
 
+@dataclass(frozen=True)
+class StorageDigests:
+    """Each storage's digest, recorded by the save that wrote them: format ``envkit.storages/1``.
+
+    torch's writer computes the CRC-32 of every record while it writes it (the same pass) and
+    lists them in the zip's central directory; the stamp pins that directory with a digest of
+    its bytes (``directory``, over its first ``length`` bytes, ``records`` records). A stamp
+    stays the same size however many tensors there are (200,000 would be megabytes listed
+    one by one), and CRC-32 is the one digest a child interpreter with nothing but the
+    standard library and torch can compute too (``envkit trial``). Optional: stamps written
+    before it, by envkit's zipfile fallback, or with torch's CRCs turned off have none.
+    """
+
+    directory: str
+    length: int
+    records: int
+    algorithm: str = "crc32"
+    format: str = STORAGES_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "algorithm": self.algorithm, "directory": self.directory,
+                "length": self.length, "records": self.records}
+
+    @classmethod
+    def from_json(cls, doc: Any, *, source: str) -> StorageDigests | None:
+        """None for a format this envkit does not know (a newer envkit wrote it: not an error)."""
+        if not isinstance(doc, Mapping):
+            raise MalformedStamp(f"{source}: the stamp's storages record is not an object; re-save the checkpoint")
+        if doc.get("format") != STORAGES_FORMAT or doc.get("algorithm") != "crc32":
+            return None
+        directory, length, records = doc.get("directory"), doc.get("length"), doc.get("records")
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        if not isinstance(directory, str) or not _DIGEST.match(directory) or not count(length) or not count(records):
+            raise MalformedStamp(f"{source}: the stamp's storages record is malformed; re-save the checkpoint")
+        return cls(directory, int(length), int(records))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, eq=False)
 class Stamp:
     """``Stamp(fingerprint, payload, meta)`` when writing; ``from_json`` when reading."""
@@ -52,6 +92,7 @@ class Stamp:
     meta: Mapping[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
     source: str = "stamp"  # names the file in errors raised on first use
+    storages: StorageDigests | None = None  # optional (envkit.storages/1); older stamps have none
 
     @cached_property
     def fingerprint(self) -> Fingerprint:
@@ -65,8 +106,8 @@ class Stamp:
     def __eq__(self, other: object) -> bool:  # a stamp read back equals the one written
         if not isinstance(other, Stamp):
             return NotImplemented
-        mine = (self.schema, self.payload, dict(self.meta), self.fingerprint)
-        return mine == (other.schema, other.payload, dict(other.meta), other.fingerprint)
+        mine = (self.schema, self.payload, dict(self.meta), self.storages, self.fingerprint)
+        return mine == (other.schema, other.payload, dict(other.meta), other.storages, other.fingerprint)
 
     __hash__ = None  # type: ignore[assignment]  # meta is a dict
 
@@ -84,12 +125,15 @@ class Stamp:
         return metrics if isinstance(metrics, Mapping) else {}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "schema": self.schema,
             "fingerprint": self.fingerprint.to_json(),
             "payload": {"digest": self.payload.digest, "length": self.payload.length} if self.payload else None,
             "meta": dict(self.meta),
         }
+        if self.storages is not None:  # absent, not null: a stamp without it reads as before
+            doc["storages"] = self.storages.to_json()
+        return doc
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -121,7 +165,9 @@ class Stamp:
         fingerprint = doc.get("fingerprint")
         if not isinstance(fingerprint, Mapping):
             raise MalformedStamp(f"{source}: the fingerprint is not a JSON object; re-save the checkpoint")
-        return cls(fingerprint, payload, dict(meta), schema, source)
+        storages_doc = doc.get("storages")
+        storages = None if storages_doc is None else StorageDigests.from_json(storages_doc, source=source)
+        return cls(fingerprint, payload, dict(meta), schema, source, storages)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str) -> Stamp:

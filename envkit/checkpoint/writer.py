@@ -12,13 +12,14 @@ import os
 import threading
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
 from envkit.atomic import fsync_dir, temp_path_for, write_target
 from envkit.checkpoint.devices import data_pkl_of, with_storage_devices
-from envkit.checkpoint.hashing import HashingWriter
+from envkit.checkpoint.hashing import HashingWriter, storage_digests
 from envkit.checkpoint.reader import archive_prefix
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, MEMBER, Payload, Stamp, normalise_meta
 from envkit.checkpoint.ziptail import append_last_member, first_member, torch_layout
@@ -119,7 +120,11 @@ def write_uncommitted(
                 first = first_member(fh, layout[1], layout[1])
                 data_pkl = first[1] if first is not None and first[0] == f"{layout[0]}/data.pkl" else None
                 stamp = with_storage_devices(stamp, data_pkl)  # meta["storage_devices"]: `check` reads it
-                append_last_member(fh, layout, f"{layout[0]}/{MEMBER}", stamp.to_bytes())
+                fh.seek(layout[1])
+                directory = fh.read(layout[2])
+                if _torch_writes_crcs(torch):  # each storage's CRC-32, as torch computed it while writing
+                    stamp = replace(stamp, storages=storage_digests(directory, layout[3]))
+                append_last_member(fh, layout, f"{layout[0]}/{MEMBER}", stamp.to_bytes(), directory=directory)
             else:
                 with zipfile.ZipFile(fh, "a") as zf:
                     prefix = archive_prefix(path, zf.namelist())
@@ -135,6 +140,12 @@ def write_uncommitted(
     if stamp_out is not None:
         stamp_out.append(stamp)
     return tmp
+
+
+def _torch_writes_crcs(torch: Any) -> bool:
+    """False when torch was told not to compute its records' CRC-32 (``set_crc32_options``, torch >= 2.6)."""
+    get = getattr(torch.serialization, "get_crc32_options", None)
+    return True if get is None else bool(get())
 
 
 def _discard(tmp: Path) -> None:

@@ -205,7 +205,10 @@ def last_stamp_member(fh: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
 
 # -- writing ------------------------------------------------------------------------
 
-_ZIP64_LIMIT = (1 << 31) - 1  # zipfile's thresholds, so the tail reads as zipfile would write it
+# torch's (miniz's) thresholds: zip64 only for a value that does not fit its 32-bit field. zipfile's
+# (2**31 - 1) made every archive between 2 and 4 GiB zip64, and torch 2.0.1's reader refuses those
+# ("PytorchStreamReader failed reading zip archive: invalid header"), found by `envkit trial`.
+_ZIP64_LIMIT = 0xFFFFFFFF - 1
 _FILECOUNT_LIMIT = (1 << 16) - 1
 _DOS_DATE_1980 = (1 << 5) | 1  # 1980-01-01, time 00:00:00
 
@@ -259,10 +262,13 @@ def first_member(fh: BinaryIO, cd_offset: int, limit: int) -> tuple[str, bytes] 
     return None if data is None else (raw_name.decode("utf-8", "replace"), data)
 
 
-def append_last_member(fh: BinaryIO, layout: tuple[str, int, int, int], name: str, data: bytes) -> None:
+def append_last_member(
+    fh: BinaryIO, layout: tuple[str, int, int, int], name: str, data: bytes, *, directory: bytes | None = None
+) -> None:
     """Append a stored member after the records of the archive in ``fh`` (read-write, positioned
     anywhere), as zipfile's append mode would, without parsing the directory: its bytes move
-    behind the new member unchanged and one record and new end records follow them."""
+    behind the new member unchanged and one record and new end records follow them.
+    ``directory``: the directory's bytes when the caller has read them already."""
     _, cd_offset, cd_size, count = layout
     raw_name = name.encode("utf-8")
     flags = 0 if raw_name.isascii() else 0x800
@@ -275,8 +281,9 @@ def append_last_member(fh: BinaryIO, layout: tuple[str, int, int, int], name: st
         b"PK\x01\x02", version, 3, version, 0, flags, zipfile.ZIP_STORED, 0, _DOS_DATE_1980, crc, len(data), len(data),
         len(raw_name), len(extra), 0, 0, 0, 0, offset,
     ) + raw_name + extra
-    fh.seek(cd_offset)
-    directory = fh.read(cd_size)
+    if directory is None:
+        fh.seek(cd_offset)
+        directory = fh.read(cd_size)
     if len(directory) != cd_size:
         raise OSError(f"short read of the central directory ({len(directory)} of {cd_size} bytes)")
     new_offset = cd_offset + len(local) + len(raw_name) + len(data)
@@ -292,3 +299,25 @@ def append_last_member(fh: BinaryIO, layout: tuple[str, int, int, int], name: st
     fh.seek(cd_offset)
     fh.write(b"".join((local, raw_name, data, directory, central, end)))
     fh.truncate()
+
+
+def directory_records(directory: bytes) -> dict[str, tuple[int, int]] | None:
+    """name -> (CRC-32, size) of every record in the central-directory bytes ``directory``; None
+    when they do not parse as whole records (the caller says the directory is not what was saved)."""
+    out: dict[str, tuple[int, int]] = {}
+    pos, end, unpack = 0, len(directory), _CENTRAL.unpack_from
+    while pos < end:
+        if end - pos < _CENTRAL.size or directory[pos : pos + 4] != b"PK\x01\x02":
+            return None
+        fields = unpack(directory, pos)
+        crc, usize, n, m, k = fields[9], fields[11], fields[12], fields[13], fields[14]
+        name_end = pos + _CENTRAL.size + n
+        if usize == 0xFFFFFFFF:
+            wide = [v for v in (fields[11], fields[10], fields[18]) if v == 0xFFFFFFFF]
+            values = _zip64_fields(directory[name_end : name_end + m], len(wide))
+            if values is None:
+                return None
+            usize = values[0]
+        out[directory[pos + _CENTRAL.size : name_end].decode("utf-8", "replace")] = (crc, usize)
+        pos = name_end + m + k
+    return out if pos == end else None
