@@ -93,6 +93,12 @@ class TorchNotInstalled(BadInput):
     """An operation needs torch and it is not importable."""
 
 
+class MissingExtra(BadInput, ImportError):
+    """An integration's framework is not installed: the message names the ``pip install 'envkit[...]'`` line.
+
+    Also an ImportError, so ``except ImportError`` around an optional integration still works."""
+
+
 class EnvironmentDriftWarning(UserWarning):
     """The live environment differs from the checkpoint's in a way the policy only warns about."""
 
