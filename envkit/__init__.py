@@ -43,6 +43,8 @@ _LAZY = {
     "read_stamp": ("envkit.checkpoint", "read_stamp"),
     "inspect_checkpoint": ("envkit.checkpoint", "inspect_checkpoint"),
     "verify": ("envkit.checkpoint", "verify"),
+    "stamp_folder": ("envkit.checkpoint", "stamp_folder"),
+    "checkpoint_folders": ("envkit.checkpoint", "checkpoint_folders"),
     "Stamp": ("envkit.checkpoint", "Stamp"),
     "Policy": ("envkit.policy", "Policy"),
     "CheckpointManager": ("envkit.checkpoint.manager", "CheckpointManager"),

@@ -39,6 +39,7 @@ COMMANDS = {
     "fingerprint": "envkit.commands.checkpoints:fingerprint",
     "inspect": "envkit.commands.checkpoints:inspect",
     "ls": "envkit.commands.checkpoints:ls",
+    "stamp": "envkit.commands.checkpoints:stamp",
     "verify": "envkit.commands.checkpoints:verify",
     "create": "envkit.commands.environments:create",
     "doctor": "envkit.commands.environments:doctor",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint import CheckReport, Inspection, VerifyResult
     from envkit.checkpoint.directory import FolderRow
+    from envkit.checkpoint.folder import StampedFolder
     from envkit.checkpoint.reader import CheckpointFile
     from envkit.checkpoint.resume_check import DiffReport
     from envkit.conda.create import CreatePlan
@@ -146,7 +147,10 @@ def verdict_line(report: CheckReport, fail_on: str = "refuse") -> str:
 def check_text(report: CheckReport, against: str, fail_on: str = "refuse") -> str:
     out = [f"{report.checkpoint}  ({report.info.format}, policy {report.policy.preset})"]
     stored = report.stored
-    if stored is None:
+    if stored is None and report.evidence:
+        out.append("  no envkit stamp (unstamped): what its files say, partial evidence only:")
+        out.extend(evidence_lines(report.evidence))
+    elif stored is None:
         out.append("  no envkit stamp: nothing is known of the environment that wrote it")
     else:
         meta = report.info.stamp.meta if report.info.stamp else {}
@@ -167,8 +171,61 @@ def check_text(report: CheckReport, against: str, fail_on: str = "refuse") -> st
     return "\n".join(out)
 
 
+def _fact(value: object) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return _v(value)
+
+
+def evidence_lines(evidence: Mapping[str, Mapping[str, object]], indent: str = "    ") -> list[str]:
+    """``config.json  transformers_version 4.57.1, torch_dtype float32``: what an unstamped folder's files say."""
+    if not evidence:
+        return []
+    width = max(len(name) for name in evidence)
+    return [f"{indent}{name.ljust(width)}  " + (", ".join(f"{k} {_fact(v)}" for k, v in facts.items()) or "-")
+            for name, facts in evidence.items()]
+
+
+def stamp_text(result: StampedFolder) -> str:
+    """What ``envkit stamp DIR`` prints."""
+    meta = result.stamp.meta
+    what = ", ".join(f"{k} {meta[k]}" for k in ("framework", "step") if meta.get(k) is not None)
+    digest = result.stamp.payload.digest if result.stamp.payload else "-"
+    head = "stamped" if result.written else "already stamped, files unchanged:"
+    return (f"{head} {result.path}: {_count(result.files, 'file')}, {_size_text(result.size)} ({digest})"
+            + (f"; {what}" if what else ""))
+
+
+def _folder_inspect_text(insp: Inspection) -> str:
+    info = insp.info
+    rows = [
+        ("format", info.format),
+        ("size", f"{info.size:,} bytes in {_count(len(insp.records), 'file')}"),
+        ("stamped", f"yes ({STAMP_FILE})" if info.stamped else "no"),
+    ]
+    if info.stamp:
+        meta = info.stamp.meta
+        rows += [(k, _v(meta.get(k))) for k in ("framework", "epoch", "step", "saved_at")]
+        rows.append(("payload", f"{info.stamp.payload.digest} over {info.stamp.payload.length:,} bytes" if info.stamp.payload else "-"))
+        rows += [(f"env {k}", v) for k, v in fingerprint_lines(info.stamp.fingerprint)]
+    shown = insp.records[:INSPECT_FILES_SHOWN]
+    width = max((len(name) for name, _ in shown), default=0)
+    files = [f"  {name.ljust(width)}  {size:,}" for name, size in shown]
+    if len(insp.records) > len(shown):
+        files.append(f"  ... and {len(insp.records) - len(shown)} more")
+    notes = [f"  note: {n}" for n in insp.extra.get("notes", ())]
+    return (f"{info.path}\n" + table(rows) + "\nfiles:\n" + "\n".join(files) + _tensor_lines(insp)
+            + ("\n" + "\n".join(notes) if notes else ""))
+
+
+INSPECT_FILES_SHOWN = 200
+STAMP_FILE = "envkit.json"
+
+
 def inspect_text(insp: Inspection) -> str:
     info = insp.info
+    if info.format == "folder":
+        return _folder_inspect_text(insp)
     rows = [
         ("format", info.format),
         ("size", f"{info.size:,} bytes"),
@@ -301,7 +358,8 @@ def folder_text(rows: list[FolderRow]) -> str:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in i.metrics.items())
         table_rows.append((
             i.path.name, _v(i.epoch), _v(i.step), metrics or "-", f"{i.size:,}",
-            "yes" if i.valid else "NO", (row.environment_digest or "-")[7:19] or "-", _v(row.verdict),
+            "yes" if i.valid else "unstamped" if row.stamped is False else "NO", (row.environment_digest or "-")[7:19] or "-",
+            _v(row.verdict),
         ))
     widths = [max(len(r[c]) for r in table_rows) for c in range(len(table_rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table_rows]

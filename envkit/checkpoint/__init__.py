@@ -27,6 +27,9 @@ _LAZY = {
     "CheckpointManager": "envkit.checkpoint.manager",
     "ResumeInfo": "envkit.checkpoint.manager",
     "CheckpointInfo": "envkit.checkpoint.index",
+    "FolderEntry": "envkit.checkpoint.folder",
+    "checkpoint_folders": "envkit.checkpoint.folder",
+    "stamp_folder": "envkit.checkpoint.folder",
 }
 
 __all__ = sorted(_LAZY)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkit.checkpoint.folder_format import checkpoint_folders
 from envkit.checkpoint.index import (
     INDEX_NAME,
     CheckpointInfo,
@@ -198,6 +199,7 @@ class FolderRow:
     info: CheckpointInfo
     environment_digest: str | None
     verdict: str | None
+    stamped: bool | None = None  # None: the stamp could not be read
 
     def to_json(self) -> dict[str, Any]:
         i = self.info
@@ -212,11 +214,17 @@ class FolderRow:
             "problem": i.problem,
             "environment_digest": self.environment_digest,
             "verdict": self.verdict,
+            "stamped": self.stamped,
         }
 
 
 def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> list[FolderRow]:
-    """Every checkpoint in folder, oldest first: verified, with its verdict against the live environment."""
+    """Every checkpoint in folder, oldest first: verified, with its verdict against the live environment.
+
+    The checkpoints of a folder are its checkpoint files and committed ``.dcp`` folders, and the
+    ``checkpoint-<step>`` folders of a Hugging Face or Accelerate output folder (stamped or not);
+    a folder that is itself one checkpoint folder is one row.
+    """
     from envkit.errors import BadInput
 
     root = Path(folder)
@@ -229,7 +237,9 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
     active = resolve_policy(policy)
     live = collect()
     rows = []
-    for info in sorted(scan(root), key=lambda i: (i.order_key, i.path.name)):
+    itself = _itself_a_checkpoint(root)
+    infos = [_folder_info(root, None)] if itself else scan(root) + [_folder_info(e.path, e.step) for e in checkpoint_folders(root)]
+    for info in sorted(infos, key=lambda i: (i.order_key, i.path.name)):
         try:
             file = read_stamp(info.path)  # the tail of the file, not its whole directory (ziptail)
         except EnvkitError:
@@ -238,8 +248,35 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
         with no_cycle_collection():  # verify makes an object per zip record, all live until it ends
             checked = with_validity(info, file)
         stored = file.stamp.fingerprint if file.stamp else None
-        rows.append(FolderRow(checked, stored.digest if stored else None, judge(stored, live, active).verdict))
+        rows.append(FolderRow(checked, stored.digest if stored else None, judge(stored, live, active).verdict, file.stamped))
     return rows
+
+
+def _itself_a_checkpoint(root: Path) -> bool:
+    """A folder given to ``ls`` that is one checkpoint folder (stamped, or a framework's unstamped one)."""
+    from envkit.checkpoint.folder_format import DCP_SUFFIX, STAMP_NAME, unstamped_files
+
+    if os.path.lexists(root / STAMP_NAME) or root.name.endswith(DCP_SUFFIX):
+        return True
+    try:
+        unstamped_files(root)
+    except EnvkitError:
+        return False
+    return True
+
+
+def _folder_info(path: Path, step: int | None) -> CheckpointInfo:
+    """A checkpoint folder's row: from its stamp; an unstamped one by the step in its name, validity unknown."""
+    from envkit.checkpoint.folder_format import step_from_name
+
+    try:
+        file = read_stamp(path)
+    except EnvkitError as exc:
+        return CheckpointInfo(path, None, step, valid=False, problem=exc.message)
+    if file.stamp is None:
+        return CheckpointInfo(path, None, step if step is not None else step_from_name(path.name), size=file.size)
+    info = CheckpointInfo.from_meta(path, file.stamp.meta, size=file.size)
+    return info if info.step is not None or step is None else _with(info, step=step)
 
 
 def skipped_warning(folder: Path, project: str, ours: list[CheckpointInfo], chosen: CheckpointInfo | None) -> str | None:

@@ -52,6 +52,7 @@ UNREADABLE = "unreadable"
 STATUSES = (OK, UNSTAMPED, CORRUPT, UNREADABLE)
 EXIT_CODES = {OK: EXIT_OK, UNSTAMPED: EXIT_OK, CORRUPT: EXIT_REFUSED, UNREADABLE: EXIT_BAD_INPUT}
 UNSTAMPED_ADVICE = "nothing to verify against; stamp it by saving with envkit.save"
+FOLDER_UNSTAMPED_ADVICE = "nothing to verify against; stamp it with `envkit stamp FOLDER` once it is whole"
 
 
 @dataclass(frozen=True)
@@ -121,16 +122,18 @@ def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, ope
     except EnvkitError as exc:
         return VerifyResult(p, _status_of_unreadable(p, exc), exc.message)
     stamp = info.stamp
-    if info.format == "dcp" and stamp is not None:
-        from envkit.checkpoint.dcp_format import read_dir_stamp, verify_files
+    if info.format in ("dcp", "folder") and stamp is not None:
+        from envkit.checkpoint.folder_format import read_folder_stamp, verify_files
 
         if stamp.payload is None:
             return VerifyResult(p, UNSTAMPED, f"{p}: the folder's stamp records no digest ({UNSTAMPED_ADVICE})", info)
         try:
-            problem = verify_files(p, *read_dir_stamp(p))
+            problem = verify_files(p, *read_folder_stamp(p))
         except EnvkitError as exc:
             problem = exc.message
         return VerifyResult(p, CORRUPT if problem else OK, problem, info)
+    if info.format == "folder":
+        return VerifyResult(p, UNSTAMPED, f"{p}: an unstamped checkpoint folder ({FOLDER_UNSTAMPED_ADVICE})", info)
     if stamp is None:
         return VerifyResult(p, UNSTAMPED, f"{p}: unstamped ({UNSTAMPED_ADVICE})", info)
     if stamp.payload is None:

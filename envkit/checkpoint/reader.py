@@ -19,7 +19,15 @@ from pathlib import Path
 from envkit.checkpoint.paths import is_folder_checkpoint
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
 from envkit.checkpoint.ziptail import last_stamp_member
-from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
+from envkit.errors import (
+    BadInput,
+    EnvkitError,
+    MalformedStamp,
+    NotACheckpoint,
+    UnsafeCheckpoint,
+    describe_os_error,
+    os_error_input,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -123,6 +131,7 @@ class Inspection:
             "meta": dict(stamp.meta) if stamp else None,
             "payload": {"digest": stamp.payload.digest, "length": stamp.payload.length} if stamp and stamp.payload else None,
             "fingerprint": stamp.fingerprint.to_json() if stamp else None,
+            **({"notes": list(self.extra["notes"])} if self.extra.get("notes") else {}),
         }
 
 
@@ -385,14 +394,55 @@ def _read_legacy(path: Path, size: int) -> Inspection:
     return Inspection(info, (), tuple(unpickler.storages), _top_level(obj), byteorder, {}, *_tensor_listing(obj))
 
 
-def _read_sharded(path: Path) -> Inspection:
-    """A folder written by a sharded CheckpointManager save (see dcp_format)."""
-    from envkit.checkpoint.dcp_format import FORMAT, read_dir_stamp
+def _read_folder(path: Path, *, deep: bool) -> Inspection:
+    """A folder checkpoint (``folder_format``): a sharded ``.dcp`` folder or a framework's folder,
+    stamped by its ``envkit.json`` or, without one, recognised by the files in it (unstamped)."""
+    from envkit.checkpoint.folder_format import (
+        DCP_FORMAT,
+        FOLDER_FORMAT,
+        STAMP_NAME,
+        read_folder_stamp,
+        unstamped_files,
+    )
 
-    stamp, files = read_dir_stamp(path)
-    records = tuple((name, int(files[name]["size"])) for name in sorted(files))
-    info = CheckpointFile(path, FORMAT, sum(size for _, size in records), stamp, "file")
-    return Inspection(info, records)
+    stamp: Stamp | None
+    if os.path.lexists(path / STAMP_NAME) or path.name.endswith(".dcp"):
+        stamp, files, layout = read_folder_stamp(path)
+        sizes = {name: int(record["size"]) for name, record in files.items()}
+        fmt, source = (FOLDER_FORMAT if layout is not None else DCP_FORMAT), "file"
+    else:
+        stamp, sizes, fmt, source = None, unstamped_files(path), FOLDER_FORMAT, None
+    records = tuple((name, sizes[name]) for name in sorted(sizes))
+    info = CheckpointFile(path, fmt, sum(size for _, size in records), stamp, source)
+    if not deep:
+        return Inspection(info, records)
+    return _with_safetensors_tensors(Inspection(info, records))
+
+
+MAX_FOLDER_FILES_INSPECTED = 64  # safetensors files of a folder whose tensors inspect lists
+
+
+def _with_safetensors_tensors(insp: Inspection) -> Inspection:
+    """The tensors of the ``.safetensors`` files in a folder, named ``<file>:<tensor>``, from each
+    file's own inspection; a file that cannot be inspected is a note, never an error."""
+    tensors: list[TensorEntry] = []
+    count, complete, notes = 0, True, []
+    names = [name for name, _ in insp.records if name.endswith(".safetensors")]
+    for name in names[:MAX_FOLDER_FILES_INSPECTED]:
+        try:
+            inner = inspect_checkpoint(insp.info.path / name)
+        except (EnvkitError, OSError, ValueError) as exc:
+            notes.append(f"{name}: tensors not listed ({getattr(exc, 'message', None) or exc})")
+            continue
+        count += inner.tensor_count
+        complete = complete and inner.tensors_complete
+        room = MAX_TENSORS_LISTED - len(tensors)
+        tensors.extend(replace(t, name=f"{name}:{t.name}") for t in inner.tensors[: max(room, 0)])
+    if len(names) > MAX_FOLDER_FILES_INSPECTED:
+        complete = False
+        notes.append(f"tensors of {len(names) - MAX_FOLDER_FILES_INSPECTED} more safetensors file(s) not listed")
+    return replace(insp, tensors=tuple(tensors), tensor_count=count, tensors_complete=complete,
+                   extra={**insp.extra, "notes": notes} if notes else insp.extra)
 
 
 # -- entry points -------------------------------------------------------------------
@@ -401,7 +451,7 @@ def _read_sharded(path: Path) -> Inspection:
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
     p = Path(path)
     if is_folder_checkpoint(p):
-        return _read_sharded(p)
+        return _read_folder(p, deep=deep)
     size = _check_regular_file(p)
     with nullcontext(opened) if opened is not None else _open(p) as fh:
         fh.seek(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,8 @@ class CheckReport:
     differences: tuple[Difference, ...]
     verdict: str
     policy: Policy
+    # an unstamped checkpoint folder: what its files prove (file -> facts, folder.folder_evidence); else None
+    evidence: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def stored(self) -> Fingerprint | None:
@@ -61,6 +63,7 @@ class CheckReport:
             "live": self.live.to_json(),
             "meta": dict(self.info.stamp.meta) if self.info.stamp else None,
             "differences": [d.to_json() for d in self.differences],
+            **({"evidence": {k: dict(v) for k, v in self.evidence.items()}} if self.evidence is not None else {}),
         }
 
     def exit_code(self, fail_on: str = "refuse") -> int:
@@ -95,7 +98,12 @@ def check(
     current = live if live is not None else collect()
     stored = info.stamp.fingerprint if info.stamp else None
     judged = judge(stored, current, active, storage_devices=storage_devices(info))
-    return CheckReport(Path(path), info, current, judged.differences, judged.verdict, active)
+    evidence = None
+    if stored is None and info.format == "folder":
+        from envkit.checkpoint.folder import folder_evidence
+
+        evidence = folder_evidence(path)
+    return CheckReport(Path(path), info, current, judged.differences, judged.verdict, active, evidence)
 
 
 def check_against(

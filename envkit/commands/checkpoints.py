@@ -106,3 +106,25 @@ def ls(folder: Path, policy: str | None, as_json: bool) -> None:
         emit_json({"folder": str(folder), "checkpoints": [r.to_json() for r in rows]})
     else:
         echo(folder_text(rows))
+
+
+@click.command()
+@click.argument("folder", type=path_type())
+@click.option("--restamp", is_flag=True, help="Stamp a folder stamped already whose files changed (records them as they are now).")
+@click.option("--framework", help="The framework that wrote the folder (default: guessed from its files).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def stamp(folder: Path, restamp: bool, framework: str | None, as_json: bool) -> None:
+    """Stamp an existing checkpoint FOLDER (a Hugging Face checkpoint-<step>, an Accelerate save_state folder):
+    every file's digest and this environment's fingerprint in FOLDER/envkit.json, written last.
+
+    A folder stamped already whose files are unchanged is left as it is; one whose files changed is
+    refused (exit 1: run `envkit verify` first) unless --restamp. Exit 2: not a checkpoint folder."""
+    from envkit.checkpoint.folder import stamp_checkpoint_folder
+    from envkit.render import stamp_text
+
+    result = stamp_checkpoint_folder(folder, framework=framework, replace=restamp)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        echo(stamp_text(result))

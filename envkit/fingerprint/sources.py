@@ -525,13 +525,17 @@ def collect(
     )
 
 
-def read_json_object(path: Path) -> dict:
+def read_json_object(path: Path, max_bytes: int | None = None) -> dict:
     """The JSON object in ``path``; {} when it is missing, unreadable or not an object (metadata
-    that an environment may or may not carry)."""
+    that an environment may or may not carry), or larger than ``max_bytes`` when given."""
     try:
         with open(path, "rb") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+            if max_bytes is None:
+                data = json.load(fh)
+            else:
+                raw = fh.read(max_bytes + 1)
+                data = json.loads(raw) if len(raw) <= max_bytes else None
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
