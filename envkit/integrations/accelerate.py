@@ -43,6 +43,7 @@ if importlib.util.find_spec("accelerate") is None:
 import accelerate
 
 from envkit.checkpoint.folder import stamp_folder
+from envkit.checkpoint.folder_format import STAMP_NAME
 from envkit.checkpoint.integrity import verify
 from envkit.checkpoint.resume_check import guard
 from envkit.errors import CorruptCheckpoint
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Attachment", "attach", "guard_load", "guard_resume"]
 
-STAMP_NAME = "envkit.json"
 
 
 def guard_load(folder: str | os.PathLike[str], policy: Policy | str | None = None) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.folder import checkpoint_folders
+from envkit.checkpoint.folder_format import STAMP_NAME
 from envkit.checkpoint.integrity import verify
 from envkit.checkpoint.resume_check import guard
 from envkit.errors import BadInput, CheckpointSkippedWarning, CorruptCheckpoint, warn_at_caller
@@ -38,7 +39,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from envkit.policy import Policy
 
-STAMP_NAME = "envkit.json"
 # HF Trainer's checkpoint-<step> (transformers.trainer_utils._re_checkpoint) and Accelerate's
 # automatic checkpoint_<n>: a folder of either name is one checkpoint, not an output_dir.
 _CHECKPOINT_NAME = re.compile(r"^checkpoint[-_](\d+)$")

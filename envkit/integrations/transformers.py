@@ -20,6 +20,7 @@ Where each part sits in the Trainer's own order (transformers 4.30 to 5.x):
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -46,10 +47,12 @@ PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
 
 def checkpoint_meta(state: TrainerState) -> dict[str, Any]:
-    """What the stamp's meta holds for a Trainer checkpoint: step, epoch and the best metric so far."""
+    """What the stamp's meta holds for a Trainer checkpoint: step, the epochs completed (``epoch``, an
+    int as envkit's meta has it) and the Trainer's fractional epoch, the best metric so far."""
     meta: dict[str, Any] = {"step": int(state.global_step)}
-    if state.epoch is not None:
-        meta["epoch"] = float(state.epoch)
+    if state.epoch is not None:  # the Trainer's epoch is fractional (1.5: half-way through the second)
+        meta["epoch"] = int(math.floor(state.epoch))
+        meta["epoch_progress"] = float(state.epoch)
     if state.best_metric is not None:
         meta["metrics"] = {"best_metric": float(state.best_metric)}
     if state.best_model_checkpoint:
@@ -66,7 +69,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-class EnvkitTrainerCallback(TrainerCallback):  # type: ignore[misc]
+class EnvkitTrainerCallback(TrainerCallback):
     """Stamps each ``checkpoint-<step>/`` the Trainer saves: ``envkit.json`` with the fingerprint, the
     meta (step, epoch, best metric) and every file's digest, written last. Only the process that
     saves (``args.should_save``: the main process, or each node's with ``save_on_each_node``) writes.
@@ -79,13 +82,15 @@ class EnvkitTrainerCallback(TrainerCallback):  # type: ignore[misc]
         self.policy = policy
         self.last: Stamp | None = None
 
-    def folder(self, args: TrainingArguments, state: TrainerState) -> Path:
-        return Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
+    def folder(self, args: TrainingArguments, state: TrainerState) -> Path | None:
+        """Where ``_save_checkpoint`` wrote this step's folder (``run_dir`` is ``args.output_dir``
+        outside a hyperparameter search)."""
+        return Path(args.output_dir) / f"{PREFIX}-{state.global_step}" if args.output_dir else None
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         if getattr(args, "world_size", 1) > 1:
             _barrier()
         folder = self.folder(args, state)
-        if args.should_save and folder.is_dir():  # a hyperparameter search trial saves under its own run dir
+        if args.should_save and folder is not None and folder.is_dir():  # a hyperparameter search trial saves under its own run dir
             self.last = stamp_folder(folder, meta=checkpoint_meta(state), framework="transformers")
         return control

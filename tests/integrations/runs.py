@@ -37,6 +37,7 @@ class Run:
         self.lines: list[str] = []
         self.killed = False
         self._watchdog = threading.Timer(DEADLINE_S, self._kill)
+        self._watchdog.daemon = True
         self._watchdog.start()
 
     def _kill(self) -> None:

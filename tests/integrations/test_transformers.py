@@ -53,7 +53,7 @@ def test_callback_stamps_every_checkpoint_after_rotation(runs: dict) -> None:
         folder = out / f"checkpoint-{step}"
         assert envkit.verify(folder).status == "ok"
         meta = envkit.read_stamp(folder).stamp.meta
-        assert meta["step"] == step and meta["epoch"] == pytest.approx(step * 4 / 24) and meta["framework"] == "transformers"
+        assert meta["step"] == step and meta["epoch_progress"] == pytest.approx(step * 4 / 24) and meta["epoch"] == 0 and meta["framework"] == "transformers"
         # the stamp lists every file the Trainer wrote, weights, optimizer, RNG and state included
         files = json.loads((folder / "envkit.json").read_text())["files"]
         assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "config.json"} <= set(files)
@@ -154,7 +154,7 @@ def test_guard_resume_of_a_run_without_envkit_takes_the_newest_finished_folder_w
     plain = tmp_path / "plain"
     shutil.copytree(runs["tmp"] / "plain", plain)
     _half_written(plain / "checkpoint-8", plain / "checkpoint-10")
-    with pytest.warns(EnvironmentDriftWarning, match="stamp"):
+    with pytest.warns(EnvironmentDriftWarning, match="stamp"), pytest.warns(CheckpointSkippedWarning, match="checkpoint-10"):
         assert guard_resume(plain) == str(plain / "checkpoint-8")
 
 
