@@ -58,11 +58,14 @@ def weights_digest(model: torch.nn.Module) -> str:
 class StopAt(TrainerCallback):
     """The test's hook, after envkit's: report the save at step K, then wait to be killed."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, envkit_callback: TrainerCallback | None) -> None:
         self.step = step
+        self.envkit_callback = envkit_callback
 
     def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         if state.global_step == self.step:
+            if self.envkit_callback is not None:
+                self.envkit_callback.wait()  # the stamp is hashed in a thread: let it land first
             print(f"SAVED {state.global_step}", flush=True)
             sys.stdin.read()  # the test sends SIGKILL here
         return control
@@ -93,7 +96,7 @@ def main() -> int:
 
         callbacks.append(EnvkitTrainerCallback())
     if a.stop_at is not None:
-        callbacks.append(StopAt(a.stop_at))
+        callbacks.append(StopAt(a.stop_at, callbacks[0] if callbacks else None))
     trainer = Trainer(model=model, args=arguments(a.out, a.steps, a.limit), train_dataset=Rows(), callbacks=callbacks)
     resume = None
     if a.resume:

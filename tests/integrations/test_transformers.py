@@ -214,6 +214,71 @@ def test_envkit_check_on_an_unstamped_trainer_folder(runs: dict, tmp_path: Path)
     assert not marker.exists()
 
 
+# --- the callback in this process: background and synchronous stamps, errors ---------------------------
+
+
+@pytest.fixture
+def saved(runs: dict, tmp_path: Path) -> tuple:
+    """A Trainer's checkpoint-8 folder without a stamp, with the TrainingArguments and TrainerState of that save."""
+    from transformers import TrainerState, TrainingArguments
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(runs["tmp"] / "plain" / "checkpoint-8", out / "checkpoint-8")
+    args = TrainingArguments(output_dir=str(out), report_to=[], use_cpu=True)
+    state = TrainerState(global_step=8, epoch=1.3333, best_metric=0.25)
+    return args, state, out / "checkpoint-8"
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_callback_stamps_in_a_thread_or_before_on_save_returns(saved: tuple, background: bool) -> None:
+    from transformers import TrainerControl
+
+    from envkit.integrations.transformers import EnvkitTrainerCallback
+
+    args, state, folder = saved
+    callback = EnvkitTrainerCallback(background=background)
+    callback.on_save(args, state, TrainerControl())
+    if not background:
+        assert envkit.verify(folder).status == "ok"
+    callback.on_train_end(args, state, TrainerControl())  # waits for a stamp in flight
+    assert envkit.verify(folder).status == "ok" and callback.last is not None
+    meta = dict(envkit.read_stamp(folder).stamp.meta)
+    assert {k: meta[k] for k in ("step", "epoch", "framework", "metrics")} == {
+        "step": 8, "epoch": 1, "framework": "transformers", "metrics": {"best_metric": 0.25}}
+
+
+def test_callback_raises_a_failed_stamp_at_the_next_save_and_ignores_a_rotated_folder(saved: tuple, tmp_path: Path) -> None:
+    from transformers import TrainerControl
+
+    from envkit.integrations.transformers import EnvkitTrainerCallback
+
+    args, state, folder = saved
+    (tmp_path / "outside").write_text("x")
+    (folder / "link.bin").symlink_to(tmp_path / "outside")  # a file the stamp cannot cover
+    callback = EnvkitTrainerCallback()
+    callback.on_save(args, state, TrainerControl())
+    with pytest.raises(BadInput, match="link.bin"):
+        callback.on_save(args, state, TrainerControl())
+    assert not (folder / "envkit.json").exists()
+    gone = folder.parent / "checkpoint-2"  # rotated away (save_total_limit=1) before its stamp ran
+    callback._stamp(gone, {"step": 2})
+    assert callback.wait() is None
+
+
+def test_callback_in_a_process_that_does_not_save_writes_nothing_stand_in(saved: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank other than 0 cannot exist in this process: ``should_save`` (a property of the real
+    TrainingArguments, False there) is set False as that rank sees it."""
+    from transformers import TrainerControl, TrainingArguments
+
+    from envkit.integrations.transformers import EnvkitTrainerCallback
+
+    args, state, folder = saved
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))
+    EnvkitTrainerCallback(background=False).on_save(args, state, TrainerControl())
+    assert not (folder / "envkit.json").exists()
+
+
 # --- the extra ----------------------------------------------------------------------------------------
 
 
