@@ -150,6 +150,7 @@ def check_text(report: CheckReport, against: str, fail_on: str = "refuse") -> st
     if stored is None and report.evidence:
         out.append("  no envkit stamp (unstamped): what its files say, partial evidence only:")
         out.extend(evidence_lines(report.evidence))
+        out.append(f"  stamp it once it is whole: envkit stamp {report.checkpoint}")
     elif stored is None:
         out.append("  no envkit stamp: nothing is known of the environment that wrote it")
     else:

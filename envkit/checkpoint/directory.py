@@ -229,7 +229,7 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
 
     root = Path(folder)
     if not root.is_dir():
-        raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to")
+        raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to, or a Trainer's output_dir")
     from envkit.config import resolve_policy
     from envkit.fingerprint import collect
     from envkit.policy import judge

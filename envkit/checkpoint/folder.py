@@ -26,10 +26,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from envkit.checkpoint.folder_format import (
     DCP_SUFFIX,
+    INDEX_NAME,
     LAYOUT,
     STAMP_NAME,
     FolderEntry,
@@ -45,6 +45,8 @@ from envkit.errors import BadInput, CorruptCheckpoint, EnvkitError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from envkit.fingerprint import Fingerprint
 
 __all__ = [
@@ -124,7 +126,7 @@ def stamp_folder(
     fingerprint: Fingerprint | None = None,
     digest: str = "xxh3_128",
     replace: bool = True,
-    fsync: bool = True,
+    fsync: bool = False,
 ) -> Stamp:
     """Stamp an existing checkpoint folder and return its stamp; ``stamp_checkpoint_folder`` has the arguments."""
     return stamp_checkpoint_folder(path, meta=meta, framework=framework, fingerprint=fingerprint, digest=digest,
@@ -139,7 +141,7 @@ def stamp_checkpoint_folder(
     fingerprint: Fingerprint | None = None,
     digest: str = "xxh3_128",
     replace: bool = True,
-    fsync: bool = True,
+    fsync: bool = False,
 ) -> StampedFolder:
     """Stamp an existing checkpoint folder: hash every file once, then write ``envkit.json`` last,
     atomically (a failure leaves no partial ``envkit.json``, and any earlier one as it was).
@@ -147,8 +149,11 @@ def stamp_checkpoint_folder(
     ``meta`` is the stamp's meta (as for ``envkit.save``); ``framework`` (else guessed from the
     file names: transformers, accelerate, lightning) and ``step`` (else ``trainer_state.json``'s
     ``global_step``, else the number in the folder's name) are added to it. ``fingerprint``: the
-    environment to record (default: this one). ``fsync``: make every file durable before the
-    commit marker. See the module docstring for a folder stamped already (``replace``).
+    environment to record (default: this one). ``envkit.json`` itself is always written atomically
+    and durably; ``fsync=True`` also makes every file durable before it (``envkit stamp`` does).
+    Off by default, as the frameworks do not fsync their own files either: a file a power cut
+    lost under a durable marker reads as corrupt, and a resume that verifies skips that folder.
+    See the module docstring for a folder stamped already (``replace``).
     BadInput (exit 2): a missing path, a file, a ``.dcp`` folder (the manager stamps those), a
     folder with no checkpoint file, a file the stamp cannot cover (a link leaving the folder,
     a pipe), too many files for one stamp.
@@ -169,6 +174,13 @@ def stamp_checkpoint_folder(
         raise BadInput(f"{root}: a sharded checkpoint folder; the CheckpointManager that writes it stamps it, stamp another folder")
     if digest not in DIGEST_ALGORITHMS:
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
+    children = checkpoint_folders(root)
+    if children:
+        raise BadInput(f"{root}: a folder of {len(children)} checkpoint folder(s), not one checkpoint; stamp each of them "
+                       f"(`envkit stamp {children[0].path}`)")
+    if os.path.lexists(root / INDEX_NAME):
+        raise BadInput(f"{root}: a CheckpointManager's folder, whose checkpoints are stamped one by one already; "
+                       "stamp a framework's checkpoint folder instead")
     marker = root / STAMP_NAME
     if os.path.islink(marker) or (os.path.lexists(marker) and not os.path.isfile(marker)):
         raise BadInput(f"{marker}: not a regular file; remove it, then stamp the folder again")

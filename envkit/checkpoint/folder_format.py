@@ -26,13 +26,37 @@ import json
 import os
 import re
 import stat
+from collections import namedtuple
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from envkit.atomic import TEMP_MARK, kind_of
 from envkit.checkpoint.stamp import MAX_STAMP_BYTES, Stamp
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint
+
+TYPE_CHECKING = False  # typing is not imported at run time: latest() and check stay cheap
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    class FolderStamp(NamedTuple):
+        stamp: Stamp
+        files: dict[str, dict[str, Any]]
+        layout: str | None
+
+    class Walk(NamedTuple):
+        files: dict[str, int]
+        problem: str | None
+
+    class FolderEntry(NamedTuple):
+        step: int
+        path: Path
+else:
+    FolderStamp = namedtuple("FolderStamp", ["stamp", "files", "layout"])
+    FolderStamp.__doc__ = "What envkit.json says: the stamp, the files (relative path -> size and digest), the layout (None: sharded)."
+    Walk = namedtuple("Walk", ["files", "problem"])
+    Walk.__doc__ = "The regular files under a folder (relative POSIX path -> size) and the first problem met (None: none)."
+    FolderEntry = namedtuple("FolderEntry", ["step", "path"])
+    FolderEntry.__doc__ = "One checkpoint-<step> folder of an output folder (step: int, path: Path; a tuple: `for step, path in ...`)."
 
 STAMP_NAME = "envkit.json"
 DCP_FORMAT = "dcp"  # CheckpointFile.format of a folder without ``layout`` (sharded, the manager's)
@@ -57,6 +81,7 @@ FRAMEWORK_FILES = (
 # What else counts as a checkpoint file when a folder is stamped explicitly.
 CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".distcp", ".pkl")
 _CHECKPOINT_DIR = (re.compile(r"checkpoint-([0-9]{1,18})"), re.compile(r"checkpoint_([0-9]{1,18})"))
+INDEX_NAME = ".envkit-index.json"  # index.INDEX_NAME: a CheckpointManager's folder, not one checkpoint
 ACCELERATE_SUBFOLDER = "checkpoints"  # ProjectConfiguration(automatic_checkpoint_naming=True)
 
 
@@ -153,14 +178,6 @@ def read_stamp_doc(path: Path) -> dict[str, Any]:
     return doc
 
 
-class FolderStamp(NamedTuple):
-    """What ``envkit.json`` says: the stamp, the files (relative path -> size and digest), the layout (None: sharded)."""
-
-    stamp: Stamp
-    files: dict[str, dict[str, Any]]
-    layout: str | None
-
-
 def read_folder_stamp(path: Path) -> FolderStamp:
     doc = read_stamp_doc(path)
     return FolderStamp(Stamp.from_json(doc, source=str(path / STAMP_NAME)), doc["files"], doc.get("layout"))
@@ -172,13 +189,6 @@ def read_dir_stamp(path: Path) -> tuple[Stamp, dict[str, dict[str, Any]]]:
 
 
 # -- the files of a folder ------------------------------------------------------------------
-
-
-class Walk(NamedTuple):
-    """The regular files under a folder (relative POSIX path -> size) and the first problem met (None: none)."""
-
-    files: dict[str, int]
-    problem: str | None
 
 
 def walk(root: Path, *, limit: int = MAX_FILES) -> Walk:
@@ -295,13 +305,6 @@ def verify_files(path: Path, stamp: Stamp, files: Mapping[str, Mapping[str, Any]
 # -- unstamped folders and output folders ---------------------------------------------------
 
 
-class FolderEntry(NamedTuple):
-    """One ``checkpoint-<step>`` folder of an output folder (a tuple: ``for step, path in ...``)."""
-
-    step: int
-    path: Path
-
-
 def checkpoint_folders(output_dir: str | os.PathLike[str]) -> list[FolderEntry]:
     """The checkpoint folders of a Hugging Face or Accelerate output folder, newest step first.
 
@@ -359,7 +362,7 @@ def unstamped_files(path: Path) -> dict[str, int]:
             f"{path}: a folder of {len(children)} checkpoint folder(s), not one checkpoint; pass one of them "
             f"(the newest is {children[0].path.name}), or run `envkit ls {path}`"
         )
-    if os.path.lexists(path / ".envkit-index.json"):
+    if os.path.lexists(path / INDEX_NAME):
         raise NotACheckpoint(f"{path}: a folder of envkit checkpoints, not one checkpoint; run `envkit ls {path}` and pass one of them")
     found = walk(path, limit=10_000)
     if not any(is_framework_file(name) for name in found.files):

@@ -41,9 +41,16 @@ def new_hasher(algorithm: str) -> Hasher:
 
 
 def digest_of_file(fh: ReadableFile, length: int, algorithm: str) -> str:
-    """Digest of the first ``length`` bytes of an open file; short files give a short read."""
+    """Digest of the first ``length`` bytes of an open file; short files give a short read.
+
+    Past ``PIPELINE_MIN_BYTES`` the next chunk is read while the last one is hashed on a second
+    core (both release the GIL), in two buffers: the reads stay in the caller's thread, in order.
+    """
     hasher = new_hasher(algorithm)
     fh.seek(0)
+    if length >= PIPELINE_MIN_BYTES:
+        _pipelined(fh, length, hasher)
+        return f"{algorithm}:{hasher.hexdigest()}"
     remaining = length
     buffer = bytearray(min(CHUNK, max(length, 1)))
     view = memoryview(buffer)
@@ -54,6 +61,31 @@ def digest_of_file(fh: ReadableFile, length: int, algorithm: str) -> str:
         hasher.update(view[:n])
         remaining -= n
     return f"{algorithm}:{hasher.hexdigest()}"
+
+
+PIPELINE_MIN_BYTES = 4 * CHUNK
+
+
+def _pipelined(fh: ReadableFile, length: int, hasher: Hasher) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    views = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+    remaining, turn, pending = length, 0, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="envkit-hash") as pool:
+        try:
+            while remaining > 0:
+                view = views[turn]  # hashed two turns ago: that hash was waited for last turn
+                n = fh.readinto(view[: min(CHUNK, remaining)])
+                if not n:
+                    break
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(hasher.update, view[:n])
+                remaining -= n
+                turn ^= 1
+        finally:
+            if pending is not None:
+                pending.result()
 
 
 class _Sink(io.RawIOBase):

@@ -176,6 +176,9 @@ def load(
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
+    if report.info.format == "folder":
+        raise BadInput(f"{path}: a checkpoint folder, not one file; envkit.guard (or envkit.verify) it, then load it with the "
+                       "framework that wrote it")
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 

@@ -123,7 +123,7 @@ def stamp(folder: Path, restamp: bool, framework: str | None, as_json: bool) -> 
     from envkit.checkpoint.folder import stamp_checkpoint_folder
     from envkit.render import stamp_text
 
-    result = stamp_checkpoint_folder(folder, framework=framework, replace=restamp)
+    result = stamp_checkpoint_folder(folder, framework=framework, replace=restamp, fsync=True)
     if as_json:
         emit_json(result.to_json())
     else:

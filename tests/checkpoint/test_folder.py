@@ -143,6 +143,22 @@ def test_sub_folders_are_keyed_by_relative_paths_and_verified(tmp_path: Path) ->
     assert envkit.verify(folder).status == "ok"
 
 
+def test_a_link_to_a_file_inside_the_folder_is_hashed_as_that_file(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "checkpoint-1")
+    (folder / "blobs").mkdir()
+    os.replace(folder / "model.safetensors", folder / "blobs" / "abc123")
+    (folder / "model.safetensors").symlink_to("blobs/abc123")  # the Hub cache's layout
+    stamp_folder(folder)
+    files = json.loads((folder / STAMP_NAME).read_text())["files"]
+    assert files["model.safetensors"] == files["blobs/abc123"]
+    assert envkit.verify(folder).status == "ok"
+    (folder / "blobs" / "abc123").write_bytes(b"changed")
+    assert envkit.verify(folder).status == "corrupt"
+    (folder / "sub").symlink_to(folder / "blobs")
+    with pytest.raises(BadInput, match="a symbolic link to a folder"):
+        stamp_folder(folder)
+
+
 def _missing(f: Path) -> None:
     (f / "optimizer.pt").unlink()
 
@@ -258,6 +274,7 @@ def _no_stamp_files(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.startswith((STAMP_NAME, f".{STAMP_NAME}")))
 
 
+@pytest.mark.filterwarnings("ignore::envkit.EphemeralDirectoryWarning")
 def test_stamping_refuses_what_it_cannot_cover_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="no such folder"):
         stamp_folder(tmp_path / "missing")
@@ -284,6 +301,15 @@ def test_stamping_refuses_what_it_cannot_cover_and_writes_nothing(tmp_path: Path
     with pytest.raises(BadInput, match="named pipe"):
         stamp_folder(piped)  # refused before anything is opened: nothing blocks
     assert _no_stamp_files(piped) == []
+    out = tmp_path / "out"
+    hf_folder(out / "checkpoint-7")
+    with pytest.raises(BadInput, match="stamp each of them"):
+        stamp_folder(out)  # an output_dir is not one checkpoint
+    with envkit.CheckpointManager(tmp_path / "managed", project="p") as mgr:
+        mgr.save(epoch=0, step=1, model=torch.nn.Linear(2, 2))
+    with pytest.raises(BadInput, match="CheckpointManager's folder"):
+        stamp_folder(tmp_path / "managed")
+    assert not (out / STAMP_NAME).exists() and not (tmp_path / "managed" / STAMP_NAME).exists()
     bad_meta = hf_folder(tmp_path / "checkpoint-3")
     with pytest.raises(BadInput, match="meta 'step'"):
         stamp_folder(bad_meta, meta={"step": "ten"})
@@ -403,6 +429,46 @@ def test_folders_that_hold_no_checkpoint_are_bad_input(tmp_path: Path) -> None:
     torch.save({}, tmp_path / "interrupted.dcp" / "rank0.pt")
     with pytest.raises(NotACheckpoint, match="interrupted save"):
         envkit.read_stamp(tmp_path / "interrupted.dcp")
+
+
+def test_inspect_lists_a_folders_safetensors_tensors_or_says_why_not(tmp_path: Path) -> None:
+    from envkit.errors import EnvkitError
+
+    folder = hf_folder(tmp_path / "checkpoint-1")
+    (folder / "broken.safetensors").write_bytes(b"\xff" * 4)
+    insp = envkit.inspect_checkpoint(folder)
+    notes = insp.extra.get("notes", [])
+    assert any(n.startswith("broken.safetensors: tensors not listed") for n in notes)
+    assert insp.to_json()["notes"] == notes and insp.to_json()["records_total"] == 8
+    try:
+        own = envkit.inspect_checkpoint(folder / "model.safetensors")
+    except EnvkitError:  # no safetensors reader in this envkit: the folder's inspection says so, file by file
+        assert any(n.startswith("model.safetensors: tensors not listed") for n in notes)
+    else:
+        assert [t.name for t in insp.tensors] == [f"model.safetensors:{t.name}" for t in own.tensors] and own.tensors
+
+
+def test_load_of_a_folder_is_bad_input_after_the_guard(tmp_path: Path) -> None:
+    folder = stamp_and_return(hf_folder(tmp_path / "checkpoint-1"))
+    with pytest.raises(BadInput, match="a checkpoint folder, not one file"):
+        envkit.load(folder)
+
+
+def test_large_files_hash_the_same_through_the_pipelined_reader(tmp_path: Path) -> None:
+    """Files past PIPELINE_MIN_BYTES are read and hashed on two cores: the digest must not change."""
+    import hashlib
+
+    import xxhash
+
+    from envkit.checkpoint.hashing import CHUNK, PIPELINE_MIN_BYTES, digest_of_file
+
+    data = os.urandom(PIPELINE_MIN_BYTES + CHUNK // 2)
+    (tmp_path / "big.bin").write_bytes(data)
+    for length in (len(data), PIPELINE_MIN_BYTES, PIPELINE_MIN_BYTES + 1, len(data) + 10):
+        with open(tmp_path / "big.bin", "rb") as fh:
+            assert digest_of_file(fh, length, "xxh3_128") == f"xxh3_128:{xxhash.xxh3_128(data[:length]).hexdigest()}"
+    with open(tmp_path / "big.bin", "rb") as fh:
+        assert digest_of_file(fh, len(data), "sha256") == f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 # -- the fixtures: formats written by earlier envkit ----------------------------------------------
