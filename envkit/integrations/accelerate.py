@@ -93,6 +93,7 @@ class Attachment:
     accelerator: Any
     handles: tuple[Any, ...]  # the hooks' torch RemovableHandles (save pre-hook, load pre-hook)
     policy: Policy | str | None = None
+    fsync: bool = False
     last: Stamp | None = None  # the stamp of the newest save_state
     _pending: list[Path] = field(default_factory=list)
 
@@ -103,8 +104,12 @@ class Attachment:
             del self.accelerator.save_state  # the instance attribute: Accelerator.save_state shows again
 
 
-def attach(accelerator: accelerate.Accelerator, policy: Policy | str | None = None) -> Attachment:
+def attach(accelerator: accelerate.Accelerator, policy: Policy | str | None = None, *, fsync: bool = False) -> Attachment:
     """Stamp every ``accelerator.save_state`` folder and guard every ``accelerator.load_state``.
+
+    ``policy``: for the load hook's guard. ``fsync``: make every file durable before the stamp
+    (Accelerate never fsyncs; off, as in ``stamp_folder``: a power cut can leave a stamp over torn
+    files, which the load hook's verify then refuses as corrupt).
 
     Returns an ``Attachment``: ``.handles`` are the two hooks' RemovableHandles, ``.detach()``
     removes them and the ``save_state`` wrapper. Attaching twice is refused (the folder would be
@@ -113,7 +118,7 @@ def attach(accelerator: accelerate.Accelerator, policy: Policy | str | None = No
         from envkit.errors import BadInput
 
         raise BadInput("envkit is already attached to this Accelerator; call attach() once (or .detach() the first)")
-    attachment = Attachment(accelerator, (), policy)
+    attachment = Attachment(accelerator, (), policy, fsync)
 
     def before_save(models: list[Any], weights: list[Any], output_dir: str) -> None:
         folder = Path(output_dir)
@@ -138,7 +143,8 @@ def attach(accelerator: accelerate.Accelerator, policy: Policy | str | None = No
             return location
         accelerator.wait_for_everyone()  # every rank's random_states_<i>.pkl is written
         if _saves_here(accelerator):
-            attachment.last = stamp_folder(folder, meta=save_meta(folder, accelerator), framework="accelerate")
+            attachment.last = stamp_folder(folder, meta=save_meta(folder, accelerator), framework="accelerate",
+                                           fsync=attachment.fsync)
         accelerator.wait_for_everyone()  # no rank returns before the folder is committed
         return location
 

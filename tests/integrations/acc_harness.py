@@ -2,7 +2,7 @@
 
     python acc_harness.py OUT [--stop-at K] [--resume | --load-state DIR] [--envkit]
 
-A small MLP (no dropout: see below), AdamW and a step LR schedule, 2 epochs of 6 steps on a fixed
+A small MLP (no dropout: see below), AdamW and a step LR schedule, 2 epochs of 6 steps (3 a rank under torchrun with 2) on a fixed
 synthetic data set, shuffled by Accelerate's seedable sampler, on the CPU;
 ``accelerator.save_state()`` every 2 steps with automatic checkpoint naming
 (``OUT/checkpoints/checkpoint_<i>``, total_limit 3). ``--envkit``: ``attach(accelerator)``.
@@ -29,7 +29,6 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
 EPOCHS, ROWS, BATCH, SAVE_EVERY = 2, 24, 4, 2
-STEPS_PER_EPOCH = ROWS // BATCH
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -81,9 +80,10 @@ def main() -> int:
         accelerator.project_configuration.iteration = iteration + 1
         step = (iteration + 1) * SAVE_EVERY
         print(f"RESUME {folder} {step}", flush=True)
-    for epoch in range(step // STEPS_PER_EPOCH, EPOCHS):
+    per_epoch = len(loader)  # each rank's share: 6 steps on one process, 3 on each of two
+    for epoch in range(step // per_epoch, EPOCHS):
         loader.set_epoch(epoch)
-        done = step - epoch * STEPS_PER_EPOCH
+        done = step - epoch * per_epoch
         batches = accelerator.skip_first_batches(loader, done) if done else loader
         for xb, yb in batches:
             loss = torch.nn.functional.mse_loss(model(xb), yb)

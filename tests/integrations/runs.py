@@ -28,11 +28,13 @@ def child_env(tmp: Path) -> dict[str, str]:
 class Run:
     """One harness process: ``lines`` is its stdout, ``stderr`` its stderr, ``code`` its exit status."""
 
-    def __init__(self, script: str, args: list[str], tmp: Path, *, stop_token: str | None = None) -> None:
+    def __init__(self, script: str, args: list[str], tmp: Path, *, stop_token: str | None = None, ranks: int = 1) -> None:
+        """``ranks`` > 1: under torchrun (``--standalone``, gloo on the CPU); SIGKILL goes to every rank too."""
         self.stop_token = stop_token
         self.err_path = tmp / f"stderr-{os.getpid()}-{id(self)}.txt"
         self._err = open(self.err_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE / script), *args], stdin=subprocess.PIPE,
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+        self.proc = subprocess.Popen([sys.executable, *launcher, str(HERE / script), *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err, text=True, env=child_env(tmp), cwd=tmp)
         self.lines: list[str] = []
         self.killed = False
@@ -41,8 +43,12 @@ class Run:
         self._watchdog.start()
 
     def _kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the process and every process below it (torchrun starts its ranks in sessions of their own)."""
+        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def finish(self) -> Run:
         """Read stdout to the end; with ``stop_token``, SIGKILL the process once that line shows (the
@@ -50,8 +56,8 @@ class Run:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            if self.stop_token is not None and line.startswith(self.stop_token):
-                os.kill(self.proc.pid, signal.SIGKILL)
+            if self.stop_token is not None and line.startswith(self.stop_token) and not self.killed:
+                self._kill()  # the process and, under torchrun, every rank
                 self.killed = True
         self.code = self.proc.wait()
         self._watchdog.cancel()
@@ -65,12 +71,35 @@ class Run:
         return self.err_path.read_text(errors="replace")
 
     def value(self, key: str) -> str:
-        found = [line.split(" ", 1)[1] for line in self.lines if line.startswith(key + " ")]
+        found = self.values(key)
         assert found, f"no {key} line; {self.describe()}"
         return found[-1]
 
+    def values(self, key: str) -> list[str]:
+        """Every ``KEY value`` line (one per rank under torchrun)."""
+        return [line.split(" ", 1)[1] for line in self.lines if line.startswith(key + " ")]
+
     def describe(self) -> str:
         return f"exit {getattr(self, 'code', None)}; stdout {self.lines[-8:]}; stderr tail:\n{self.stderr[-3000:]}"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (children first found, then theirs)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def other_torch_minor(version: str) -> str:

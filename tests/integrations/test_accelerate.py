@@ -117,6 +117,28 @@ def test_envkit_check_on_an_unstamped_save_state_folder(runs: dict, tmp_path: Pa
     assert not marker.exists()
 
 
+def test_two_ranks_killed_after_a_save_resume_to_the_same_weights(runs: dict, tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks (gloo): each rank writes its random_states_<rank>.pkl without a barrier;
+    the stamp waits for both, rank 0 writes it, and the resumed ranks end where an uninterrupted pair does."""
+    plain = Run("acc_harness.py", [str(tmp_path / "plain")], tmp_path, ranks=2)
+    killed = Run("acc_harness.py", [str(tmp_path / "killed"), "--envkit", "--stop-at", "4"], tmp_path, stop_token="SAVED 4", ranks=2)
+    killed.finish()
+    plain.finish()
+    assert plain.code == 0, plain.describe()
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    for folder in checkpoints.iterdir():
+        assert envkit.verify(folder).status == "ok"
+        files = json.loads((folder / "envkit.json").read_text())["files"]
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(files)
+    resumed = Run("acc_harness.py", [str(tmp_path / "killed"), "--envkit", "--resume"], tmp_path, ranks=2).finish()
+    assert resumed.code == 0, resumed.describe()
+    assert resumed.values("RESUME") == [f"{checkpoints / 'checkpoint_1'} 4"] * 2
+    weights = set(plain.values("WEIGHTS"))
+    assert len(weights) == 1 and set(resumed.values("WEIGHTS")) == weights
+    assert envkit.verify(checkpoints / "checkpoint_2").status == "ok"
+
+
 # --- in this process: a real Accelerator on the CPU --------------------------------------------------
 
 
