@@ -31,6 +31,11 @@ from accelerate.utils import ProjectConfiguration, set_seed
 EPOCHS, ROWS, BATCH, SAVE_EVERY = 2, 24, 4, 2
 
 
+def say(line: str) -> None:
+    """One line in one write(2): atomic on a pipe, so two ranks' lines never interleave."""
+    os.write(1, (line + "\n").encode())
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -59,7 +64,7 @@ def main() -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True)
-    print(f"INIT {weights_digest(model)}", flush=True)
+    say(f"INIT {weights_digest(model)}")
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if a.envkit:
         from envkit.integrations.accelerate import attach
@@ -74,12 +79,12 @@ def main() -> int:
             folder = a.load_state or guard_resume(os.path.join(a.out, "checkpoints"))
             accelerator.load_state(folder)
         except envkit.EnvkitError as exc:
-            print(f"REFUSED {weights_digest(model)} {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            say(f"REFUSED {weights_digest(model)} {type(exc).__name__}: {str(exc).splitlines()[0]}")
             return 3
         iteration = int(os.path.basename(folder).rsplit("_", 1)[1])
         accelerator.project_configuration.iteration = iteration + 1
         step = (iteration + 1) * SAVE_EVERY
-        print(f"RESUME {folder} {step}", flush=True)
+        say(f"RESUME {folder} {step}")
     per_epoch = len(loader)  # each rank's share: 6 steps on one process, 3 on each of two
     for epoch in range(step // per_epoch, EPOCHS):
         loader.set_epoch(epoch)
@@ -95,9 +100,9 @@ def main() -> int:
             if step % SAVE_EVERY == 0:
                 accelerator.save_state()
                 if step == a.stop_at:
-                    print(f"SAVED {step}", flush=True)
+                    say(f"SAVED {step}")
                     sys.stdin.read()  # the test sends SIGKILL here
-    print(f"WEIGHTS {weights_digest(accelerator.unwrap_model(model))}", flush=True)
+    say(f"WEIGHTS {weights_digest(accelerator.unwrap_model(model))}")
     return 0
 
 
