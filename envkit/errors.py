@@ -101,8 +101,10 @@ class TorchNotInstalled(BadInput):
     """An operation needs torch and it is not importable."""
 
 
-class ExtraNotInstalled(BadInput):
-    """An integration needs a framework that is not installed; the message names the extra (`pip install 'envkit[NAME]'`)."""
+class MissingExtra(BadInput, ImportError):
+    """An integration's framework is not installed: the message names the ``pip install 'envkit[...]'`` line.
+
+    Also an ImportError, so ``except ImportError`` around an optional integration still works."""
 
 
 class EnvironmentDriftWarning(UserWarning):

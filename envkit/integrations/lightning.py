@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.checkpoint.stamp import DICT_KEY, Stamp
-from envkit.errors import ExtraNotInstalled
+from envkit.errors import MissingExtra
 from envkit.fingerprint import Fingerprint, collect
 from envkit.policy import Policy
 
@@ -44,7 +44,7 @@ except ImportError:
 
         _PACKAGE = "pytorch_lightning"
     except ImportError:
-        raise ExtraNotInstalled(
+        raise MissingExtra(
             "envkit.integrations.lightning needs PyTorch Lightning, which is not installed; "
             "install it with `pip install 'envkit[lightning]'`"
         ) from None

@@ -451,12 +451,12 @@ def test_without_lightning_the_import_is_one_line_naming_the_extra() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     name, code_, message = done.stdout.splitlines()[0].split("|")
-    assert (name, code_) == ("ExtraNotInstalled", "2")
+    assert (name, code_) == ("MissingExtra", "2")
     assert "pip install 'envkit[lightning]'" in message and "\n" not in message
     assert done.stdout.splitlines()[1] == "TORCH False"
     bare = subprocess.run([sys.executable, "-c", HIDDEN + "import envkit.integrations.lightning"], env=ENV, capture_output=True, text=True, timeout=60)
     assert bare.returncode == 1
-    assert bare.stderr.strip().splitlines()[-1].startswith("envkit.errors.ExtraNotInstalled: ")
+    assert bare.stderr.strip().splitlines()[-1].startswith("envkit.errors.MissingExtra: ")
     assert "During handling" not in bare.stderr  # no chained ImportError
 
 
