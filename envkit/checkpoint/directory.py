@@ -188,8 +188,13 @@ class FolderRow:
 
 def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> list[FolderRow]:
     """Every checkpoint in folder, oldest first: verified, with its verdict against the live environment."""
+    from envkit.checkpoint.urls import is_url
     from envkit.errors import BadInput
 
+    if is_url(folder):  # a bucket prefix: its index and one LIST, not every stamp (remote.py)
+        from envkit.checkpoint.remote import describe_prefix
+
+        return describe_prefix(folder)
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to")

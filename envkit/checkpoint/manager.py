@@ -135,10 +135,9 @@ class CheckpointManager:
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and value < 1:
                 raise BadInput(f"{name} must be 1 or more, not {value}")
-        from envkit.checkpoint.urls import ObjectPath, as_location
+        from envkit.checkpoint.urls import as_location
 
-        where = as_location(directory)
-        self.directory = where if isinstance(where, ObjectPath) else Path(where)  # a URL stays one
+        self.directory = as_location(directory)  # a URL stays one (an ObjectPath)
         self.project, self.keep_last, self.keep_best, self.monitor, self.mode = project, keep_last, keep_best, monitor, mode
         self.every_n_epochs, self.every_n_steps, self.filename = every_n_epochs, every_n_steps, filename
         self.policy, self.digest, self.group, self.sharded, self.requeue = policy, digest, group, sharded, requeue

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from envkit.checkpoint.paths import is_folder_checkpoint
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
+from envkit.checkpoint.urls import as_location, is_url
 from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import BadInput, MalformedStamp, NotACheckpoint, UnsafeCheckpoint, describe_os_error, os_error_input
 
@@ -312,8 +313,8 @@ def _kind(v: Any) -> str:
 # -- zip ----------------------------------------------------------------------------
 
 
-def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
-    with open_zip(path) as zf:
+def _read_zip(path: Path, size: int, *, deep: bool, fh: BinaryIO | None = None) -> Inspection:
+    with open_zip(path, fh) as zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         prefix = archive_prefix(path, names)
@@ -367,10 +368,10 @@ def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
 # -- legacy -------------------------------------------------------------------------
 
 
-def _read_legacy(path: Path, size: int) -> Inspection:
+def _read_legacy(path: Path, size: int, fh: BinaryIO | None = None) -> Inspection:
     from envkit.checkpoint.safe_pickle import restricted_load
 
-    with _open(path) as fh:
+    with nullcontext(fh) if fh is not None else _open(path) as fh:
         stream = _Limited(fh, MAX_PICKLE_BYTES, path)
         magic, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
         protocol, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
@@ -399,7 +400,11 @@ def _read_sharded(path: Path) -> Inspection:
 
 
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
-    p = Path(path)
+    if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
+        from envkit.checkpoint.remote import read_url
+
+        return read_url(path, deep=deep)
+    p = as_location(path)  # a file:// URL is the local path it names
     if is_folder_checkpoint(p):
         return _read_sharded(p)
     size = _check_regular_file(p)

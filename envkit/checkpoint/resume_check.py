@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
+from envkit.checkpoint.urls import as_location, is_url
 from envkit.config import resolve_policy
 from envkit.errors import (
     EXIT_OK,
@@ -95,7 +96,7 @@ def check(
     current = live if live is not None else collect()
     stored = info.stamp.fingerprint if info.stamp else None
     judged = judge(stored, current, active, storage_devices=storage_devices(info))
-    return CheckReport(Path(path), info, current, judged.differences, judged.verdict, active)
+    return CheckReport(as_location(path), info, current, judged.differences, judged.verdict, active)
 
 
 def check_against(
@@ -167,6 +168,10 @@ def load(
     Without ``map_location`` tensors go where they were saved when that device
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
+    if is_url(path):  # s3://, gs://, ...: the guard from the stamp, then one download (remote.py)
+        from envkit.checkpoint.remote import load_url
+
+        return load_url(path, map_location=map_location, policy=policy, verify=verify, info=info)
     report = guard(path, policy, info=info)
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
@@ -215,6 +220,9 @@ def fingerprint_of(source: str) -> Fingerprint | None:
     """``live``, a fingerprint JSON file, or a checkpoint (None when it has no stamp)."""
     if source == "live":
         return collect()
+    if is_url(source):  # a checkpoint in a bucket (a fingerprint JSON there is not read)
+        info = read_stamp(source)
+        return info.stamp.fingerprint if info.stamp else None
     p = Path(source)
     try:
         st = p.stat()

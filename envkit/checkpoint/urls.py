@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import PosixPath
+from pathlib import Path, PosixPath
 
 SCHEMES = ("s3", "s3a", "gs", "gcs", "memory", "file", "az", "abfs")
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
@@ -31,8 +31,8 @@ def _match(text: str) -> str | None:
 
 
 def is_url(location: object) -> bool:
-    """``s3://...`` and the other fsspec schemes (a ``file://`` URL included); never a plain path."""
-    return scheme_of(location) is not None
+    """``s3://...`` and the other fsspec schemes; never a plain path, nor a ``file://`` URL (a local path)."""
+    return scheme_of(location) not in (None, "file")
 
 
 class ObjectPath(PosixPath):
@@ -83,11 +83,18 @@ class ObjectPath(PosixPath):
         return (ObjectPath, (self.url,))
 
 
-def as_location(location: str | os.PathLike[str]) -> str | os.PathLike[str]:
-    """``location``, an ``ObjectPath`` when it is a URL (``file://`` included)."""
-    if isinstance(location, ObjectPath) or not is_url(location):
+def as_location(location: str | os.PathLike[str]) -> Path:
+    """``location`` as a ``Path``: an ``ObjectPath`` for a URL; a ``file://`` URL is the local path it names."""
+    if isinstance(location, Path):
         return location
-    return ObjectPath(str(location))
+    if not is_url(location):
+        return Path(location)
+    text = str(location)
+    if scheme_of(text) == "file":
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(text).path))
+    return ObjectPath(text)
 
 
 __all__ = ["SCHEMES", "ObjectPath", "as_location", "is_url", "scheme_of"]
