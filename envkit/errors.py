@@ -47,6 +47,13 @@ class MalformedStamp(BadInput):
     """The envkit stamp inside a checkpoint is not valid JSON of a known schema."""
 
 
+class StorageUnavailable(BadInput):
+    """Object storage cannot be used: the endpoint does not answer, no credentials, access denied, no such bucket.
+
+    Raised, never turned into "this checkpoint is unreadable": a listing that cannot reach its
+    bucket must not look like an empty one (resume() would start afresh)."""
+
+
 class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 

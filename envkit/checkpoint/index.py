@@ -23,7 +23,7 @@ from pathlib import Path
 
 from envkit.checkpoint.listing import INDEX_NAME, LEGACY_ORDER_NAME, Listing, as_listing
 from envkit.checkpoint.reader import read_stamp
-from envkit.errors import EnvkitError
+from envkit.errors import EnvkitError, StorageUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ def info_from_stamp(path: Path) -> CheckpointInfo:
     """Read one checkpoint's stamp; one that cannot be read is returned invalid, with the reason."""
     try:
         file = read_stamp(path)
+    except StorageUnavailable:
+        raise  # the bucket cannot be reached: that says nothing about this checkpoint
     except EnvkitError as exc:
         return CheckpointInfo(path, None, None, valid=False, size=_size(path), problem=exc.message)
     if file.stamp is None:

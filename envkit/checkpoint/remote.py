@@ -43,7 +43,7 @@ from typing import Any
 from envkit.checkpoint.listing import INDEX_NAME
 from envkit.checkpoint.paths import CHECKPOINT_SUFFIXES, TEMP_MARK
 from envkit.checkpoint.urls import ObjectPath, as_location
-from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EnvkitError, NotACheckpoint
+from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EnvkitError, NotACheckpoint, StorageUnavailable
 
 if False:  # TYPE_CHECKING, without importing typing's machinery at run time
     from envkit.checkpoint.integrity import VerifyResult
@@ -146,14 +146,14 @@ def remote_error(where: object, exc: BaseException, doing: str = "read") -> Envk
     if isinstance(exc, FileNotFoundError):
         if "bucket" in text.lower():
             bucket = str(where).split("://", 1)[-1].split("/", 1)[0]
-            return BadInput(f"{where}: the bucket {bucket!r} does not exist at {_endpoint()}; create it, or fix the URL "
+            return StorageUnavailable(f"{where}: the bucket {bucket!r} does not exist at {_endpoint()}; create it, or fix the URL "
                             "or AWS_ENDPOINT_URL / [tool.envkit.storage] endpoint_url")
         return BadInput(f"{where}: no such object; pass the URL of a checkpoint (envkit ls URL-of-the-folder lists them)")
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError") or "credentials" in text.lower():
-        return BadInput(f"{where}: no credentials for {_endpoint()}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        return StorageUnavailable(f"{where}: no credentials for {_endpoint()}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                         "or AWS_PROFILE, or anon = true in [tool.envkit.storage] for a public bucket")
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
-        return BadInput(f"{where}: access denied to {doing} ({text.splitlines()[0][:160]}); check the credentials "
+        return StorageUnavailable(f"{where}: access denied to {doing} ({text.splitlines()[0][:160]}); check the credentials "
                         "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket's policy, or choose a bucket you may "
                         f"{doing}")
     timeouts = ("ConnectTimeoutError", "ReadTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
@@ -161,11 +161,11 @@ def remote_error(where: object, exc: BaseException, doing: str = "read") -> Envk
     if name in timeouts or isinstance(exc, (TimeoutError, ConnectionError, socket.timeout)) or "timeout" in text.lower() \
             or "connect" in text.lower():
         s = _settings()
-        return BadInput(f"{where}: the endpoint {_endpoint()} did not answer ({name}; connect_timeout {s['connect_timeout']} s, "
+        return StorageUnavailable(f"{where}: the endpoint {_endpoint()} did not answer ({name}; connect_timeout {s['connect_timeout']} s, "
                         f"read_timeout {s['read_timeout']} s, retries {s['retries']}); check AWS_ENDPOINT_URL or "
                         "[tool.envkit.storage] endpoint_url and the network")
     if isinstance(exc, OSError):
-        return BadInput(f"{where}: cannot {doing} ({name}: {text.splitlines()[0][:200]}); check the URL, the endpoint "
+        return StorageUnavailable(f"{where}: cannot {doing} ({name}: {text.splitlines()[0][:200]}); check the URL, the endpoint "
                         f"({_endpoint()}) and the credentials")
     raise exc
 
@@ -211,13 +211,17 @@ class RangeView:
             self.resize(int(_call(self.where, self.fs.size, self.key)))
 
     def _fetch(self, start: int, end: int) -> None:
-        end = min(self.size, max(end, start + HEAD_BYTES))
-        for s, _ in self._chunks:  # stop where held bytes begin: no byte is fetched twice
-            if start < s < end:
-                end = s
-        data = _call(self.where, self.fs.cat_file, self.key, start=start, end=end)
+        """Fetch [start, end) and up to HEAD_BYTES either side (the members a read wants next lie close
+        by: the stamp's local header, torch's version record before it), never a byte already held."""
+        low, high = max(0, start - HEAD_BYTES), min(self.size, max(end, start + HEAD_BYTES))
+        for s, data in self._chunks:
+            if s + len(data) <= start:
+                low = max(low, s + len(data))
+            elif s >= end:
+                high = min(high, s)
+        data = _call(self.where, self.fs.cat_file, self.key, start=low, end=high)
         self.gets += 1
-        self._chunks.append((start, data))
+        self._chunks.append((low, data))
 
     def read_at(self, offset: int, n: int) -> bytes:
         if offset >= self.size or n <= 0:
@@ -341,6 +345,8 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
         fs, key, where = split(where)
         view = RangeView(fs, key, where)
         info = info or _read_view(view, deep=False).info
+    except StorageUnavailable:
+        raise  # the bucket cannot be reached: not an answer about this checkpoint
     except EnvkitError as exc:
         status = UNREADABLE
         if isinstance(exc, (NotACheckpoint, MalformedStamp)):
@@ -390,6 +396,8 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
         if actual != payload.digest:
             return VerifyResult(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
                                 "the bytes changed after saving", info)
+    except StorageUnavailable:
+        raise
     except EnvkitError as exc:
         return VerifyResult(where, CORRUPT if isinstance(exc, (NotACheckpoint, MalformedStamp)) else UNREADABLE, exc.message, info)
     return VerifyResult(where, OK, None, info)
@@ -560,11 +568,17 @@ class _Spool:
         self._size += n
         self._pos = self._size
         if len(self._tail) >= HOLD_BACK + 4 * PART_BYTES:
-            sent = len(self._tail) - HOLD_BACK
-            self._out.write(bytes(self._tail[:sent]))
-            del self._tail[:sent]
-            self._tail_start += sent
+            self._send(len(self._tail) - HOLD_BACK)
         return n
+
+    def _send(self, n: int) -> None:
+        """Upload the first ``n`` bytes held, a part at a time (the upload sends a part per PART_BYTES it is given)."""
+        view = memoryview(self._tail)
+        for at in range(0, n, PART_BYTES):
+            self._out.write(view[at : min(n, at + PART_BYTES)])
+        view.release()
+        del self._tail[:n]
+        self._tail_start += n
 
     def flush(self) -> None:
         pass
@@ -620,10 +634,7 @@ class _Spool:
 
     def finish(self) -> int:
         """Send what is held back; the upload is then complete but for its commit."""
-        if self._tail:
-            self._out.write(bytes(self._tail))
-            self._tail_start += len(self._tail)
-            self._tail = bytearray()
+        self._send(len(self._tail))
         return self._size
 
 

@@ -87,10 +87,11 @@ def as_location(location: str | os.PathLike[str]) -> Path:
     """``location`` as a ``Path``: an ``ObjectPath`` for a URL; a ``file://`` URL is the local path it names."""
     if isinstance(location, Path):
         return location
-    if not is_url(location):
+    text = os.fspath(location)
+    scheme = scheme_of(text)
+    if scheme is None:
         return Path(location)
-    text = str(location)
-    if scheme_of(text) == "file":
+    if scheme == "file":
         from urllib.parse import unquote, urlsplit
 
         return Path(unquote(urlsplit(text).path))
