@@ -88,7 +88,9 @@ def _against_bucket(args: argparse.Namespace) -> int:
             print(f"{kill} kills, latest step {last}, {time.time() - started:.0f} s", flush=True)
 
     last = kill_loop(args.url, args.kills, seed=args.seed, max_delay=args.max_delay, report=report)
-    left = remote.ObjectListing.for_url(args.url).names() or set()
+    from envkit.checkpoint.listing import ObjectListing
+
+    left = ObjectListing.for_url(args.url).names() or set()
     print(f"ok: {args.kills} kills against {args.url}, every object under a final name whole, latest() never lost a "
           f"step (last {last}); {len(left)} names under the prefix")
     return 0

@@ -191,10 +191,8 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
     from envkit.checkpoint.urls import is_url
     from envkit.errors import BadInput
 
-    if is_url(folder):  # a bucket prefix: its index and one LIST, not every stamp (remote.py)
-        from envkit.checkpoint.remote import describe_prefix
-
-        return describe_prefix(folder)
+    if is_url(folder):  # a bucket prefix: its index and one LIST, not every stamp; not verified (that reads every byte)
+        return [FolderRow(i, None, None) for i in sorted(scan(as_listing(str(folder))), key=lambda i: (i.order_key, i.path.name))]
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to")

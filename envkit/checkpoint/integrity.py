@@ -105,9 +105,9 @@ def verify(
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
     """
     if is_url(path):  # s3://, gs://, ...: the payload streamed once (remote.py)
-        from envkit.checkpoint.remote import verify_url
+        from envkit.checkpoint.remote_verify import verify_url
 
-        return verify_url(path, info, progress)
+        return VerifyResult(*verify_url(path, info, progress))
     p = as_location(path)  # a file:// URL is the local path it names
     if info is None and not is_folder_checkpoint(p) and os.path.isfile(p):  # a regular file: opening cannot block
         try:

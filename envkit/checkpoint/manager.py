@@ -88,11 +88,11 @@ class ResumeInfo:
 
 
 def open_storage(root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> CheckpointStorage:
-    """The storage a manager writes to: decided here, once (a URL: a bucket prefix, ``remote.ObjectStorage``)."""
+    """The storage a manager writes to: decided here, once (a URL: a bucket prefix, ``bucket.ObjectStorage``)."""
     from envkit.checkpoint.urls import is_url
 
     if is_url(root):
-        from envkit.checkpoint.remote import ObjectStorage
+        from envkit.checkpoint.bucket import ObjectStorage
 
         return ObjectStorage(root, sharded=sharded, digest=digest, ranks=ranks)
     if sharded:

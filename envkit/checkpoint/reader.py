@@ -401,9 +401,9 @@ def _read_sharded(path: Path) -> Inspection:
 
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
     if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
-        from envkit.checkpoint.remote import read_url
+        from envkit.checkpoint.remote import RangeView, split
 
-        return read_url(path, deep=deep)
+        return read_view(RangeView(*split(path)), deep=deep)
     p = as_location(path)  # a file:// URL is the local path it names
     if is_folder_checkpoint(p):
         return _read_sharded(p)
@@ -424,6 +424,25 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
         if fmt == "zip":
             return _read_zip(p, size, deep=deep)
         return _read_legacy(p, size)
+
+
+def read_view(view: Any, *, deep: bool) -> Inspection:
+    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): its tail and head
+    reads, and more only when the fast path cannot answer (a directory larger than the tail read,
+    no stamp member, ``deep``)."""
+    where = view.where
+    if view.size == 0:
+        raise NotACheckpoint(f"{where}: the object is empty; it is not a checkpoint (an interrupted save?)")
+    fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
+    fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
+    if fast is not None:
+        prefix, data, version = fast
+        return Inspection(CheckpointFile(where, "zip", view.size, Stamp.from_bytes(data, source=str(where)), "member", prefix, version))
+    view.confirm_size()  # the full readers trust the size: from a HEAD, unless the whole object came back
+    with no_cycle_collection():
+        if fmt == "zip":
+            return _read_zip(where, view.size, deep=deep, fh=view)
+        return _read_legacy(where, view.size, fh=view)
 
 
 @contextmanager
@@ -453,4 +472,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp", "read_view"]

@@ -27,6 +27,11 @@ deletes only after a HEAD confirms the new object's size. One writer per prefix:
 time, deleted on close. A lock left by a process of this host that is gone is broken by the
 next manager; one from another host is refused with what to do (delete it once that writer is
 known to be gone). Other fsspec file systems (``memory://``) write a temporary key and move it.
+
+The modules: this one is the file system, its errors, the ranged reads and the upload (it imports
+none of envkit's readers, so that they can dispatch to it); ``reader.py`` reads a stamp through a
+``RangeView``, ``remote_verify.py`` streams a payload, ``listing.ObjectListing`` lists a prefix,
+``bucket.ObjectStorage`` is the manager's storage.
 """
 
 from __future__ import annotations
@@ -35,23 +40,12 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from envkit.checkpoint.listing import INDEX_NAME
-from envkit.checkpoint.paths import CHECKPOINT_SUFFIXES, TEMP_MARK
+from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.urls import ObjectPath, as_location
-from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EnvkitError, NotACheckpoint, StorageUnavailable
-
-if False:  # TYPE_CHECKING, without importing typing's machinery at run time
-    from envkit.checkpoint.integrity import VerifyResult
-    from envkit.checkpoint.ranks import Ranks
-    from envkit.checkpoint.reader import CheckpointFile, Inspection
-    from envkit.checkpoint.state import TrainingState
-    from envkit.fingerprint import Fingerprint
-    from envkit.policy import Policy
+from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError, EnvkitError, StorageUnavailable
 
 TAIL_BYTES = 320 * 1024  # the first ranged read: end records + ziptail's 256 KiB directory window + the stamp
 HEAD_BYTES = 64 * 1024  # the second: the magic and torch's first local header (and a small data.pkl)
@@ -302,107 +296,6 @@ def _size_from_end_records(tail: bytes) -> int | None:
     return size if size >= len(tail) else None
 
 
-def read_url(location: str | os.PathLike[str], *, deep: bool) -> Inspection:
-    """``read_stamp``/``inspect_checkpoint`` of a URL: the tail, then the head, then (rarely) more."""
-
-    fs, key, where = split(location)
-    return _read_view(RangeView(fs, key, where), deep=deep)
-
-
-def _read_view(view: RangeView, *, deep: bool) -> Inspection:
-    from envkit.checkpoint.reader import LEGACY_MAGIC, CheckpointFile, Inspection, _read_legacy, _read_zip, no_cycle_collection, sniff
-    from envkit.checkpoint.stamp import Stamp
-    from envkit.checkpoint.ziptail import last_stamp_member
-
-    where = view.where
-    if view.size == 0:
-        raise NotACheckpoint(f"{where}: the object is empty; it is not a checkpoint (an interrupted save?)")
-    fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
-    fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None  # type: ignore[arg-type]
-    if fast is not None:
-        prefix, data, version = fast
-        return Inspection(CheckpointFile(where, "zip", view.size, Stamp.from_bytes(data, source=str(where)), "member", prefix, version))
-    view.confirm_size()  # the full readers trust the size: from a HEAD, unless the whole object came back
-    with no_cycle_collection():
-        if fmt == "zip":
-            return _read_zip(where, view.size, deep=deep, fh=view)  # type: ignore[arg-type]
-        return _read_legacy(where, view.size, fh=view)  # type: ignore[arg-type]
-
-
-# -- verify: one pass -------------------------------------------------------------------
-
-
-def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Any) -> VerifyResult:
-    """``verify`` of a URL: the directory from the tail, then the payload streamed once."""
-    from envkit.checkpoint.hashing import new_hasher
-    from envkit.checkpoint.integrity import CORRUPT, OK, UNREADABLE, UNSTAMPED, UNSTAMPED_ADVICE, VerifyResult
-    from envkit.checkpoint.reader import ZIP_MAGIC, archive_prefix, open_zip
-    from envkit.errors import MalformedStamp
-
-    where = as_location(location)
-    view: RangeView | None = None
-    try:
-        fs, key, where = split(where)
-        view = RangeView(fs, key, where)
-        info = info or _read_view(view, deep=False).info
-    except StorageUnavailable:
-        raise  # the bucket cannot be reached: not an answer about this checkpoint
-    except EnvkitError as exc:
-        status = UNREADABLE
-        if isinstance(exc, (NotACheckpoint, MalformedStamp)):
-            try:
-                status = CORRUPT if fs.cat_file(key, start=0, end=4) == ZIP_MAGIC else UNREADABLE
-            except Exception:  # noqa: BLE001 - the first error is the answer
-                pass
-        return VerifyResult(where, status, exc.message)
-    stamp = info.stamp
-    if stamp is None or stamp.payload is None:
-        return VerifyResult(where, UNSTAMPED, f"{where}: unstamped ({UNSTAMPED_ADVICE})", info)
-    payload = stamp.payload
-    if payload.length > info.size:
-        return VerifyResult(where, CORRUPT, f"{where}: truncated: the stamp records {payload.length} payload bytes, the object has {info.size}", info)
-    try:
-        headers: list[tuple[int, str]] = []
-        if info.format != "legacy":
-            view = view or RangeView(fs, key, where)  # the tail read for the stamp holds the directory too
-            view.confirm_size()
-            with open_zip(where, view) as zf:  # type: ignore[arg-type]
-                archive_prefix(where, zf.namelist())
-                for record in zf.infolist():
-                    if record.filename.endswith("/extra/envkit.json"):
-                        continue
-                    if record.header_offset >= payload.length:
-                        return VerifyResult(where, CORRUPT, f"{where}: record {record.filename} lies outside the verified payload", info)
-                    headers.append((record.header_offset, record.filename))
-        headers.sort()
-        hasher = new_hasher(payload.algorithm)
-        done, carry, at = 0, b"", 0
-        while done < payload.length:
-            end = min(payload.length, done + STREAM_BLOCK)
-            block = _call(where, fs.cat_file, key, start=done, end=end)
-            if len(block) != end - done:
-                return VerifyResult(where, CORRUPT, f"{where}: truncated: the object ended at {done + len(block)} bytes", info)
-            hasher.update(block)
-            window, base = carry + block, done - len(carry)
-            while at < len(headers) and headers[at][0] + 4 <= end:
-                offset, name = headers[at]
-                if window[offset - base : offset - base + 4] != b"PK\x03\x04":
-                    return VerifyResult(where, CORRUPT, f"{where}: the central directory points {name} at a wrong offset", info)
-                at += 1
-            carry, done = window[-3:], end
-            if progress is not None:
-                progress(done, payload.length)
-        actual = f"{payload.algorithm}:{hasher.hexdigest()}"
-        if actual != payload.digest:
-            return VerifyResult(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
-                                "the bytes changed after saving", info)
-    except StorageUnavailable:
-        raise
-    except EnvkitError as exc:
-        return VerifyResult(where, CORRUPT if isinstance(exc, (NotACheckpoint, MalformedStamp)) else UNREADABLE, exc.message, info)
-    return VerifyResult(where, OK, None, info)
-
-
 def download(location: str | os.PathLike[str], out: Any, *, length: int | None = None) -> int:
     """Stream the object (its first ``length`` bytes) into the open file ``out``; returns the bytes written."""
     fs, key, where = split(location)
@@ -415,121 +308,6 @@ def download(location: str | os.PathLike[str], out: Any, *, length: int | None =
         out.write(block)
         done += len(block)
     return done
-
-
-def load_url(location: str | os.PathLike[str], *, map_location: Any, policy: Any, verify: bool, info: CheckpointFile | None) -> Any:
-    """``envkit.load`` of a URL: the guard from the stamp (two GETs), then one download, verified, then torch.load."""
-    import tempfile
-
-    from envkit.checkpoint.resume_check import guard, load
-
-    where = as_location(location)
-    report = guard(where, policy, info=info)
-    file = report.info
-    with tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
-        local = Path(folder) / where.name
-        with open(local, "wb") as out:
-            download(where, out)
-        if verify and file.stamped:
-            from envkit.checkpoint.integrity import verify as verify_file
-            from envkit.errors import CorruptCheckpoint
-
-            result = verify_file(local)
-            if result.status in ("corrupt", "unreadable"):
-                problem = (result.problem or "does not verify").replace(str(local), str(where))
-                raise CorruptCheckpoint(f"{problem}; resume from an earlier checkpoint")
-        return load(local, map_location=map_location, policy=report.policy, verify=False, info=replace(file, path=local))
-
-
-# -- listing a prefix -------------------------------------------------------------------
-
-
-class ObjectListing:
-    """A bucket prefix as a ``listing.Listing``: one LIST for the names and sizes, the index one object."""
-
-    def __init__(self, root: ObjectPath) -> None:
-        self.root: Path = root  # the protocols' type; an ObjectPath
-        self.url = root
-        self.fs = filesystem(root.scheme, root.url)
-        self.key = self.fs._strip_protocol(root.url).rstrip("/")
-
-    @classmethod
-    def for_url(cls, url: str) -> ObjectListing:
-        where = as_location(url)
-        assert isinstance(where, ObjectPath)
-        return cls(where)
-
-    def location(self, name: str) -> ObjectPath:
-        return self.url / name
-
-    def _key(self, name: str) -> str:
-        return f"{self.key}/{name}"
-
-    def _entries(self) -> list[dict[str, Any]]:
-        try:
-            return list(self.fs.ls(self.key, detail=True, refresh=True))
-        except FileNotFoundError as exc:
-            if "bucket" in str(exc).lower():
-                raise remote_error(self.root, exc) from None
-            return []  # an empty prefix
-        except Exception as exc:  # noqa: BLE001 - one line that says what to set
-            raise remote_error(self.root, exc) from None
-
-    def committed_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for entry in self._entries():
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith(".") or TEMP_MARK in name or not name.endswith(CHECKPOINT_SUFFIXES):
-                continue
-            if entry.get("type") == "directory":
-                size = self._folder_size(name)  # a sharded checkpoint: committed once its envkit.json is there
-                if size is None:
-                    continue
-            else:
-                size = int(entry.get("size") or 0)
-            sizes[name] = size
-        return sizes
-
-    def _folder_size(self, name: str) -> int | None:
-        try:
-            from envkit.checkpoint.dcp_format import STAMP_NAME
-
-            doc = json.loads(self.fs.cat_file(f"{self._key(name)}/{STAMP_NAME}"))
-            files = doc.get("files") if isinstance(doc, dict) else None
-            return sum(int(f["size"]) for f in files.values()) if isinstance(files, dict) else None
-        except Exception:  # noqa: BLE001 - no marker (or a damaged one): not committed
-            return None
-
-    def names(self) -> set[str] | None:
-        return {str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in self._entries()}
-
-    def is_new_checkpoint(self, name: str) -> bool:
-        return name in self.committed_sizes()
-
-    def read_index_bytes(self, *, first_line: bool = False) -> bytes | None:
-        try:
-            data = bytes(self.fs.cat_file(self._key(INDEX_NAME)))
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001
-            raise remote_error(self.url / INDEX_NAME, exc) from None
-        return data.partition(b"\n")[0] if first_line else data
-
-    def write_index_bytes(self, data: bytes) -> None:
-        try:
-            self.fs.pipe_file(self._key(INDEX_NAME), data)  # one PUT: the object is replaced whole
-        except Exception:  # noqa: BLE001 - the index is a cache: a lost update costs stamp reads later
-            pass
-
-    def mtime(self, name: str) -> float:
-        try:
-            modified = self.fs.info(self._key(name)).get("LastModified")
-            return float(modified.timestamp()) if modified is not None else 0.0
-        except Exception:  # noqa: BLE001
-            return 0.0
-
-    def after_deletes(self) -> None:
-        pass
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -646,16 +424,19 @@ def upload_stamped(obj: Any, fs: Any, key: str, where: ObjectPath, *, stamp_for:
     from envkit.checkpoint.devices import with_storage_devices
     from envkit.checkpoint.hashing import HashingWriter
     from envkit.checkpoint.stamp import MEMBER, Payload
-    from envkit.checkpoint.writer import _import_torch
     from envkit.checkpoint.ziptail import append_last_member, first_member, torch_layout
+    from envkit.errors import TorchNotInstalled
 
-    torch = _import_torch()
+    try:
+        import torch
+    except ImportError:
+        raise TorchNotInstalled("envkit.save needs torch; install it with `pip install envkit[torch]`") from None
     upload = _Upload(fs, key, where)
     try:
         spool = _Spool(upload.file)
         writer = HashingWriter(spool, digest)  # type: ignore[arg-type]
         try:
-            torch.save(obj, writer)
+            torch.save(obj, writer)  # type: ignore[arg-type]
         finally:
             writer.close()
         layout = torch_layout(spool, writer.position)  # type: ignore[arg-type]
@@ -682,6 +463,18 @@ def upload_stamped(obj: Any, fs: Any, key: str, where: ObjectPath, *, stamp_for:
                                        "and earlier checkpoints are untouched") from None
         raise
     return upload
+
+
+def save_url(obj: Any, location: str | os.PathLike[str], *, stamp_for: Any, digest: str) -> Any:
+    """``envkit.save`` to a URL: the upload, then its completion; returns the stamp."""
+    fs, key, where = split(location)
+    upload = upload_stamped(obj, fs, key, where, stamp_for=stamp_for, digest=digest)
+    try:
+        upload.commit()
+    except Exception as exc:  # noqa: BLE001
+        upload.discard()
+        raise CheckpointWriteError(f"{remote_error(where, exc, 'write').message}; nothing was left under that key") from None
+    return upload.stamp
 
 
 class _Upload:
@@ -722,13 +515,6 @@ class _Upload:
                 self.fs.rm_file(self.target)
         except Exception:  # noqa: BLE001 - the next manager aborts what is left (remove_stale)
             pass
-
-
-@dataclass
-class _PendingObject:
-    name: str
-    upload: _Upload | None
-    error: BaseException | None = None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -797,143 +583,5 @@ class ObjectLock:
                 pass
 
 
-class ObjectStorage(ObjectListing):
-    """``CheckpointStorage`` for a bucket prefix: one stamped torch.save object per checkpoint."""
-
-    def __init__(self, root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> None:
-        if not isinstance(root, ObjectPath):
-            raise BadInput(f"{root}: not a URL")
-        super().__init__(root)
-        if sharded:
-            raise BadInput(f"{root}: sharded checkpoints on object storage are not supported yet; save them to a local or "
-                           "shared folder (sharded=True), or save one file per checkpoint to the bucket")
-        self.digest, self.ranks = digest, ranks
-
-    def name_for(self, name: str) -> str:
-        return name
-
-    def path_of(self, name: str) -> Path:
-        return self.location(name)
-
-    def prepare(self) -> None:
-        """The bucket must exist and answer: one LIST (what every listing needs anyway)."""
-        bucket = self.key.split("/", 1)[0]
-        try:
-            self.fs.ls(self.key, refresh=True)
-        except FileNotFoundError as exc:
-            if "bucket" in str(exc).lower() or not self.fs.exists(bucket):
-                raise remote_error(self.root, FileNotFoundError("bucket does not exist")) from None
-        except Exception as exc:  # noqa: BLE001
-            raise remote_error(self.root, exc) from None
-
-    def lock(self) -> ObjectLock:
-        return ObjectLock(self.fs, self._key(LOCK_NAME), self.url / LOCK_NAME)
-
-    def ephemeral_warning(self) -> str | None:
-        return None if self.url.scheme != "memory" else f"{self.root}: memory:// lives in this process only; use a bucket"
-
-    def remove_stale(self) -> list[Path]:
-        """Abort the incomplete uploads under the prefix (writers that died; this one holds the lock) and old temporary keys."""
-        removed: list[Path] = []
-        bucket, _, prefix = self.key.partition("/")
-        if self.url.scheme in ("s3", "s3a"):
-            try:
-                uploads = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/").get("Uploads") or []
-                for up in uploads:
-                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-                    removed.append(ObjectPath(f"{self.url.scheme}://{bucket}/{up['Key']}"))
-            except Exception:  # noqa: BLE001 - a cleanup that fails costs storage, not correctness
-                pass
-        for entry in self._entries():
-            name = str(entry["name"]).rsplit("/", 1)[-1]
-            if TEMP_MARK in name and name.startswith("."):
-                try:
-                    self.fs.rm_file(self._key(name))
-                    removed.append(self.location(name))
-                except Exception:  # noqa: BLE001
-                    pass
-        return removed
-
-    def write(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
-              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingObject:
-        from envkit.checkpoint.stamp import DICT_KEY, Stamp
-        from envkit.checkpoint.state import TrainingState
-
-        pending = _PendingObject(name, None)
-        if self.ranks.distributed:
-            pending.error = BadInput(f"{self.root}: a distributed run saving to a bucket is not supported yet; save to a "
-                                     "shared folder")
-            return pending
-        try:
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts).to_state()
-            state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
-            pending.upload = upload_stamped(state, self.fs, self._key(name), self.location(name),
-                                            stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
-        except Exception as exc:  # noqa: BLE001 - raised by commit, as the local storages do
-            pending.error = exc
-        return pending
-
-    def commit(self, pending: _PendingObject, then: Callable[[Path], None] | None = None) -> Path:
-        path = self.location(pending.name)
-        if pending.error is not None:
-            raise pending.error
-        upload = pending.upload
-        assert upload is not None
-        try:
-            upload.commit()
-            size = int(self.fs.info(upload.key, refresh=True)["size"])  # HEAD: confirmed before anything is deleted
-        except Exception as exc:  # noqa: BLE001
-            upload.discard()
-            raise CheckpointWriteError(f"{remote_error(path, exc, 'write').message}; earlier checkpoints are untouched") from None
-        if size != upload.size:
-            raise CheckpointWriteError(f"{path}: the bucket holds {size} bytes, the save wrote {upload.size}; earlier "
-                                       "checkpoints are untouched (retention skipped)")
-        if then is not None:
-            then(path)
-        return path
-
-    def abort(self, pending: _PendingObject) -> None:
-        if pending.upload is not None:
-            pending.upload.discard()
-
-    def read(self, name: str) -> CheckpointFile:
-        return read_url(self.location(name), deep=False).info
-
-    def load(self, name: str, *, policy: Policy, map_location: Any = None, file: CheckpointFile | None = None) -> TrainingState:
-        from envkit.checkpoint.state import TrainingState
-
-        path = self.location(name)
-        return TrainingState.from_state(load_url(path, map_location=map_location, policy=policy, verify=False, info=file),
-                                        source=path)
-
-    def delete(self, name: str) -> None:
-        try:
-            if name.endswith(".dcp"):
-                self.fs.rm(self._key(name), recursive=True)
-            else:
-                self.fs.rm_file(self._key(name))
-        except FileNotFoundError:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            raise remote_error(self.location(name), exc, "delete") from None
-
-    def list_committed(self) -> list[str]:
-        return list(self.committed_sizes())
-
-    def is_committed(self, name: str) -> bool:
-        return name in self.committed_sizes()
-
-
-def describe_prefix(location: str | os.PathLike[str]) -> list[Any]:
-    """``envkit ls URL``: the rows the prefix's index gives (one GET, one LIST), not verified, no stamp read
-    unless the index does not know a checkpoint."""
-    from envkit.checkpoint.directory import FolderRow, scan
-
-    where = as_location(location)
-    assert isinstance(where, ObjectPath)
-    listing = ObjectListing(where)
-    return [FolderRow(i, None, None) for i in sorted(scan(listing), key=lambda i: (i.order_key, i.path.name))]
-
-
-__all__ = ["ObjectListing", "ObjectLock", "ObjectStorage", "RangeView", "describe_prefix", "download", "filesystem",
-           "load_url", "read_url", "remote_error", "split", "storage_options", "verify_url"]
+__all__ = ["HEAD_BYTES", "PART_BYTES", "TAIL_BYTES", "ObjectLock", "RangeView", "download", "filesystem", "remote_error", "save_url",
+           "split", "storage_options", "upload_stamped"]

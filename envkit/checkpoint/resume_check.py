@@ -168,11 +168,9 @@ def load(
     Without ``map_location`` tensors go where they were saved when that device
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
-    if is_url(path):  # s3://, gs://, ...: the guard from the stamp, then one download (remote.py)
-        from envkit.checkpoint.remote import load_url
-
-        return load_url(path, map_location=map_location, policy=policy, verify=verify, info=info)
     report = guard(path, policy, info=info)
+    if is_url(path):  # s3://, gs://, ...: the guard from the stamp (two GETs), then one download, verified locally
+        return _load_downloaded(report, map_location=map_location, verify=verify)
     if verify and report.info.stamped:
         from envkit.checkpoint.integrity import verify as verify_checkpoint
 
@@ -185,6 +183,27 @@ def load(
         raise TorchNotInstalled("envkit.load needs torch; install it with `pip install envkit[torch]`") from None
     location = map_location if map_location is not None else cpu_fallback_location()
     return torch.load(path, map_location=location, weights_only=True)
+
+
+def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool) -> Any:
+    import tempfile
+    from dataclasses import replace
+
+    from envkit.checkpoint.remote import download
+
+    where = report.checkpoint
+    with tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
+        local = Path(folder) / where.name
+        with open(local, "wb") as out:
+            download(where, out)
+        if verify and report.info.stamped:
+            from envkit.checkpoint.integrity import verify as verify_file
+
+            result = verify_file(local)
+            if result.status in ("corrupt", "unreadable"):
+                problem = (result.problem or "does not verify").replace(str(local), str(where))
+                raise CorruptCheckpoint(f"{problem}; resume from an earlier checkpoint")
+        return load(local, map_location=map_location, policy=report.policy, verify=False, info=replace(report.info, path=local))
 
 
 @dataclass(frozen=True)

@@ -154,11 +154,19 @@ def save(
 
     Returns the stamp. ``meta`` (epoch, step, metrics, ...) must be plain JSON data.
     """
-    target = Path(path)
+    from envkit.checkpoint.urls import as_location, is_url
+
+    target = as_location(path)  # a URL stays one (an ObjectPath)
     if digest not in DIGEST_ALGORITHMS:
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
     full_meta = build_meta(meta, target)
     _import_torch()
+    if is_url(target):  # s3://, gs://, ...: one upload that appears whole, or not at all (remote.py)
+        from envkit.checkpoint.remote import save_url
+
+        given = fingerprint
+        return save_url(obj, target, stamp_for=lambda payload: Stamp(given if given is not None else collect(), payload, full_meta),
+                        digest=digest)
     if fingerprint is not None:
         return write_stamped(obj, target, stamp_for=lambda payload: Stamp(fingerprint, payload, full_meta), digest=digest)
     pending = _Pending()  # reading package metadata and nvidia-smi overlaps torch.save

@@ -23,6 +23,7 @@ pytest.importorskip("moto")
 
 import envkit  # noqa: E402
 from envkit.checkpoint import remote  # noqa: E402
+from envkit.checkpoint.listing import ObjectListing  # noqa: E402
 from envkit.errors import BadInput, CheckpointDirLocked, CheckpointWriteError  # noqa: E402
 from tests.checkpoint.s3server import READONLY_KEY, Proxy, S3Server, free_port  # noqa: E402
 
@@ -346,7 +347,7 @@ def _save_forever(url: str, model: torch.nn.Module) -> None:
 
 def assert_prefix_whole(url: str) -> int:
     """Every object under a final name verifies; latest() verifies and loads with the step it claims."""
-    listing = remote.ObjectListing.for_url(url)
+    listing = ObjectListing.for_url(url)
     for name in listing.committed_sizes():
         result = envkit.verify(listing.location(name))
         assert result.ok, result.problem
@@ -378,7 +379,7 @@ def kill_loop(url: str, kills: int, *, seed: int, max_delay: float, report: obje
         time.sleep(rng.random() * max_delay)
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(10)
-        if remote.ObjectListing.for_url(url).committed_sizes():
+        if ObjectListing.for_url(url).committed_sizes():
             step = assert_prefix_whole(url)
             assert step >= last, f"latest() went back from step {last} to {step}"
             last = step
@@ -393,3 +394,11 @@ def test_kill_9_at_random_moments_against_the_bucket(bucket: str, monkeypatch: p
     monkeypatch.setattr(remote, "PART_BYTES", 5 * 1024 * 1024)
     last = kill_loop(f"s3://{bucket}/stress", 50, seed=1, max_delay=0.5)
     assert last > 0  # saves completed, and none was lost
+
+
+def test_envkit_save_to_a_url_appears_whole_and_reads_back(bucket: str, s3_server: S3Server) -> None:
+    url = f"s3://{bucket}/saved.pth"
+    stamp = envkit.save({"w": torch.arange(4.0)}, url, meta={"epoch": 2, "step": 5})
+    assert envkit.read_stamp(url).stamp.meta["step"] == 5 and stamp.payload is not None  # type: ignore[union-attr]
+    assert envkit.verify(url).ok and torch.equal(envkit.load(url)["w"], torch.arange(4.0))
+    assert _keys(s3_server, bucket) == ["saved.pth"] and _uploads(s3_server, bucket) == []
