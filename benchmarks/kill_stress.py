@@ -1,5 +1,10 @@
 """A longer kill -9 stress run than the test suite's 50: `python benchmarks/kill_stress.py --kills 500 [--async-save]`.
 
+Against a bucket: `python benchmarks/kill_stress.py --url s3://bucket/prefix --kills 1000`: the
+endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...); without
+AWS_ENDPOINT_URL a local moto S3 server on 127.0.0.1 is started (tests/checkpoint/s3server.py)
+and the bucket created on it.
+
 A forked child saves checkpoints in a loop through CheckpointManager; the parent
 SIGKILLs it at a random moment, then checks that every file under a final name
 verifies and that latest() returns a checkpoint that verifies and loads, with a step
@@ -30,7 +35,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-delay", type=float, default=0.6, help="longest wait before a kill, seconds")
     parser.add_argument("--async-save", action="store_true", help="the child saves with async_save=True")
+    parser.add_argument("--url", help="run against a bucket prefix (s3://bucket/prefix) instead of a local folder")
     args = parser.parse_args()
+    if args.url:
+        return _against_bucket(args)
 
     rng = random.Random(args.seed)
     torch.manual_seed(0)
@@ -56,6 +64,36 @@ def main() -> int:
         temps = [p.name for p in Path(folder).iterdir() if ".tmp-" in p.name]
     print(f"ok: {args.kills} kills, every final file whole, latest() never lost a step (last {last_step}); "
           f"{len(temps)} temporary files left for the next manager to clean")
+    return 0
+
+
+def _against_bucket(args: argparse.Namespace) -> int:
+    from envkit.checkpoint import remote
+    from tests.checkpoint.test_remote import kill_loop
+
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        import boto3
+
+        from tests.checkpoint.s3server import S3Server, client_env
+
+        server = S3Server()
+        os.environ.update(client_env(server.url))
+        bucket = args.url.split("://", 1)[1].split("/", 1)[0]
+        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket=bucket)
+        print(f"local S3 server (moto) at {server.url}, bucket {bucket}", flush=True)
+    remote.PART_BYTES = 5 * 1024 * 1024  # S3's smallest part: every save is a multipart upload of two parts
+    started = time.time()
+
+    def report(kill: int, last: int) -> None:
+        if kill % 50 == 0:
+            print(f"{kill} kills, latest step {last}, {time.time() - started:.0f} s", flush=True)
+
+    last = kill_loop(args.url, args.kills, seed=args.seed, max_delay=args.max_delay, report=report)
+    from envkit.checkpoint.listing import ObjectListing
+
+    left = ObjectListing.for_url(args.url).names() or set()
+    print(f"ok: {args.kills} kills against {args.url}, every object under a final name whole, latest() never lost a "
+          f"step (last {last}); {len(left)} names under the prefix")
     return 0
 
 

@@ -13,6 +13,11 @@ level or under ``[tool.envkit]``::
 
     [tool.envkit.mirrors]        # channel name or URL -> the URL to fetch it from
     "conda-forge" = "https://mirror.example/conda-forge"
+
+    [tool.envkit.storage]        # checkpoints at s3:// (and other fsspec) URLs; AWS_* variables and profiles apply too
+    endpoint_url = "http://minio.local:9000"
+    region = "eu-west-1"
+    connect_timeout = 5          # seconds (default 5); read_timeout (default 20), retries (default 1)
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Config:
     policy_overrides: tuple[tuple[str, str], ...] = ()
     source: Path | None = None
     mirrors: tuple[tuple[str, str], ...] = ()
+    storage: tuple[tuple[str, Any], ...] = ()  # [tool.envkit.storage], validated (STORAGE_KEYS)
 
     def policy(self, preset: str | None = None) -> Policy:
         """The policy to apply; an explicit preset (from a flag or argument) beats the file's."""
@@ -99,7 +105,19 @@ def load_config(path: str | os.PathLike[str] | None = None, *, start: Path | Non
 
 # Every key [tool.envkit] knows. A new setting is added here (and read below), or the file that uses it
 # is refused as a typo.
-KEYS = ("preset", "policy", "mirrors")
+KEYS = ("preset", "policy", "mirrors", "storage")
+
+# [tool.envkit.storage]: key -> (the types it takes, what it is); numbers are bounded below
+STORAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "endpoint_url": ((str,), 'a URL such as "http://127.0.0.1:9000"'),
+    "region": ((str,), 'a region name such as "us-east-1"'),
+    "profile": ((str,), "an AWS profile name"),
+    "anon": ((bool,), "true or false (true: no credentials, public buckets only)"),
+    "connect_timeout": ((int, float), "seconds, more than 0 and at most 300"),
+    "read_timeout": ((int, float), "seconds, more than 0 and at most 3600"),
+    "retries": ((int,), "a whole number from 0 to 10"),
+}
+_STORAGE_BOUNDS = {"connect_timeout": (0, 300), "read_timeout": (0, 3600), "retries": (-1, 10)}
 
 
 def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -135,12 +153,34 @@ def parse_config(section: Mapping[str, Any], source: Path | None = None) -> Conf
     mirrors = section.get("mirrors", {})
     if not isinstance(mirrors, Mapping) or not all(isinstance(v, str) for v in mirrors.values()):
         raise ConfigError(f'{where}[tool.envkit.mirrors] must map channel names or URLs to mirror URLs, e.g. "conda-forge" = "https://mirror/conda-forge"')
-    config = Config(preset, tuple(sorted(overrides.items())), source, tuple(sorted(mirrors.items())))
+    storage = _storage(section.get("storage", {}), where)
+    config = Config(preset, tuple(sorted(overrides.items())), source, tuple(sorted(mirrors.items())), storage)
     try:
         config.policy()
     except ConfigError as exc:
         raise ConfigError(f"{where}[tool.envkit.policy] {exc.message.removeprefix('policy override ')}; fix or remove it") from None
     return config
+
+
+def _storage(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    from envkit.policy import did_you_mean
+
+    if not isinstance(table, Mapping):
+        raise ConfigError(f'{where}[tool.envkit.storage] must be a table, e.g. endpoint_url = "http://127.0.0.1:9000"')
+    for key, value in table.items():
+        if key not in STORAGE_KEYS:
+            raise ConfigError(
+                f"{where}[tool.envkit.storage] has an unknown key {key!r}{did_you_mean(key, tuple(STORAGE_KEYS))}; "
+                f"the keys are {', '.join(STORAGE_KEYS)}: fix or remove it"
+            )
+        types, what = STORAGE_KEYS[key]
+        low, high = _STORAGE_BOUNDS.get(key, (None, None))
+        wrong = not isinstance(value, types) or (bool not in types and isinstance(value, bool))
+        if not wrong and low is not None and not low < value <= high:
+            wrong = True
+        if wrong:
+            raise ConfigError(f"{where}[tool.envkit.storage] {key} = {value!r}: it must be {what}; fix it")
+    return tuple(sorted(table.items()))
 
 
 def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any] | None:

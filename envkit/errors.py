@@ -55,6 +55,13 @@ class MalformedSafetensors(NotACheckpoint):
     """A file shaped like safetensors (an 8-byte length, then ``{``) whose header safetensors would refuse."""
 
 
+class StorageUnavailable(BadInput):
+    """Object storage cannot be used: the endpoint does not answer, no credentials, access denied, no such bucket.
+
+    Raised, never turned into "this checkpoint is unreadable": a listing that cannot reach its
+    bucket must not look like an empty one (resume() would start afresh)."""
+
+
 class ConfigError(BadInput):
     """The [tool.envkit] configuration cannot be used."""
 

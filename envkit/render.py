@@ -346,7 +346,7 @@ def verify_with_progress(path: str | os.PathLike[str], info: CheckpointFile | No
     stream = sys.stderr
     try:
         large = os.stat(path).st_size > PROGRESS_MIN_BYTES
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: a URL (no local size)
         large = False
     if not (show and large and stream.isatty()):
         return verify(path, info)
@@ -366,8 +366,8 @@ def folder_text(rows: list[FolderRow]) -> str:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in i.metrics.items())
         table_rows.append((
             i.path.name, _v(i.epoch), _v(i.step), metrics or "-", f"{i.size:,}",
-            "yes" if i.valid else "unstamped" if row.stamped is False else "NO", (row.environment_digest or "-")[7:19] or "-",
-            _v(row.verdict),
+            "yes" if i.valid else "unstamped" if row.stamped is False else "-" if i.valid is None else "NO",
+            (row.environment_digest or "-")[7:19] or "-", _v(row.verdict),
         ))
     widths = [max(len(r[c]) for r in table_rows) for c in range(len(table_rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table_rows]

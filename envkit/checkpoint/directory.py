@@ -14,7 +14,6 @@ from pathlib import Path
 
 from envkit.checkpoint.folder_format import checkpoint_folders
 from envkit.checkpoint.index import (
-    INDEX_NAME,
     CheckpointInfo,
     _int_or_none,
     info_from_stamp,
@@ -24,7 +23,7 @@ from envkit.checkpoint.index import (
     write_index,
 )
 from envkit.checkpoint.integrity import verify
-from envkit.checkpoint.paths import CHECKPOINT_SUFFIXES, is_folder_checkpoint
+from envkit.checkpoint.listing import INDEX_NAME, Listing, as_listing
 from envkit.checkpoint.reader import CheckpointFile, no_cycle_collection, read_stamp
 from envkit.errors import EnvkitError
 
@@ -37,65 +36,46 @@ if TYPE_CHECKING:
 
 __all__ = ["INDEX_NAME", "CheckpointInfo", "find_latest", "info_from_stamp", "read_index", "retention_plan", "scan", "write_index"]
 
-def _sharded_size(folder: str) -> int | None:
-    from envkit.checkpoint.dcp_format import committed_size
-
-    return committed_size(folder)
+Where = Path | Listing  # a folder (wrapped in a LocalListing), or a storage listing itself
 
 
-def _listing(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """(name, index entry) for files the index describes at their current size, and the other names."""
-    index = read_index(folder)
+def _listing(folder: Where) -> tuple[Listing, list[tuple[str, dict[str, Any]]], list[str]]:
+    """(the listing, (name, index entry) for checkpoints the index describes at their current size, the other names)."""
+    listing = as_listing(folder)
+    sizes = listing.committed_sizes()
+    index = read_index(listing) if sizes else {}
     known, unknown = [], []
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return [], []
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not name.endswith(CHECKPOINT_SUFFIXES):
-            continue
-        try:
-            if is_folder_checkpoint(entry):
-                size = _sharded_size(entry.path)  # None: no commit marker yet, not a checkpoint
-                if size is None:
-                    continue
-            elif not entry.is_file():
-                continue
-            else:
-                size = entry.stat().st_size
-        except OSError:
-            continue
+    for name, size in sizes.items():
         cached = index.get(name)
         if isinstance(cached, dict) and cached.get("size") == size:
             known.append((name, cached))
         else:
             unknown.append(name)
-    return known, unknown
+    return listing, known, unknown
 
 
-def _from_index(folder: Path, name: str, cached: Mapping[str, Any]) -> CheckpointInfo:
-    return CheckpointInfo.from_meta(folder / name, cached, size=int(cached.get("size") or 0))
+def _from_index(listing: Listing, name: str, cached: Mapping[str, Any]) -> CheckpointInfo:
+    return CheckpointInfo.from_meta(listing.location(name), cached, size=int(cached.get("size") or 0))
 
 
-def scan(folder: Path) -> list[CheckpointInfo]:
-    """Every checkpoint file in folder (not temporary files), from the index or its stamp."""
-    known, unknown = _listing(folder)
-    return [_from_index(folder, n, c) for n, c in known] + [info_from_stamp(folder / n) for n in unknown]
+def scan(folder: Where) -> list[CheckpointInfo]:
+    """Every checkpoint in folder (not temporary files), from the index or its stamp."""
+    listing, known, unknown = _listing(folder)
+    return [_from_index(listing, n, c) for n, c in known] + [info_from_stamp(listing.location(n)) for n in unknown]
 
 
-def find_latest(folder: Path, project: str | None = None) -> CheckpointInfo | None:
+def find_latest(folder: Where, project: str | None = None) -> CheckpointInfo | None:
     """The newest checkpoint that verifies, by the step its stamp records; only the winner becomes an object."""
     found = find_latest_verified(folder, project)
     return found[0] if found is not None else None
 
 
-def find_latest_verified(folder: Path, project: str | None = None) -> tuple[CheckpointInfo, VerifyResult] | None:
+def find_latest_verified(folder: Where, project: str | None = None) -> tuple[CheckpointInfo, VerifyResult] | None:
     """``find_latest``, with the winner's verify result (its stamp: what resume() guards and loads with)."""
-    fast = latest_from_index(folder, project, lambda name: _is_checkpoint_name(name) and _committed(folder, name))
+    fast = latest_from_index(as_listing(folder), project)
     if fast is not None:
         return fast
-    known, unknown = _listing(folder)
+    listing, known, unknown = _listing(folder)
 
     def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, str]:
         c = item[1]
@@ -104,12 +84,12 @@ def find_latest_verified(folder: Path, project: str | None = None) -> tuple[Chec
 
     candidates: list[tuple[tuple[int, int, str], str, Mapping[str, Any] | CheckpointInfo]]
     candidates = [(key((n, c)), n, c) for n, c in known if project is None or c.get("project") == project]
-    extra = [i for i in (info_from_stamp(folder / n) for n in unknown) if project is None or i.project == project]
+    extra = [i for i in (info_from_stamp(listing.location(n)) for n in unknown) if project is None or i.project == project]
     candidates += [(i.order_key, i.path.name, i) for i in extra]
     candidates.sort(key=lambda t: t[0], reverse=True)
     while candidates:
         _, name, source = candidates.pop(0)
-        info = source if isinstance(source, CheckpointInfo) else _from_index(folder, name, source)
+        info = source if isinstance(source, CheckpointInfo) else _from_index(listing, name, source)
         if info.valid is False:
             continue
         result = verify(info.path)
@@ -126,19 +106,10 @@ def find_latest_verified(folder: Path, project: str | None = None) -> tuple[Chec
     return None
 
 
-def _latest_from_index_order(folder: Path, project: str | None) -> CheckpointInfo | None:
+def _latest_from_index_order(folder: Where, project: str | None) -> CheckpointInfo | None:
     """The index's fast path alone (None: it cannot answer, find_latest scans)."""
-    fast = latest_from_index(folder, project, lambda name: _is_checkpoint_name(name) and _committed(folder, name))
+    fast = latest_from_index(as_listing(folder), project)
     return fast[0] if fast is not None else None
-
-
-def _is_checkpoint_name(name: str) -> bool:
-    return name.endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
-
-
-def _committed(folder: Path, name: str) -> bool:
-    """A folder checkpoint is one once its stamp is written; a file always is."""
-    return not is_folder_checkpoint(folder / name) or _sharded_size(str(folder / name)) is not None
 
 
 def with_validity(info: CheckpointInfo, file: CheckpointFile | None = None) -> CheckpointInfo:
@@ -223,10 +194,14 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
 
     The checkpoints of a folder are its checkpoint files and committed ``.dcp`` folders, and the
     ``checkpoint-<step>`` folders of a Hugging Face or Accelerate output folder (stamped or not);
-    a folder that is itself one checkpoint folder is one row.
+    a folder that is itself one checkpoint folder is one row. A bucket prefix (a URL): its index and
+    one LIST, not every stamp, and not verified (that reads every byte).
     """
+    from envkit.checkpoint.urls import is_url
     from envkit.errors import BadInput
 
+    if is_url(folder):  # a bucket prefix: its index and one LIST, not every stamp; not verified (that reads every byte)
+        return [FolderRow(i, None, None) for i in sorted(scan(as_listing(str(folder))), key=lambda i: (i.order_key, i.path.name))]
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"{root}: not a folder; pass the folder a CheckpointManager writes to, or a Trainer's output_dir")
@@ -279,13 +254,18 @@ def _folder_info(path: Path, step: int | None) -> CheckpointInfo:
     return info if info.step is not None or step is None else _with(info, step=step)
 
 
-def skipped_warning(folder: Path, project: str, ours: list[CheckpointInfo], chosen: CheckpointInfo | None) -> str | None:
+def skipped_warning(folder: Where, project: str, ours: list[CheckpointInfo], chosen: CheckpointInfo | None) -> str | None:
     """The warning for this project's checkpoints newer than ``chosen`` (all of them, when None) that do not verify.
 
     A file whose stamp cannot be read has no step: it counts as newer when its mtime is.
     Files without any envkit stamp (a plain torch.save in the folder) are not the
     manager's and are not mentioned (``ours`` leaves them out).
     """
+    listing = as_listing(folder)
+
+    def _mtime(path: Path) -> float:
+        return listing.mtime(path.name)
+
     newest_time = _mtime(chosen.path) if chosen is not None else None
     skipped: list[tuple[CheckpointInfo, str]] = []
     for info in ours:
@@ -306,9 +286,9 @@ def skipped_warning(folder: Path, project: str, ours: list[CheckpointInfo], chos
     shown = "; ".join(f"{i.path.name} ({why})" for i, why in skipped[:3])
     more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
     if chosen is None:
-        return (f"{folder}: no checkpoint of project {project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
+        return (f"{listing.root}: no checkpoint of project {project!r} verifies, so resume() starts fresh: skipped {shown}{more}; "
                 "restore them from a copy, or delete them to silence this")
-    return (f"{folder}: resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
+    return (f"{listing.root}: resumed from {chosen.path.name}, skipping {len(skipped)} newer checkpoint(s) that do not verify: "
             f"{shown}{more}; delete or move them, or restore them from a copy")
 
 
@@ -320,19 +300,11 @@ def _reason(problem: str, path: Path) -> str:
     return problem
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
-
-
-def apply_retention(folder: Path, project: str, delete_checkpoint: Callable[[str], None], *, keep_last: int | None,
+def apply_retention(folder: Where, project: str, delete_checkpoint: Callable[[str], None], *, keep_last: int | None,
                     keep_best: int, monitor: str | None, mode: str, just_saved: Path) -> None:
     """Delete what ``retention_plan`` says (through the storage's delete), then rewrite the index."""
-    from envkit.atomic import fsync_dir
-
-    everything = scan(folder)
+    listing = as_listing(folder)
+    everything = scan(listing)
     _, delete = retention_plan(
         [i for i in everything if i.project == project],
         keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode, protect=(just_saved,),
@@ -340,5 +312,5 @@ def apply_retention(folder: Path, project: str, delete_checkpoint: Callable[[str
     for path in delete:
         delete_checkpoint(path.name)
     if delete:
-        fsync_dir(folder)
-    write_index(folder, (i for i in everything if i.path not in delete))
+        listing.after_deletes()
+    write_index(listing, (i for i in everything if i.path not in delete))

@@ -201,7 +201,8 @@ class HashingWriter:
             return f"{self.algorithm}:{self._hasher.hexdigest()}"
         self._fh.flush()
         before = [(start, snapshot) for start, snapshot in self._snapshots if start <= offset]
-        with open(self._fh.name, "rb") as reader:
+        reopen = getattr(self._fh, "reopen", None)  # an upload's spool reads back what it holds
+        with reopen() if reopen is not None else open(self._fh.name, "rb") as reader:
             if before and offset - before[-1][0] <= _REREAD_MOST:
                 start, snapshot = before[-1]
                 hasher = snapshot.copy()

@@ -16,14 +16,14 @@ No torch import here.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envkit.checkpoint.listing import INDEX_NAME, LEGACY_ORDER_NAME, Listing, as_listing
 from envkit.checkpoint.reader import read_stamp
-from envkit.errors import EnvkitError
+from envkit.errors import EnvkitError, StorageUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
     from envkit.checkpoint.integrity import VerifyResult
 
-INDEX_NAME = ".envkit-index.json"
-LEGACY_ORDER_NAME = ".envkit-order.json"  # written by envkit before the one-file index; ignored, removed
+__all__ = ["INDEX_NAME", "LEGACY_ORDER_NAME", "CheckpointInfo", "info_from_stamp", "latest_from_index", "read_index",
+           "write_index"]
+
 INDEX_VERSION = 2  # 2: names, rows and metrics in one file; 1 (still read): entries only
 _UNSAFE = re.compile(r"[\t\n]")
 
@@ -93,6 +94,8 @@ def info_from_stamp(path: Path) -> CheckpointInfo:
     """Read one checkpoint's stamp; one that cannot be read is returned invalid, with the reason."""
     try:
         file = read_stamp(path)
+    except StorageUnavailable:
+        raise  # the bucket cannot be reached: that says nothing about this checkpoint
     except EnvkitError as exc:
         return CheckpointInfo(path, None, None, valid=False, size=_size(path), problem=exc.message)
     if file.stamp is None:
@@ -101,6 +104,10 @@ def info_from_stamp(path: Path) -> CheckpointInfo:
 
 
 def _size(path: Path) -> int:
+    from envkit.checkpoint.urls import is_url
+
+    if is_url(path):
+        return 0  # an object that cannot be read: its size is not worth another request
     try:
         return path.stat().st_size
     except OSError:
@@ -114,17 +121,16 @@ def newest_first(infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
 # -- the cache file -------------------------------------------------------------------
 
 
-def _read_lines(folder: Path) -> tuple[bytes, bytes] | None:
+def _read_lines(folder: Path | Listing) -> tuple[bytes, bytes] | None:
     """The index's two lines: the order (what latest() parses) and the entries (what a listing parses)."""
-    try:
-        data = (folder / INDEX_NAME).read_bytes()
-    except OSError:
+    data = as_listing(folder).read_index_bytes()
+    if data is None:
         return None
     order, _, entries = data.partition(b"\n")
     return order, entries
 
 
-def read_index(folder: Path) -> dict[str, dict[str, Any]]:
+def read_index(folder: Path | Listing) -> dict[str, dict[str, Any]]:
     """name -> cached entry (the keys of ``CheckpointInfo.to_index``); {} when there is no usable index."""
     lines = _read_lines(folder)
     if lines is None:
@@ -139,7 +145,7 @@ def read_index(folder: Path) -> dict[str, dict[str, Any]]:
     return entries if isinstance(entries, dict) else {}
 
 
-def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
+def write_index(folder: Path | Listing, entries: Iterable[CheckpointInfo]) -> None:
     """Atomically replace the index. It is a cache: a lost update only costs stamp reads later.
 
     Two JSON lines: ``{"version": 2, "names": ..., "rows": ...}`` (names newest first and
@@ -153,36 +159,37 @@ def write_index(folder: Path, entries: Iterable[CheckpointInfo]) -> None:
         order["rows"] = "\n".join(f"{e.project or ''}\t{e.step}\t{e.size}" for e in newest)
     text = json.dumps(order, separators=(",", ":")) + "\n" + json.dumps(
         {"entries": {e.path.name: e.to_index() for e in newest}}, separators=(",", ":"))
-    tmp = folder / f".{INDEX_NAME}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, folder / INDEX_NAME)
-        (folder / LEGACY_ORDER_NAME).unlink(missing_ok=True)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    as_listing(folder).write_index_bytes(text.encode())
 
 
 def latest_from_index(
-    folder: Path, project: str | None, is_new_checkpoint: Any
+    folder: Path | Listing, project: str | None, is_new_checkpoint: Any = None
 ) -> tuple[CheckpointInfo, VerifyResult] | None:
     """When the folder holds exactly the checkpoints the index names, walk its order newest first.
 
     ``is_new_checkpoint(name)``: whether a name the index does not know is a committed
-    checkpoint. The winner is verified and its stamp must say what the index says; anything
+    checkpoint (default: the listing's own answer). The winner is verified and its stamp must say what the index says; anything
     else (a file added, removed or rewritten behind the manager's back) returns None: scan.
     """
     from envkit.checkpoint.integrity import verify
 
+    listing = as_listing(folder)
+    is_new = is_new_checkpoint if is_new_checkpoint is not None else listing.is_new_checkpoint
     try:
-        with open(folder / INDEX_NAME, "rb") as fh:
-            doc = json.loads(fh.readline())  # the order line only: the entries are neither read nor parsed
+        head = listing.read_index_bytes(first_line=True)  # the order line only: the entries are neither read nor parsed
+        if head is None:
+            return None
+        doc = json.loads(head)
         if doc.get("version") != INDEX_VERSION:
             return None
         names, rows = doc["names"].split("\n"), doc["rows"].split("\n")
-        expected, listed = set(names), set(os.listdir(folder))
+        listed = listing.names()
+        if listed is None:
+            return None
+        expected = set(names)
         if len(rows) != len(names) or len(expected) != len(names) or not expected <= listed:
             return None
-        if any(is_new_checkpoint(n) for n in listed - expected):
+        if any(is_new(n) for n in listed - expected):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -194,7 +201,7 @@ def latest_from_index(
             return None
         if project is not None and owner != project:
             continue
-        path = folder / name
+        path = listing.location(name)
         result = verify(path)
         if not result.ok:
             continue

@@ -29,6 +29,7 @@ from envkit.checkpoint.reader import (
     open_zip,
     read_stamp,
 )
+from envkit.checkpoint.urls import as_location, is_url
 from envkit.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -111,7 +112,11 @@ def verify(
 
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
     """
-    p = Path(path)
+    if is_url(path):  # s3://, gs://, ...: the payload streamed once (remote.py)
+        from envkit.checkpoint.remote_verify import verify_url
+
+        return VerifyResult(*verify_url(path, info, progress))
+    p = as_location(path)  # a file:// URL is the local path it names
     if info is None and not is_folder_checkpoint(p) and os.path.isfile(p):  # a regular file: opening cannot block
         try:
             opened = open(p, "rb")  # closed by the with below; one open for stamp, digest and directory

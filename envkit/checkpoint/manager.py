@@ -66,7 +66,6 @@ from envkit.checkpoint.directory import (
     skipped_warning,
     with_validity,
 )
-from envkit.checkpoint.folder_lock import FolderLock
 from envkit.checkpoint.naming import (
     DEFAULT_FILENAME,
     as_int,
@@ -75,7 +74,6 @@ from envkit.checkpoint.naming import (
     save_time,
     uses_time,
 )
-from envkit.checkpoint.paths import ephemeral_warning
 from envkit.checkpoint.ranks import Ranks
 from envkit.checkpoint.stamp import DIGEST_ALGORITHMS, normalise_metrics
 from envkit.checkpoint.state import STATE_FORMAT  # noqa: F401 - re-exported (the format name lives in state.py)
@@ -109,7 +107,13 @@ class ResumeInfo:
 
 
 def open_storage(root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> CheckpointStorage:
-    """The storage a manager writes to: decided here, once."""
+    """The storage a manager writes to: decided here, once (a URL: a bucket prefix, ``bucket.ObjectStorage``)."""
+    from envkit.checkpoint.urls import is_url
+
+    if is_url(root):
+        from envkit.checkpoint.bucket import ObjectStorage
+
+        return ObjectStorage(root, sharded=sharded, digest=digest, ranks=ranks)
     if sharded:
         from envkit.checkpoint.sharded import ShardedFolderStorage
 
@@ -153,7 +157,9 @@ class CheckpointManager:
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and value < 1:
                 raise BadInput(f"{name} must be 1 or more, not {value}")
-        self.directory = Path(directory)
+        from envkit.checkpoint.urls import as_location
+
+        self.directory = as_location(directory)  # a URL stays one (an ObjectPath)
         self.project, self.keep_last, self.keep_best, self.monitor, self.mode = project, keep_last, keep_best, monitor, mode
         self.every_n_epochs, self.every_n_steps, self.filename = every_n_epochs, every_n_steps, filename
         self.policy, self.digest, self.group, self.sharded, self.requeue = policy, digest, group, sharded, requeue
@@ -169,20 +175,17 @@ class CheckpointManager:
             raise BadInput("sharded=True needs an initialised torch.distributed process group; call init_process_group first")
         self.stop = StopAgreement(distributed=self.distributed, group=group)
         self.storage: CheckpointStorage = open_storage(self.directory, sharded=sharded, digest=digest, ranks=self.ranks)
-        self.lock = FolderLock(self.directory)
+        self.lock = self.storage.lock()
         self._saver: BackgroundSaver | None = None
         self._stager: Stager | None = None
         if async_save:
             self._saver, self._stager = BackgroundSaver(self.directory), Stager()
         self.removed_temp_files: list[Path] = []
         if self.rank == 0:  # the other ranks only read; a second flock on the folder would fail
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise BadInput(f"{self.directory}: cannot create the checkpoint folder ({exc.strerror}); choose another") from None
+            self.storage.prepare()
             self.lock.acquire()
             self.removed_temp_files = self.storage.remove_stale()
-            if (why := ephemeral_warning(self.directory)) is not None:
+            if (why := self.storage.ephemeral_warning()) is not None:
                 warn_at_caller(why, EphemeralDirectoryWarning)
 
     # -- life cycle ------------------------------------------------------------------
@@ -281,7 +284,7 @@ class CheckpointManager:
         """This project's checkpoints; with_unreadable adds files whose stamp cannot be read at all."""
         return [
             i
-            for i in scan(self.directory)
+            for i in scan(self.storage)
             if i.project == self.project or (with_unreadable and i.valid is False and i.project is None)
         ]
 
@@ -291,7 +294,7 @@ class CheckpointManager:
 
     def latest(self) -> CheckpointInfo | None:
         """The newest checkpoint that verifies, by the step its stamp records (never by mtime)."""
-        return find_latest(self.directory, self.project)
+        return find_latest(self.storage, self.project)
 
     def best(self) -> CheckpointInfo | None:
         if not self.monitor:
@@ -398,7 +401,7 @@ class CheckpointManager:
             self.requeued = requeue_after_stop(self.rank)
 
     def _apply_retention(self, just_saved: Path) -> None:
-        apply_retention(self.directory, self.project, self.storage.delete, keep_last=self.keep_last, keep_best=self.keep_best,
+        apply_retention(self.storage, self.project, self.storage.delete, keep_last=self.keep_last, keep_best=self.keep_best,
                         monitor=self.monitor, mode=self.mode, just_saved=just_saved)
 
     # -- resuming --------------------------------------------------------------------
@@ -423,9 +426,9 @@ class CheckpointManager:
         self.wait()  # a background save in flight is committed first (and its error raised)
         if self.distributed:
             self._check_ranks()
-        found = find_latest_verified(self.directory, self.project) if self.rank == 0 else None
+        found = find_latest_verified(self.storage, self.project) if self.rank == 0 else None
         if self.rank == 0:
-            skipped = skipped_warning(self.directory, self.project, self._ours(with_unreadable=True), found[0] if found else None)
+            skipped = skipped_warning(self.storage, self.project, self._ours(with_unreadable=True), found[0] if found else None)
             if skipped is not None:
                 warn_at_caller(skipped, CheckpointSkippedWarning)
         name = self.ranks.broadcast(found[0].path.name if found is not None else None)

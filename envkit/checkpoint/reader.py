@@ -18,6 +18,7 @@ from pathlib import Path
 
 from envkit.checkpoint.paths import is_folder_checkpoint
 from envkit.checkpoint.stamp import DICT_KEY, MAX_STAMP_BYTES, MEMBER, Stamp
+from envkit.checkpoint.urls import as_location, is_url
 from envkit.checkpoint.ziptail import last_stamp_member
 from envkit.errors import (
     BadInput,
@@ -342,8 +343,8 @@ def _kind(v: Any) -> str:
 # -- zip ----------------------------------------------------------------------------
 
 
-def _read_zip(path: Path, size: int, *, deep: bool) -> Inspection:
-    with open_zip(path) as zf:
+def _read_zip(path: Path, size: int, *, deep: bool, fh: BinaryIO | None = None) -> Inspection:
+    with open_zip(path, fh) as zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         prefix = archive_prefix(path, names)
@@ -404,11 +405,11 @@ def _zip_pickle(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], prefix
 # -- legacy -------------------------------------------------------------------------
 
 
-def _legacy_pickle(path: Path) -> tuple[Any, Any, int, dict[Any, Any]]:
+def _legacy_pickle(path: Path, fh: BinaryIO | None = None) -> tuple[Any, Any, int, dict[Any, Any]]:
     """(object, unpickler, protocol, sys_info) of a legacy torch stream, read with the restricted unpickler."""
     from envkit.checkpoint.safe_pickle import restricted_load
 
-    with _open(path) as fh:
+    with nullcontext(fh) if fh is not None else _open(path) as fh:
         stream = _Limited(fh, MAX_PICKLE_BYTES, path)
         magic, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
         protocol, _ = restricted_load(stream, source=str(path))  # type: ignore[arg-type]
@@ -419,8 +420,8 @@ def _legacy_pickle(path: Path) -> tuple[Any, Any, int, dict[Any, Any]]:
     return obj, unpickler, protocol, sys_info
 
 
-def _read_legacy(path: Path, size: int) -> Inspection:
-    obj, unpickler, protocol, sys_info = _legacy_pickle(path)
+def _read_legacy(path: Path, size: int, fh: BinaryIO | None = None) -> Inspection:
+    obj, unpickler, protocol, sys_info = _legacy_pickle(path, fh)
     stamp = _stamp_from_object(obj, path)
     byteorder = "little" if sys_info.get("little_endian") else "big"
     info = CheckpointFile(path, "legacy", size, stamp, "pickle" if stamp else None, None, str(protocol))
@@ -495,7 +496,11 @@ def _read_safetensors(path: Path, fh: BinaryIO, size: int) -> Inspection:
 
 
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
-    p = Path(path)
+    if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
+        from envkit.checkpoint.remote import RangeView, split
+
+        return read_view(RangeView(*split(path)), deep=deep)
+    p = as_location(path)  # a file:// URL is the local path it names
     if is_folder_checkpoint(p):
         return _read_folder(p, deep=deep)
     size = _check_regular_file(p)
@@ -517,6 +522,25 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
         if fmt == "zip":
             return _read_zip(p, size, deep=deep)
         return _read_legacy(p, size)
+
+
+def read_view(view: Any, *, deep: bool) -> Inspection:
+    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): its tail and head
+    reads, and more only when the fast path cannot answer (a directory larger than the tail read,
+    no stamp member, ``deep``)."""
+    where = view.where
+    if view.size == 0:
+        raise NotACheckpoint(f"{where}: the object is empty; it is not a checkpoint (an interrupted save?)")
+    fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
+    fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
+    if fast is not None:
+        prefix, data, version = fast
+        return Inspection(CheckpointFile(where, "zip", view.size, Stamp.from_bytes(data, source=str(where)), "member", prefix, version))
+    view.confirm_size()  # the full readers trust the size: from a HEAD, unless the whole object came back
+    with no_cycle_collection():
+        if fmt == "zip":
+            return _read_zip(where, view.size, deep=deep, fh=view)
+        return _read_legacy(where, view.size, fh=view)
 
 
 @contextmanager
@@ -563,4 +587,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp", "read_view"]

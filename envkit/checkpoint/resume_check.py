@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
+from envkit.checkpoint.urls import as_location, is_url
 from envkit.config import resolve_policy
 from envkit.errors import (
     EXIT_OK,
@@ -103,7 +104,7 @@ def check(
         from envkit.checkpoint.folder import folder_evidence
 
         evidence = folder_evidence(path)
-    return CheckReport(Path(path), info, current, judged.differences, judged.verdict, active, evidence)
+    return CheckReport(as_location(path), info, current, judged.differences, judged.verdict, active, evidence)
 
 
 def check_against(
@@ -177,6 +178,8 @@ def load(
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
+    if is_url(path):  # s3://, gs://, ...: the guard from the stamp (two GETs), then one download, verified locally
+        return _load_downloaded(report, map_location=map_location, verify=verify)
     if report.info.format == "folder":
         raise BadInput(f"{path}: a checkpoint folder, not one file; envkit.guard (or envkit.verify) it, then load it with the "
                        "framework that wrote it")
@@ -203,6 +206,27 @@ def load(
         raise TorchNotInstalled("envkit.load needs torch; install it with `pip install envkit[torch]`") from None
     location = map_location if map_location is not None else cpu_fallback_location()
     return torch.load(path, map_location=location, weights_only=True)
+
+
+def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool) -> Any:
+    import tempfile
+    from dataclasses import replace
+
+    from envkit.checkpoint.remote import download
+
+    where = report.checkpoint
+    with tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
+        local = Path(folder) / where.name
+        with open(local, "wb") as out:
+            download(where, out)
+        if verify and report.info.stamped:
+            from envkit.checkpoint.integrity import verify as verify_file
+
+            result = verify_file(local)
+            if result.status in ("corrupt", "unreadable"):
+                problem = (result.problem or "does not verify").replace(str(local), str(where))
+                raise CorruptCheckpoint(f"{problem}; resume from an earlier checkpoint")
+        return load(local, map_location=map_location, policy=report.policy, verify=False, info=replace(report.info, path=local))
 
 
 @dataclass(frozen=True)
@@ -238,6 +262,9 @@ def fingerprint_of(source: str) -> Fingerprint | None:
     """``live``, a fingerprint JSON file, or a checkpoint (None when it has no stamp)."""
     if source == "live":
         return collect()
+    if is_url(source):  # a checkpoint in a bucket (a fingerprint JSON there is not read)
+        info = read_stamp(source)
+        return info.stamp.fingerprint if info.stamp else None
     p = Path(source)
     try:
         st = p.stat()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from envkit.checkpoint.listing import LocalListing
 from envkit.checkpoint.paths import (
     CHECKPOINT_SUFFIXES,
     is_folder_checkpoint,
@@ -81,12 +82,31 @@ class CheckpointStorage(Protocol):
     def remove_stale(self) -> list[Path]:
         """Remove what writers that died left behind (call it holding the folder's lock)."""
 
+    # The listing the manager, the index and retention read (``listing.Listing``): a storage is one.
+    def location(self, name: str) -> Path: ...
+    def committed_sizes(self) -> dict[str, int]: ...
+    def names(self) -> set[str] | None: ...
+    def is_new_checkpoint(self, name: str) -> bool: ...
+    def read_index_bytes(self, *, first_line: bool = False) -> bytes | None: ...
+    def write_index_bytes(self, data: bytes) -> None: ...
+    def mtime(self, name: str) -> float: ...
+    def after_deletes(self) -> None: ...
 
-class LocalFolder:
+    def prepare(self) -> None:
+        """Make the root if needed (rank 0, when the manager is made); BadInput when it cannot be."""
+
+    def lock(self) -> Any:
+        """The one-writer lock of this root (``acquire()``/``release()``): a flock, or a lock object in a bucket."""
+
+    def ephemeral_warning(self) -> str | None:
+        """Why checkpoints here may not survive a reboot; None when they should."""
+
+
+class LocalFolder(LocalListing):
     """What both local implementations share: a folder, its listing, deletes and stale temporary files."""
 
     def __init__(self, root: Path, *, digest: str, ranks: Ranks) -> None:
-        self.root = root
+        super().__init__(root)
         self.digest = digest
         self.ranks = ranks
 
@@ -118,6 +138,24 @@ class LocalFolder:
 
     def remove_stale(self) -> list[Path]:
         return remove_stale_temp_files(self.root)
+
+    def prepare(self) -> None:
+        from envkit.errors import BadInput
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"{self.root}: cannot create the checkpoint folder ({exc.strerror}); choose another") from None
+
+    def lock(self) -> Any:
+        from envkit.checkpoint.folder_lock import FolderLock
+
+        return FolderLock(self.root)
+
+    def ephemeral_warning(self) -> str | None:
+        from envkit.checkpoint.paths import ephemeral_warning
+
+        return ephemeral_warning(self.root)
 
 
 def is_checkpoint_name(name: str) -> bool:

@@ -174,7 +174,9 @@ def save(
     ``__metadata__["envkit"]``, ``metadata`` kept beside it); by default ".safetensors" names
     choose safetensors and any other name torch.
     """
-    target = Path(path)
+    from envkit.checkpoint.urls import as_location, is_url
+
+    target = as_location(path)  # a URL stays one (an ObjectPath)
     if digest not in DIGEST_ALGORITHMS:
         raise BadInput(f"unknown digest {digest!r}; use one of {', '.join(DIGEST_ALGORITHMS)}")
     chosen = format or ("safetensors" if target.name.endswith(".safetensors") else "torch")
@@ -184,6 +186,14 @@ def save(
         raise BadInput(f"{target}: metadata= is for safetensors files; put what a torch file should carry in meta=")
     full_meta = build_meta(meta, target)
     _import_torch()
+    if is_url(target) and chosen == "safetensors":
+        raise BadInput(f"{target}: safetensors files are saved to local paths only for now; save it locally, then upload it")
+    if is_url(target):  # s3://, gs://, ...: one upload that appears whole, or not at all (remote.py)
+        from envkit.checkpoint.remote import save_url
+
+        given = fingerprint
+        return save_url(obj, target, stamp_for=lambda payload: Stamp(given if given is not None else collect(), payload, full_meta),
+                        digest=digest)
     if chosen == "safetensors":
         from envkit.checkpoint import safetensors_format
 

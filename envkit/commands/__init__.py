@@ -84,3 +84,17 @@ def path_type(**checks: bool) -> click.Path:
     """A path option or argument. Whether it exists and can be read is the library's to say (in
     its own words), so click checks only file-or-folder where a command asks it to."""
     return click.Path(path_type=Path, readable=False, **checks)
+
+
+class _Location(click.ParamType):
+    name = "path_or_url"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path:
+        from envkit.checkpoint.urls import as_location
+
+        return as_location(value)
+
+
+def location_type() -> click.ParamType:
+    """A checkpoint or folder argument that may be a URL (s3://bucket/run/x.pth): a URL stays one."""
+    return _Location()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from envkit.commands import FAIL_ON, POLICY_CHOICE, echo, handle_errors, path_type
+from envkit.commands import FAIL_ON, POLICY_CHOICE, echo, handle_errors, location_type, path_type
 
 
 @click.command()
-@click.argument("checkpoint", type=path_type())
+@click.argument("checkpoint", type=location_type())
 @click.option("--policy", type=POLICY_CHOICE, help="Policy preset (default: the project's, else compatible).")
 @click.option("--against", type=path_type(), help="Compare with this fingerprint JSON instead of the live environment.")
 @click.option("--prefix", type=path_type(), help="Compare with the environment installed at this prefix.")

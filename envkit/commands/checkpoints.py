@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from envkit.commands import POLICY_CHOICE, echo, emit_json, handle_errors, path_type
+from envkit.commands import POLICY_CHOICE, echo, emit_json, handle_errors, location_type, path_type
 
 
 @click.command()
@@ -54,7 +54,7 @@ def diff(a: str, b: str, policy: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("checkpoint", type=path_type())
+@click.argument("checkpoint", type=location_type())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def inspect(checkpoint: Path, as_json: bool) -> None:
@@ -70,7 +70,7 @@ def inspect(checkpoint: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("checkpoints", nargs=-1, required=True, type=path_type())
+@click.argument("checkpoints", nargs=-1, required=True, type=location_type())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
 def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
@@ -93,7 +93,7 @@ def verify(checkpoints: tuple[Path, ...], as_json: bool) -> None:
 
 
 @click.command(name="ls")
-@click.argument("folder", type=path_type())
+@click.argument("folder", type=location_type())
 @click.option("--policy", type=POLICY_CHOICE, help="Policy preset for the verdict column.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors

@@ -1,0 +1,166 @@
+"""``ObjectStorage``: a CheckpointManager's checkpoints under a bucket prefix (``CheckpointManager("s3://bucket/run")``).
+
+A ``CheckpointStorage`` (storage.py) and a ``listing.Listing`` (``listing.ObjectListing``): one
+stamped torch.save object per checkpoint, written as remote.py describes (a multipart upload to
+the final key, completed at commit, confirmed by a HEAD before retention deletes anything), the
+one-writer lock an object created with ``If-None-Match: *`` (``remote.ObjectLock``), the index
+``.envkit-index.json`` an object of the prefix, so that ``latest()`` and ``envkit ls`` read it and
+one LIST. Sharded (``.dcp``) saves and distributed runs on a bucket are refused for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envkit.checkpoint.listing import ObjectListing
+from envkit.checkpoint.paths import TEMP_MARK
+from envkit.checkpoint.reader import CheckpointFile, read_stamp
+from envkit.checkpoint.remote import LOCK_NAME, ObjectLock, _Upload, remote_error, upload_stamped
+from envkit.checkpoint.state import TrainingState
+from envkit.checkpoint.urls import ObjectPath
+from envkit.errors import BadInput, CheckpointWriteError
+
+if False:  # TYPE_CHECKING, without importing typing's machinery at run time
+    from envkit.checkpoint.ranks import Ranks
+    from envkit.fingerprint import Fingerprint
+    from envkit.policy import Policy
+
+
+@dataclass
+class _PendingObject:
+    name: str
+    upload: _Upload | None
+    error: BaseException | None = None
+
+
+
+class ObjectStorage(ObjectListing):
+    """``CheckpointStorage`` for a bucket prefix: one stamped torch.save object per checkpoint."""
+
+    def __init__(self, root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> None:
+        if not isinstance(root, ObjectPath):
+            raise BadInput(f"{root}: not a URL")
+        super().__init__(root)
+        if sharded:
+            raise BadInput(f"{root}: sharded checkpoints on object storage are not supported yet; save them to a local or "
+                           "shared folder (sharded=True), or save one file per checkpoint to the bucket")
+        self.digest, self.ranks = digest, ranks
+
+    def name_for(self, name: str) -> str:
+        return name
+
+    def path_of(self, name: str) -> Path:
+        return self.location(name)
+
+    def prepare(self) -> None:
+        """The bucket must exist and answer: one LIST (what every listing needs anyway)."""
+        bucket = self.key.split("/", 1)[0]
+        try:
+            self.fs.ls(self.key, refresh=True)
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower() or not self.fs.exists(bucket):
+                raise remote_error(self.root, FileNotFoundError("bucket does not exist")) from None
+        except Exception as exc:  # noqa: BLE001
+            raise remote_error(self.root, exc) from None
+
+    def lock(self) -> ObjectLock:
+        return ObjectLock(self.fs, self._key(LOCK_NAME), self.url / LOCK_NAME)
+
+    def ephemeral_warning(self) -> str | None:
+        return None if self.url.scheme != "memory" else f"{self.root}: memory:// lives in this process only; use a bucket"
+
+    def remove_stale(self) -> list[Path]:
+        """Abort the incomplete uploads under the prefix (writers that died; this one holds the lock) and old temporary keys."""
+        removed: list[Path] = []
+        bucket, _, prefix = self.key.partition("/")
+        if self.url.scheme in ("s3", "s3a"):
+            try:
+                uploads = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/").get("Uploads") or []
+                for up in uploads:
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    removed.append(ObjectPath(f"{self.url.scheme}://{bucket}/{up['Key']}"))
+            except Exception:  # noqa: BLE001 - a cleanup that fails costs storage, not correctness
+                pass
+        for entry in self._entries():
+            name = str(entry["name"]).rsplit("/", 1)[-1]
+            if TEMP_MARK in name and name.startswith("."):
+                try:
+                    self.fs.rm_file(self._key(name))
+                    removed.append(self.location(name))
+                except Exception:  # noqa: BLE001
+                    pass
+        return removed
+
+    def write(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingObject:
+        from envkit.checkpoint.stamp import DICT_KEY, Stamp
+
+        pending = _PendingObject(name, None)
+        if self.ranks.distributed:
+            pending.error = BadInput(f"{self.root}: a distributed run saving to a bucket is not supported yet; save to a "
+                                     "shared folder")
+            return pending
+        try:
+            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts).to_state()
+            state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
+            pending.upload = upload_stamped(state, self.fs, self._key(name), self.location(name),
+                                            stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
+        except Exception as exc:  # noqa: BLE001 - raised by commit, as the local storages do
+            pending.error = exc
+        return pending
+
+    def commit(self, pending: _PendingObject, then: Callable[[Path], None] | None = None) -> Path:
+        path = self.location(pending.name)
+        if pending.error is not None:
+            raise pending.error
+        upload = pending.upload
+        assert upload is not None
+        try:
+            upload.commit()
+            size = int(self.fs.info(upload.key, refresh=True)["size"])  # HEAD: confirmed before anything is deleted
+        except Exception as exc:  # noqa: BLE001
+            upload.discard()
+            raise CheckpointWriteError(f"{remote_error(path, exc, 'write').message}; earlier checkpoints are untouched") from None
+        if size != upload.size:
+            raise CheckpointWriteError(f"{path}: the bucket holds {size} bytes, the save wrote {upload.size}; earlier "
+                                       "checkpoints are untouched (retention skipped)")
+        if then is not None:
+            then(path)
+        return path
+
+    def abort(self, pending: _PendingObject) -> None:
+        if pending.upload is not None:
+            pending.upload.discard()
+
+    def read(self, name: str) -> CheckpointFile:
+        return read_stamp(self.location(name))
+
+    def load(self, name: str, *, policy: Policy, map_location: Any = None, file: CheckpointFile | None = None) -> TrainingState:
+        from envkit.checkpoint.resume_check import load
+
+        path = self.location(name)
+        return TrainingState.from_state(load(path, map_location=map_location, policy=policy, verify=False, info=file),
+                                        source=path)
+
+    def delete(self, name: str) -> None:
+        try:
+            if name.endswith(".dcp"):
+                self.fs.rm(self._key(name), recursive=True)
+            else:
+                self.fs.rm_file(self._key(name))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise remote_error(self.location(name), exc, "delete") from None
+
+    def list_committed(self) -> list[str]:
+        return list(self.committed_sizes())
+
+    def is_committed(self, name: str) -> bool:
+        return name in self.committed_sizes()
+
+
+__all__ = ["ObjectStorage"]
