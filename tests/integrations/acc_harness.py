@@ -20,7 +20,6 @@ refused resume prints ``REFUSED <weights digest> <error>`` and exits 3.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 
@@ -28,20 +27,14 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from tests.integrations.runs import weights_digest
+
 EPOCHS, ROWS, BATCH, SAVE_EVERY = 2, 24, 4, 2
 
 
 def say(line: str) -> None:
     """One line in one write(2): atomic on a pipe, so two ranks' lines never interleave."""
     os.write(1, (line + "\n").encode())
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main() -> int:

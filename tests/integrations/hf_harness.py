@@ -13,7 +13,6 @@ First print ``INIT <sha256 of the initial parameters>``, at the end ``WEIGHTS <s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 
@@ -23,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+from tests.integrations.runs import weights_digest
 
 VOCAB, SEQ, ROWS = 32, 6, 24
 
@@ -45,14 +46,6 @@ def tiny_model(hidden: int = 8, layers: int = 1, vocab: int = VOCAB) -> BertForS
     config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=2 * hidden, max_position_embeddings=max(16, SEQ), num_labels=2)
     return BertForSequenceClassification(config)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class StopAt(TrainerCallback):

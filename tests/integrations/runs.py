@@ -3,14 +3,17 @@ until it reports a checkpoint and then SIGKILL it; fake another environment in a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -23,6 +26,38 @@ def child_env(tmp: Path) -> dict[str, str]:
             "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
             "TRANSFORMERS_VERBOSITY": "error", "ACCELERATE_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def weights_digest(model: Any) -> str:
+    """One digest of a module's weights, the same in every process: what "bit-identical" is compared by."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def assert_check_reads_no_pickle(folder: Path, pickle_name: str, tmp: Path) -> None:
+    """Put a pickle that runs code if loaded at ``folder/pickle_name``; ``envkit check`` of the unstamped
+    folder (text and --json) must say it is unstamped, exit 0 with a warning, and never load it."""
+    marker = tmp / "executed"
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    (folder / pickle_name).write_bytes(pickle.dumps(Boom()))
+    for args in (["check", str(folder)], ["check", "--json", str(folder)]):
+        done = subprocess.run([sys.executable, "-m", "envkit", *args], capture_output=True, text=True,
+                              env=child_env(tmp), cwd=tmp, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        if "--json" in args:
+            doc = json.loads(done.stdout)
+            assert doc["stamped"] is False and doc["verdict"] == "warn"
+        else:
+            assert "unstamped" in (done.stdout + done.stderr).lower()
+    assert not marker.exists()
 
 
 class Run:

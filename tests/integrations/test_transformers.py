@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 import envkit
 from envkit.errors import BadInput, CheckpointSkippedWarning, CorruptCheckpoint, EnvironmentDriftWarning, MissingExtra
 from envkit.integrations.resume import guard_resume
-from tests.integrations.runs import ROOT, Run, child_env, fake_newer_torch, tree
+from tests.integrations.runs import ROOT, Run, assert_check_reads_no_pickle, fake_newer_torch, tree
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -194,24 +193,7 @@ def test_guard_resume_bad_inputs_are_one_line_errors(out: Path, tmp_path: Path, 
 def test_envkit_check_on_an_unstamped_trainer_folder(runs: dict, tmp_path: Path) -> None:
     folder = tmp_path / "checkpoint-8"
     shutil.copytree(runs["tmp"] / "plain" / "checkpoint-8", folder)
-    marker = tmp_path / "executed"
-
-    class Boom:
-        def __reduce__(self) -> tuple:
-            return (os.system, (f"touch {marker}",))
-
-    (folder / "training_args.bin").write_bytes(pickle.dumps(Boom()))  # a pickle that runs code if loaded
-    for args in (["check", str(folder)], ["check", "--json", str(folder)]):
-        done = subprocess.run([sys.executable, "-m", "envkit", *args], capture_output=True, text=True,
-                              env=child_env(tmp_path), cwd=tmp_path, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert "Traceback" not in done.stderr + done.stdout
-        if "--json" in args:
-            doc = json.loads(done.stdout)
-            assert doc["stamped"] is False and doc["verdict"] == "warn"
-        else:
-            assert "unstamped" in (done.stdout + done.stderr).lower()
-    assert not marker.exists()
+    assert_check_reads_no_pickle(folder, "training_args.bin", tmp_path)  # a pickle that runs code if loaded
 
 
 # --- the callback in this process: background and synchronous stamps, errors ---------------------------
