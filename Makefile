@@ -65,7 +65,7 @@ bench-ddp: $(READY)
 $(READY20): pyproject.toml
 	@test -x $(BIN20)/python || $(PYTHON) -m venv $(VENV20)
 	$(BIN20)/python -m pip install -q "$(TORCH20_SPEC)" "numpy<2"
-	$(BIN20)/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	$(BIN20)/python -m pip install -q -e ".[dev,safetensors,s3]" --config-settings editable_mode=compat
 	@touch $@
 
 test-torch20: $(READY) $(READY20)
