@@ -5,7 +5,8 @@ stamped torch.save object per checkpoint, written as remote.py describes (a mult
 the final key, completed at commit, confirmed by a HEAD before retention deletes anything), the
 one-writer lock an object created with ``If-None-Match: *`` (``remote.ObjectLock``), the index
 ``.envkit-index.json`` an object of the prefix, so that ``latest()`` and ``envkit ls`` read it and
-one LIST. Sharded (``.dcp``) saves and distributed runs on a bucket are refused for now.
+one LIST. Sharded (``.dcp``) saves are ``bucket_sharded.ShardedObjectStorage``'s; a distributed run saving
+one file per checkpoint to a bucket is refused for now (sharded=True saves from every rank).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class ObjectStorage(ObjectListing):
             raise BadInput(f"{root}: not a URL")
         super().__init__(root)
         if sharded:
-            raise BadInput(f"{root}: sharded checkpoints on object storage are not supported yet; save them to a local or "
-                           "shared folder (sharded=True), or save one file per checkpoint to the bucket")
+            raise BadInput(f"{root}: ObjectStorage keeps one object per checkpoint; sharded checkpoints in a bucket are "
+                           "bucket_sharded.ShardedObjectStorage's (CheckpointManager(url, sharded=True) picks it)")
         self.digest, self.ranks = digest, ranks
 
     def name_for(self, name: str) -> str:
@@ -100,8 +101,8 @@ class ObjectStorage(ObjectListing):
 
         pending = _PendingObject(name, None)
         if self.ranks.distributed:
-            pending.error = BadInput(f"{self.root}: a distributed run saving to a bucket is not supported yet; save to a "
-                                     "shared folder")
+            pending.error = BadInput(f"{self.root}: a distributed run saving one file per checkpoint to a bucket is not "
+                                     "supported yet; pass sharded=True (every rank uploads its shards), or save to a shared folder")
             return pending
         try:
             state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts).to_state()
