@@ -196,7 +196,9 @@ class ShardedObjectStorage(ObjectListing):
                 outcome = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         outcome = self.ranks.broadcast(outcome)
         if outcome is not None:
-            raise CheckpointWriteError(outcome if outcome.startswith(str(path)) else
+            if "earlier checkpoints are untouched" in outcome:
+                raise CheckpointWriteError(outcome)
+            raise CheckpointWriteError(f"{outcome}; earlier checkpoints are untouched" if outcome.startswith(str(path)) else
                                        f"{path}: save failed ({outcome}); earlier checkpoints are untouched")
         return path
 
