@@ -5,8 +5,8 @@ stamped torch.save object per checkpoint, written as remote.py describes (a mult
 the final key, completed at commit, confirmed by a HEAD before retention deletes anything), the
 one-writer lock an object created with ``If-None-Match: *`` (``remote.ObjectLock``), the index
 ``.envkit-index.json`` an object of the prefix, so that ``latest()`` and ``envkit ls`` read it and
-one LIST. Sharded (``.dcp``) saves are ``bucket_sharded.ShardedObjectStorage``'s; a distributed run saving
-one file per checkpoint to a bucket is refused for now (sharded=True saves from every rank).
+one LIST. Distributed, rank 0 uploads the replicated state with every rank's RNG and every rank learns the
+outcome (as ``single_file.SingleFileStorage`` does). Sharded (``.dcp``) saves are ``bucket_sharded.ShardedObjectStorage``'s.
 """
 
 from __future__ import annotations
@@ -100,12 +100,18 @@ class ObjectStorage(ObjectListing):
         from envkit.checkpoint.stamp import DICT_KEY, Stamp
 
         pending = _PendingObject(name, None)
-        if self.ranks.distributed:
-            pending.error = BadInput(f"{self.root}: a distributed run saving one file per checkpoint to a bucket is not "
-                                     "supported yet; pass sharded=True (every rank uploads its shards), or save to a shared folder")
-            return pending
         try:
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts).to_state()
+            if self.ranks.distributed:  # rank 0 uploads the replicated state and every rank's RNG (single_file.py alike)
+                from envkit.checkpoint.single_file import capture_on_rank0
+
+                captured = capture_on_rank0(self.ranks, epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+                if captured.state is None:  # another rank, or an error that commit raises on every rank
+                    pending.error = captured.error
+                    return pending
+                training = captured.state
+            else:
+                training = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            state = training.to_state()
             state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
             pending.upload = upload_stamped(state, self.fs, self._key(name), self.location(name),
                                             stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
@@ -114,6 +120,20 @@ class ObjectStorage(ObjectListing):
         return pending
 
     def commit(self, pending: _PendingObject, then: Callable[[Path], None] | None = None) -> Path:
+        if not self.ranks.distributed:
+            return self._commit(pending, then)
+        from envkit.checkpoint.background import agree
+
+        error: BaseException | None = None
+        try:
+            if self.ranks.rank == 0 or pending.error is not None:
+                self._commit(pending, then)
+        except Exception as exc:  # noqa: BLE001 - rank 0's error is raised on every rank (a broadcast)
+            error = exc
+        agree(self.ranks, error)
+        return self.location(pending.name)
+
+    def _commit(self, pending: _PendingObject, then: Callable[[Path], None] | None) -> Path:
         path = self.location(pending.name)
         if pending.error is not None:
             raise pending.error

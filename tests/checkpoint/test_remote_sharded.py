@@ -329,7 +329,7 @@ def test_a_local_sharded_checkpoint_copied_to_a_bucket_checks_verifies_and_lists
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_save_sharded_to_a_bucket_and_resume_exactly(bucket: str, s3_server: S3Server) -> None:
+def test_two_gloo_ranks_save_to_a_bucket_sharded_and_one_file_and_resume_exactly(bucket: str, s3_server: S3Server) -> None:
     url = f"s3://{bucket}/ddp"
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -345,12 +345,14 @@ def test_two_gloo_ranks_save_sharded_to_a_bucket_and_resume_exactly(bucket: str,
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         doc = json.loads(out.strip().splitlines()[-1])
+        single = {"path": f"{url}-one/s_0000_00000002.pth", "step": 2, "rng": True, "model": True, "optimizer": True}
         assert doc == {"rank": doc["rank"], "path": f"{url}/d_0000_00000002.dcp", "step": 2, "model": True, "optimizer": True,
-                       "rng": True, "trained": True}, doc
+                       "rng": True, "trained": True, "single": single}, doc
     prefix = "ddp/d_0000_00000002.dcp/"
     names = [k.removeprefix(prefix) for k in _keys(s3_server, bucket, "ddp/")]
     assert names[0] == "ddp/.envkit-index.json" and {".metadata", "envkit.json", "rank0.pt", "rank1.pt"} <= set(names[1:])
     assert all(n.startswith(("__0_", "__1_", ".metadata", "envkit.json", "rank")) for n in names[1:]), names  # step 1 retained away
+    assert _keys(s3_server, bucket, "ddp-one/") == ["ddp-one/.envkit-index.json", "ddp-one/s_0000_00000002.pth"]
     assert _uploads(s3_server, bucket) == []
     verified = _envkit("verify", f"{url}/d_0000_00000002.dcp")
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -381,9 +383,26 @@ def _rank_main(rank: int, world: int, port: int, url: str) -> None:
     data.set_state(saved[2])
     _train(fresh, fresh_opt, 1, data)
     trained = _same(fresh.state_dict(), model.state_dict()) and _same(fresh_opt.state_dict(), opt.state_dict())
+    single = _single_file_phase(rank, f"{url}-one")
     print(json.dumps({"rank": rank, "path": str(path), "step": info.step if info else None, "model": same_model,
-                      "optimizer": same_opt, "rng": same_rng, "trained": trained}), flush=True)
+                      "optimizer": same_opt, "rng": same_rng, "trained": trained, "single": single}), flush=True)
     dist.destroy_process_group()
+
+
+def _single_file_phase(rank: int, url: str) -> dict[str, object]:
+    """One file per checkpoint from two ranks: rank 0 uploads (every rank's RNG in it), both learn the outcome, both resume."""
+    model, opt = _make(0)
+    with envkit.CheckpointManager(url, project="s", keep_last=1) as mgr:
+        for step in (1, 2):
+            _train(model, opt, 1, torch.Generator().manual_seed(step))
+            torch.manual_seed(200 + rank)
+            path = mgr.save(epoch=0, step=step, model=model, optimizer=opt)
+    draw = torch.rand(3)
+    fresh, fresh_opt = _make(9)
+    with envkit.CheckpointManager(url, project="s") as mgr:
+        info = mgr.resume(model=fresh, optimizer=fresh_opt)
+    return {"path": str(path), "step": info.step if info else None, "rng": torch.equal(torch.rand(3), draw),
+            "model": _same(fresh.state_dict(), model.state_dict()), "optimizer": _same(fresh_opt.state_dict(), opt.state_dict())}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["rank"]:
