@@ -78,6 +78,12 @@ def upload_file(fs: Any, key: str, where: ObjectPath, local: Path) -> int:
     return size
 
 
+def _is_ours(name: str) -> bool:
+    """A file a sharded save writes: DCP's ``.metadata`` and ``__<rank>_<n>.distcp``, a ``rank<r>.pt``."""
+    return name == ".metadata" or (name.startswith("__") and name.endswith(".distcp")) or \
+        (name.startswith("rank") and name.endswith(".pt") and name[4:-3].isdigit())
+
+
 class ShardedObjectStorage(ObjectListing):
     """``CheckpointStorage`` for sharded checkpoints under a bucket prefix. ``write``, ``commit`` and ``load`` are
     collectives under torch.distributed (every rank calls them), as with the local ``ShardedFolderStorage``."""
@@ -115,16 +121,21 @@ class ShardedObjectStorage(ObjectListing):
         return name in self.committed_sizes()
 
     def remove_stale(self) -> list[Path]:
-        """Incomplete uploads and temporary keys (as ObjectStorage), and every ``.dcp`` prefix without its marker:
-        the files of writers that died before their commit (call it holding the lock). One LIST for the prefixes."""
+        """Incomplete uploads and temporary keys (as ObjectStorage), and every ``.dcp`` prefix without its marker that
+        holds only files a sharded save writes: what writers that died before their commit left (call it holding the
+        lock). A prefix holding anything else is left alone. One LIST for the prefixes."""
         removed = self._objects.remove_stale()
         try:
             objects = listed_sizes(self.fs, self.key, self.url)
         except EnvkitError:
             return removed  # a cleanup that fails costs storage, not correctness
-        folders = {n.split("/", 1)[0] for n in objects if "/" in n and n.split("/", 1)[0].endswith(".dcp")}
-        for folder in sorted(folders):
-            if f"{folder}/{STAMP_NAME}" not in objects:
+        folders: dict[str, list[str]] = {}
+        for n in objects:
+            folder, _, rest = n.partition("/")
+            if rest and folder.endswith(".dcp") and not folder.startswith("."):
+                folders.setdefault(folder, []).append(rest)
+        for folder, names in sorted(folders.items()):
+            if STAMP_NAME not in names and all(_is_ours(n) for n in names):  # anything else there is not a dead writer's
                 try:
                     self._remove_prefix(folder)
                     removed.append(self.location(folder))

@@ -227,6 +227,7 @@ def test_kill_9_mid_upload_before_the_marker_leaves_an_invisible_prefix_that_the
     assert rows.returncode == 0 and [r["step"] for r in json.loads(rows.stdout)["checkpoints"]] == [1], rows.stderr
     _one_line_exit_2(_envkit("check", f"{url}/p_0000_00000002.dcp"), "not a committed sharded checkpoint")
 
+    _fs().pipe_file(f"{bucket}/run/notes.dcp/README.txt", b"mine")  # type: ignore[attr-defined]  # not a dead writer's: kept
     model = torch.nn.Linear(300, 300)
     with envkit.CheckpointManager(url, project="p", sharded=True, keep_last=1) as mgr:  # the next writer cleans up
         assert {str(p) for p in mgr.removed_temp_files} == {f"s3://{bucket}/{partial}__0_0.distcp", f"{url}/p_0000_00000002.dcp"}
@@ -237,6 +238,7 @@ def test_kill_9_mid_upload_before_the_marker_leaves_an_invisible_prefix_that_the
         assert info is not None and info.step == 1
         mgr.save(epoch=0, step=2, model=model)
         assert [i.step for i in mgr.list()] == [2]
+    assert _keys(s3_server, bucket, "run/notes.dcp/") == ["run/notes.dcp/README.txt"]
 
 
 def test_retention_deletes_the_old_prefix_only_after_the_new_marker_is_confirmed(bucket: str, s3_server: S3Server,
@@ -282,6 +284,15 @@ def test_check_verify_inspect_of_a_dcp_url_read_its_marker(bucket: str, s3_serve
     assert doc["format"] == "dcp" and doc["meta"]["step"] == 5 and doc["meta"]["world_size"] == 1
     assert sorted(r["name"] for r in doc["records"]) == [".metadata", "__0_0.distcp", "rank0.pt"]
     assert envkit.verify(dcp).ok and _envkit("verify", dcp).returncode == 0
+    listed = _envkit("ls", dcp, "--json")  # the prefix is one checkpoint, not a folder of rank files
+    assert listed.returncode == 0 and [(r["checkpoint"], r["step"]) for r in json.loads(listed.stdout)["checkpoints"]] == \
+        [(dcp, 5)], listed.stdout + listed.stderr
+    code = "import sys, envkit; print(envkit.check(sys.argv[1]).verdict, 'torch' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", code, dcp], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert light.stdout.split() == ["ok", "False"], light.stderr  # the read path never imports torch
+    with pytest.raises(envkit.errors.BadInput, match="a sharded checkpoint.*sharded=True"):
+        envkit.load(dcp)
 
     key = f"{dcp.removeprefix('s3://')}/__0_0.distcp"
     good = bytes(_fs().cat_file(key))  # type: ignore[attr-defined]
