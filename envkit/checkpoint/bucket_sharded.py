@@ -36,6 +36,7 @@ from envkit.checkpoint import remote
 from envkit.checkpoint.bucket import ObjectStorage
 from envkit.checkpoint.folder_format import STAMP_NAME, file_digest, verify_files
 from envkit.checkpoint.listing import ObjectListing
+from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.checkpoint.remote import ObjectLock, _Upload, remote_error
 from envkit.checkpoint.remote_folder import download_folder, listed_sizes, read_folder_url
@@ -79,7 +80,10 @@ def upload_file(fs: Any, key: str, where: ObjectPath, local: Path) -> int:
 
 
 def _is_ours(name: str) -> bool:
-    """A file a sharded save writes: DCP's ``.metadata`` and ``__<rank>_<n>.distcp``, a ``rank<r>.pt``."""
+    """A file a sharded save writes: DCP's ``.metadata`` and ``__<rank>_<n>.distcp``, a ``rank<r>.pt`` (or the temporary
+    key ``.<file>.tmp-<pid>`` a file system without atomic uploads writes it through, remote._Upload)."""
+    if TEMP_MARK in name and name.startswith("."):
+        name = name[1:].rsplit(TEMP_MARK, 1)[0]
     return name == ".metadata" or (name.startswith("__") and name.endswith(".distcp")) or \
         (name.startswith("rank") and name.endswith(".pt") and name[4:-3].isdigit())
 
