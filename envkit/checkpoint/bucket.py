@@ -5,7 +5,8 @@ stamped torch.save object per checkpoint, written as remote.py describes (a mult
 the final key, completed at commit, confirmed by a HEAD before retention deletes anything), the
 one-writer lock an object created with ``If-None-Match: *`` (``remote.ObjectLock``), the index
 ``.envkit-index.json`` an object of the prefix, so that ``latest()`` and ``envkit ls`` read it and
-one LIST. Sharded (``.dcp``) saves and distributed runs on a bucket are refused for now.
+one LIST. Distributed, rank 0 uploads the replicated state with every rank's RNG and every rank learns the
+outcome (as ``single_file.SingleFileStorage`` does). Sharded (``.dcp``) saves are ``bucket_sharded.ShardedObjectStorage``'s.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class ObjectStorage(ObjectListing):
             raise BadInput(f"{root}: not a URL")
         super().__init__(root)
         if sharded:
-            raise BadInput(f"{root}: sharded checkpoints on object storage are not supported yet; save them to a local or "
-                           "shared folder (sharded=True), or save one file per checkpoint to the bucket")
+            raise BadInput(f"{root}: ObjectStorage keeps one object per checkpoint; sharded checkpoints in a bucket are "
+                           "bucket_sharded.ShardedObjectStorage's (CheckpointManager(url, sharded=True) picks it)")
         self.digest, self.ranks = digest, ranks
 
     def name_for(self, name: str) -> str:
@@ -99,12 +100,18 @@ class ObjectStorage(ObjectListing):
         from envkit.checkpoint.stamp import DICT_KEY, Stamp
 
         pending = _PendingObject(name, None)
-        if self.ranks.distributed:
-            pending.error = BadInput(f"{self.root}: a distributed run saving to a bucket is not supported yet; save to a "
-                                     "shared folder")
-            return pending
         try:
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts).to_state()
+            if self.ranks.distributed:  # rank 0 uploads the replicated state and every rank's RNG (single_file.py alike)
+                from envkit.checkpoint.single_file import capture_on_rank0
+
+                captured = capture_on_rank0(self.ranks, epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+                if captured.state is None:  # another rank, or an error that commit raises on every rank
+                    pending.error = captured.error
+                    return pending
+                training = captured.state
+            else:
+                training = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            state = training.to_state()
             state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
             pending.upload = upload_stamped(state, self.fs, self._key(name), self.location(name),
                                             stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
@@ -113,6 +120,20 @@ class ObjectStorage(ObjectListing):
         return pending
 
     def commit(self, pending: _PendingObject, then: Callable[[Path], None] | None = None) -> Path:
+        if not self.ranks.distributed:
+            return self._commit(pending, then)
+        from envkit.checkpoint.background import agree
+
+        error: BaseException | None = None
+        try:
+            if self.ranks.rank == 0 or pending.error is not None:
+                self._commit(pending, then)
+        except Exception as exc:  # noqa: BLE001 - rank 0's error is raised on every rank (a broadcast)
+            error = exc
+        agree(self.ranks, error)
+        return self.location(pending.name)
+
+    def _commit(self, pending: _PendingObject, then: Callable[[Path], None] | None) -> Path:
         path = self.location(pending.name)
         if pending.error is not None:
             raise pending.error

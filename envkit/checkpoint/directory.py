@@ -200,6 +200,10 @@ def describe_folder(folder: str | os.PathLike[str], *, policy: Any = None) -> li
     from envkit.checkpoint.urls import is_url
     from envkit.errors import BadInput
 
+    if is_url(folder) and str(folder).rstrip("/").endswith(".dcp"):  # one sharded checkpoint in a bucket: its envkit.json
+        from envkit.checkpoint.urls import as_location
+
+        return [FolderRow(_folder_info(as_location(folder), None), None, None)]
     if is_url(folder):  # a bucket prefix: its index and one LIST, not every stamp; not verified (that reads every byte)
         return [FolderRow(i, None, None) for i in sorted(scan(as_listing(str(folder))), key=lambda i: (i.order_key, i.path.name))]
     root = Path(folder)

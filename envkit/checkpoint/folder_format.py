@@ -153,6 +153,12 @@ def read_stamp_doc(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise NotACheckpoint(f"{stamp_path}: cannot read ({exc.strerror}); check the folder's permissions") from None
+    return parse_stamp_doc(data, stamp_path)
+
+
+def parse_stamp_doc(data: bytes, stamp_path: Path) -> dict[str, Any]:
+    """``envkit.json``'s bytes (at most ``MAX_STAMP_BYTES + 1`` of them), checked as ``read_stamp_doc`` checks them
+    (``stamp_path``: where they came from, a local path or an ``ObjectPath``, for the messages)."""
     if len(data) > MAX_STAMP_BYTES:
         raise MalformedStamp(f"{stamp_path}: over the {MAX_STAMP_BYTES} byte limit; the folder was not written by envkit")
     try:

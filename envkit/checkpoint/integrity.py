@@ -112,6 +112,8 @@ def verify(
 
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
     """
+    if is_url(path) and str(path).rstrip("/").endswith(".dcp"):  # a sharded checkpoint in a bucket: every file streamed once
+        return _verify_folder_url(path, info, progress)
     if is_url(path):  # s3://, gs://, ...: the payload streamed once (remote.py)
         from envkit.checkpoint.remote_verify import verify_url
 
@@ -126,6 +128,26 @@ def verify(
             with opened:
                 return _verify(p, info, progress, opened)
     return _verify(p, info, progress, None)
+
+
+def _verify_folder_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Progress | None) -> VerifyResult:
+    """``verify`` of a ``.dcp`` prefix (remote_folder.py): its envkit.json, one LIST, each file hashed as it streams."""
+    from envkit.checkpoint.remote_folder import read_folder_url, verify_folder_url
+    from envkit.errors import StorageUnavailable
+
+    where = as_location(location)
+    try:
+        where, (stamp, files, layout) = read_folder_url(where)
+        info = info or CheckpointFile(where, "folder" if layout is not None else "dcp", sum(int(r["size"]) for r in files.values()),
+                                      stamp, "file")
+        if stamp.payload is None:
+            return VerifyResult(where, UNSTAMPED, f"{where}: the folder's stamp records no digest ({UNSTAMPED_ADVICE})", info)
+        problem = verify_folder_url(where, stamp, files, progress)
+    except StorageUnavailable:
+        raise  # the bucket cannot be reached: not an answer about this checkpoint
+    except EnvkitError as exc:
+        return VerifyResult(where, CORRUPT if isinstance(exc, MalformedStamp) else UNREADABLE, exc.message, info)  # a damaged marker: corrupt
+    return VerifyResult(where, CORRUPT if problem else OK, problem, info)
 
 
 def _verify(p: Path, info: CheckpointFile | None, progress: Progress | None, opened: Any) -> VerifyResult:

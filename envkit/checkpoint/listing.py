@@ -10,7 +10,6 @@ No torch import here.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -185,12 +184,16 @@ class ObjectListing:
 
     def committed_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
-        for entry in self._entries():
+        entries = self._entries()
+        folders: dict[str, int] | None = None
+        for entry in entries:
             name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
             if name.startswith(".") or TEMP_MARK in name or not name.endswith(CHECKPOINT_SUFFIXES):
                 continue
             if entry.get("type") == "directory":
-                size = self._folder_size(name)  # a sharded checkpoint: committed once its envkit.json is there
+                if folders is None:
+                    folders = self._folder_sizes()
+                size = folders.get(name)  # a sharded checkpoint: committed once its envkit.json is there
                 if size is None:
                     continue
             else:
@@ -198,20 +201,34 @@ class ObjectListing:
             sizes[name] = size
         return sizes
 
-    def _folder_size(self, name: str) -> int | None:
-        try:
-            from envkit.checkpoint.dcp_format import STAMP_NAME
+    def _folder_sizes(self) -> dict[str, int]:
+        """Each committed folder checkpoint (``<name>.dcp/`` holding ``envkit.json``) and the total size of its other
+        objects (what its stamp records when it is whole, as ``read_stamp`` reports it): one recursive LIST, no GET."""
+        from envkit.checkpoint.dcp_format import STAMP_NAME
 
-            doc = json.loads(self.fs.cat_file(f"{self._key(name)}/{STAMP_NAME}"))
-            files = doc.get("files") if isinstance(doc, dict) else None
-            return sum(int(f["size"]) for f in files.values()) if isinstance(files, dict) else None
-        except Exception:  # noqa: BLE001 - no marker (or a damaged one): not committed
-            return None
+        try:
+            self.fs.invalidate_cache(self.key)
+            found = self.fs.find(self.key, detail=True)
+        except Exception as exc:  # noqa: BLE001 - one line that says what to set
+            raise _remote_error(self.root, exc) from None
+        totals: dict[str, int] = {}
+        marked: set[str] = set()
+        for key, entry in found.items():
+            folder, _, rest = str(key)[len(self.key) + 1:].partition("/")
+            if not rest or entry.get("type") == "directory":
+                continue
+            if rest == STAMP_NAME:
+                marked.add(folder)
+            else:
+                totals[folder] = totals.get(folder, 0) + int(entry.get("size") or 0)
+        return {folder: totals.get(folder, 0) for folder in marked}
 
     def names(self) -> set[str] | None:
         return {str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in self._entries()}
 
     def is_new_checkpoint(self, name: str) -> bool:
+        if name.startswith(".") or TEMP_MARK in name or not name.endswith(CHECKPOINT_SUFFIXES):
+            return False  # the lock, the index, a temporary key: no request
         return name in self.committed_sizes()
 
     def read_index_bytes(self, *, first_line: bool = False) -> bytes | None:

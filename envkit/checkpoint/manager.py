@@ -110,6 +110,10 @@ def open_storage(root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> Che
     """The storage a manager writes to: decided here, once (a URL: a bucket prefix, ``bucket.ObjectStorage``)."""
     from envkit.checkpoint.urls import is_url
 
+    if is_url(root) and sharded:
+        from envkit.checkpoint.bucket_sharded import ShardedObjectStorage
+
+        return ShardedObjectStorage(root, digest=digest, ranks=ranks)
     if is_url(root):
         from envkit.checkpoint.bucket import ObjectStorage
 

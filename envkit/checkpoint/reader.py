@@ -454,6 +454,17 @@ def _read_folder(path: Path, *, deep: bool) -> Inspection:
     return _with_safetensors_tensors(Inspection(info, records))
 
 
+def _read_folder_url(location: str | os.PathLike[str]) -> Inspection:
+    """A ``.dcp`` prefix in a bucket (remote_folder.py): its ``envkit.json``, one GET."""
+    from envkit.checkpoint.folder_format import DCP_FORMAT, FOLDER_FORMAT
+    from envkit.checkpoint.remote_folder import read_folder_url
+
+    where, (stamp, files, layout) = read_folder_url(location)
+    records = tuple((name, int(files[name]["size"])) for name in sorted(files))
+    info = CheckpointFile(where, FOLDER_FORMAT if layout is not None else DCP_FORMAT, sum(size for _, size in records), stamp, "file")
+    return Inspection(info, records)
+
+
 MAX_FOLDER_FILES_INSPECTED = 64  # safetensors files of a folder whose tensors inspect lists
 
 
@@ -496,6 +507,8 @@ def _read_safetensors(path: Path, fh: BinaryIO, size: int) -> Inspection:
 
 
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
+    if is_url(path) and str(path).rstrip("/").endswith(".dcp"):  # a sharded checkpoint in a bucket: its envkit.json
+        return _read_folder_url(path)
     if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
         from envkit.checkpoint.remote import RangeView, split
 

@@ -178,6 +178,9 @@ def load(
     exists here, else to the CPU. ``info``: its stamp, read already.
     """
     report = guard(path, policy, info=info)
+    if report.info.format == "dcp":
+        raise BadInput(f"{path}: a sharded checkpoint (every rank's part through torch.distributed.checkpoint); resume it "
+                       "with CheckpointManager(its folder, sharded=True) under the same number of ranks")
     if is_url(path):  # s3://, gs://, ...: the guard from the stamp (two GETs), then one download, verified locally
         return _load_downloaded(report, map_location=map_location, verify=verify)
     if report.info.format == "folder":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +143,11 @@ class ShardedFolderStorage(LocalFolder):
               parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingFolder:
         ranks = self.ranks
         final = self.root / name
-        rank, group = ranks.rank, ranks.group
+        rank = ranks.rank
         tmp = self._temp_folder(final)
         error, records = None, {}
         try:
-            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
-            _write_rank_file(tmp, rank, _rank_doc(state, rank, ranks.world))
-            _dcp_save(_flat(state), tmp, group)
+            write_part(tmp, ranks, epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
             records = self._records(tmp)
         except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
             error = f"rank {rank}: {exc}"
@@ -229,7 +227,7 @@ class ShardedFolderStorage(LocalFolder):
         return self.root / ranks.broadcast(tmp.name)
 
     def _records(self, tmp: Path) -> dict[str, dict[str, Any]]:
-        return {n: {"size": (tmp / n).stat().st_size, "digest": file_digest(tmp / n, self.digest)} for n in _own_files(tmp, self.ranks.rank)}
+        return file_records(tmp, _own_files(tmp, self.ranks.rank), self.digest)
 
     def _gathered(self, final: Path, tmp: Path, error: str | None, records: dict[str, Any], fingerprint: Any,
                   meta: Mapping[str, Any]) -> _PendingFolder:
@@ -266,6 +264,28 @@ class ShardedFolderStorage(LocalFolder):
         return load_folder(self.root / name, ranks=self.ranks, policy=policy, file=file)
 
 
+def write_part(folder: Path, ranks: Ranks, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+               parts: Mapping[str, Any]) -> None:
+    """This rank's part of a sharded save into ``folder``: its ``rank<r>.pt``, then its DCP shards (a collective;
+    rank 0 also writes DCP's ``.metadata``). The folder may be shared by every rank or this rank's own."""
+    state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+    _write_rank_file(folder, ranks.rank, _rank_doc(state, ranks.rank, ranks.world))
+    _dcp_save(_flat(state), folder, ranks.group)
+
+
+def file_records(folder: Path, names: Iterable[str], digest: str) -> dict[str, dict[str, Any]]:
+    """name -> {size, digest} of files of ``folder``: what ``envkit.json`` lists."""
+    return {n: {"size": (folder / n).stat().st_size, "digest": file_digest(folder / n, digest)} for n in names}
+
+
+def stamp_document(files: Mapping[str, Mapping[str, Any]], *, fingerprint: Any, meta: Mapping[str, Any], digest: str,
+                   world: int) -> bytes:
+    """``envkit.json`` of a sharded checkpoint whose files are ``files`` (the commit marker: written last)."""
+    total = sum(int(r["size"]) for r in files.values())
+    stamp = Stamp(fingerprint, Payload(manifest_digest(files, digest), total), {**meta, "world_size": world, "format": "dcp"})
+    return json.dumps({**stamp.to_json(), "files": dict(files)}, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _flat(state: TrainingState) -> dict[str, Any]:
     """The tensors DCP writes, under flat keys (``model/<key>``, ``optimizer/state/<i>/<name>``)."""
     flat: dict[str, Any] = {}
@@ -294,7 +314,7 @@ def _commit(pending: _PendingFolder, digest: str, world: int) -> None:
         files.update(records)
     for name in sorted(os.listdir(tmp)):  # DCP's .metadata, written by the coordinator
         if name not in files:
-            files[name] = {"size": (tmp / name).stat().st_size, "digest": file_digest(tmp / name, digest)}
+            files.update(file_records(tmp, [name], digest))
             fd = os.open(tmp / name, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -309,13 +329,10 @@ def _commit(pending: _PendingFolder, digest: str, world: int) -> None:
     else:
         os.replace(tmp, final)
     fsync_dir(final.parent)
-    total = sum(r["size"] for r in files.values())
-    stamp = Stamp(pending.fingerprint, Payload(manifest_digest(files, digest), total),
-                  {**pending.meta, "world_size": world, "format": "dcp"})
-    doc = {**stamp.to_json(), "files": files}
+    document = stamp_document(files, fingerprint=pending.fingerprint, meta=pending.meta, digest=digest, world=world)
     marker = final / f".{STAMP_NAME}.tmp-{os.getpid()}"
     with open(marker, "wb") as fh:
-        fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+        fh.write(document)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(marker, final / STAMP_NAME)
@@ -338,14 +355,25 @@ def load_folder(path: Path, *, ranks: Ranks, policy: Policy, file: CheckpointFil
     from envkit.checkpoint.resume_check import guard
 
     report = guard(path, policy, info=file)
-    saved_world = report.info.stamp.meta.get("world_size") if report.info.stamp else None
+    check_world(path, report.info, ranks)
+    return load_local(path, ranks=ranks, source=path)
+
+
+def check_world(path: Path, info: CheckpointFile, ranks: Ranks) -> None:
+    """BadInput unless this job has as many ranks as saved the checkpoint ``info`` describes."""
+    saved_world = info.stamp.meta.get("world_size") if info.stamp else None
     world = ranks.world
     if saved_world != world:
         raise BadInput(f"{path}: saved by {saved_world} ranks, this job has {world}; resume it with {saved_world} ranks")
-    own = torch.load(path / f"rank{ranks.rank}.pt", map_location="cpu", weights_only=True)
-    flat = _allocate(path)
-    _dcp_load(flat, path, ranks.group)
+
+
+def load_local(folder: Path, *, ranks: Ranks, source: Path) -> TrainingState:
+    """This rank's part of the sharded checkpoint in the local ``folder`` (a collective), guarded already;
+    ``source``: where it came from, for messages (the folder itself, or the bucket prefix it was downloaded from)."""
+    own = torch.load(folder / f"rank{ranks.rank}.pt", map_location="cpu", weights_only=True)
+    flat = _allocate(folder)
+    _dcp_load(flat, folder, ranks.group)
     groups = own.get("optimizer_param_groups")
     model = unflatten(flat, "model") if any(k.startswith(f"model{SEP}") for k in flat) else None
     optimizer = _optimizer_from_flat({"state": unflatten(flat, "optimizer/state"), "param_groups": groups}) if groups is not None else None
-    return TrainingState.from_state({**own, "model": model, "optimizer": optimizer}, source=path)
+    return TrainingState.from_state({**own, "model": model, "optimizer": optimizer}, source=source)

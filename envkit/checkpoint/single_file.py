@@ -15,6 +15,7 @@ from envkit.errors import CheckpointWriteError
 
 if False:  # TYPE_CHECKING, without importing typing's machinery at run time
     from envkit.checkpoint.background import StagedSave, Stager
+    from envkit.checkpoint.ranks import Ranks
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Policy
 
@@ -78,18 +79,7 @@ class SingleFileStorage(LocalFolder):
 
     def _capture(self, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
                  parts: Mapping[str, Any]) -> _Captured:
-        """Rank 0's TrainingState (None on the other ranks), or the error (kept, for every rank to hear of)."""
-        try:
-            rng_ranks = self._gather_rng() if self.ranks.distributed else None
-        except CheckpointWriteError as exc:
-            return _Captured(None, exc)
-        if self.ranks.rank != 0:
-            return _Captured(None, None)
-        try:
-            return _Captured(TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts,
-                                                   rng_ranks=rng_ranks), None)
-        except Exception as exc:  # noqa: BLE001 - kept and raised in commit; the other ranks must hear of it, or they wait forever
-            return _Captured(None, exc)
+        return capture_on_rank0(self.ranks, epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
 
     def _write_captured(self, name: str, captured: _Captured, *, fingerprint: Fingerprint,
                         meta: Mapping[str, Any]) -> _PendingFile:
@@ -144,27 +134,46 @@ class SingleFileStorage(LocalFolder):
 
         return TrainingState.from_state(load(path, map_location=map_location, policy=policy, verify=False, info=file), source=path)
 
-    def _gather_rng(self) -> list[Mapping[str, Any]] | None:
-        """Every rank's RNG state on rank 0, in group-rank order (a collective); None on the other ranks.
-
-        Ranks often seed differently (seed + rank for dropout or augmentation), so one rank's
-        state cannot stand for all. A rank that cannot capture its state sends the error instead
-        of leaving rank 0 waiting; rank 0 then fails the save on every rank.
-        """
-        from envkit import distributed as dist_util
-        from envkit.checkpoint import training_state as ts
-
-        try:
-            mine: Any = ts.capture_rng()
-        except Exception as exc:  # noqa: BLE001 - sent to rank 0 instead of leaving it waiting
-            mine = f"rank {self.ranks.rank}: cannot capture its RNG state ({exc})"
-        gathered = dist_util.gather(mine, self.ranks.group)
-        if gathered is None:
-            return None
-        failed = [g for g in gathered if isinstance(g, str)]
-        if failed:
-            raise CheckpointWriteError(failed[0])
-        return gathered
 
 
-__all__ = ["SingleFileStorage"]
+def capture_on_rank0(ranks: Ranks, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+                     parts: Mapping[str, Any]) -> _Captured:
+    """Rank 0's TrainingState with every rank's RNG (None on the other ranks), or the error (kept, for every rank to
+    hear of): what a storage that writes one file per checkpoint from rank 0 writes (a collective when distributed)."""
+    try:
+        rng_ranks = gather_rng(ranks) if ranks.distributed else None
+    except CheckpointWriteError as exc:
+        return _Captured(None, exc)
+    if ranks.rank != 0:
+        return _Captured(None, None)
+    try:
+        return _Captured(TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts,
+                                               rng_ranks=rng_ranks), None)
+    except Exception as exc:  # noqa: BLE001 - kept and raised in commit; the other ranks must hear of it, or they wait forever
+        return _Captured(None, exc)
+
+
+def gather_rng(ranks: Ranks) -> list[Mapping[str, Any]] | None:
+    """Every rank's RNG state on rank 0, in group-rank order (a collective); None on the other ranks.
+
+    Ranks often seed differently (seed + rank for dropout or augmentation), so one rank's
+    state cannot stand for all. A rank that cannot capture its state sends the error instead
+    of leaving rank 0 waiting; rank 0 then fails the save on every rank.
+    """
+    from envkit import distributed as dist_util
+    from envkit.checkpoint import training_state as ts
+
+    try:
+        mine: Any = ts.capture_rng()
+    except Exception as exc:  # noqa: BLE001 - sent to rank 0 instead of leaving it waiting
+        mine = f"rank {ranks.rank}: cannot capture its RNG state ({exc})"
+    gathered = dist_util.gather(mine, ranks.group)
+    if gathered is None:
+        return None
+    failed = [g for g in gathered if isinstance(g, str)]
+    if failed:
+        raise CheckpointWriteError(failed[0])
+    return gathered
+
+
+__all__ = ["SingleFileStorage", "capture_on_rank0", "gather_rng"]
