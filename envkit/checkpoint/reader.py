@@ -525,14 +525,20 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
 
 
 def read_view(view: Any, *, deep: bool) -> Inspection:
-    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): its tail and head
-    reads, and more only when the fast path cannot answer (a directory larger than the tail read,
-    no stamp member, ``deep``)."""
+    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): for a stamped
+    envkit checkpoint, its tail alone (one GET: the end records, the directory, the stamp and the
+    version record; ``last_stamp_member(first_from_directory=True)``); else its head too, and more
+    only when the fast path cannot answer (a directory larger than the tail read, no stamp member,
+    ``deep``)."""
     where = view.where
     if view.size == 0:
         raise NotACheckpoint(f"{where}: the object is empty; it is not a checkpoint (an interrupted save?)")
-    fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
-    fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
+    fast = None
+    if not deep and view.size_confirmed and not view.holds(0, len(LEGACY_MAGIC)):
+        fast = last_stamp_member(view, view.size, first_from_directory=True)
+    if fast is None:
+        fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
+        fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
     if fast is not None:
         prefix, data, version = fast
         return Inspection(CheckpointFile(where, "zip", view.size, Stamp.from_bytes(data, source=str(where)), "member", prefix, version))

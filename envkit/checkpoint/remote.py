@@ -185,13 +185,20 @@ class RangeView:
 
     def __init__(self, fs: Any, key: str, where: ObjectPath) -> None:
         self.fs, self.key, self.where = fs, key, where
-        tail = _call(where, fs.cat_file, key, start=-TAIL_BYTES)
+        tail, total = _call(where, _tail_read, fs, key, TAIL_BYTES)
         self.gets = 1
         derived = _size_from_end_records(tail) if len(tail) >= TAIL_BYTES else len(tail)
-        self.size_confirmed = len(tail) < TAIL_BYTES  # the whole object came back
+        self.size_confirmed = len(tail) < TAIL_BYTES or total is not None  # the whole object came back, or its size with it
         self._tail = tail
         self._pos = 0
-        self.resize(derived if derived is not None else int(_call(where, fs.size, key)), confirmed=derived is None)
+        if total is not None:
+            self.resize(total)
+        else:
+            self.resize(derived if derived is not None else int(_call(where, fs.size, key)), confirmed=derived is None)
+
+    def holds(self, offset: int, n: int) -> bool:
+        """Whether [offset, offset + n) was read already (no request to read it again)."""
+        return any(s <= offset and offset + n <= s + len(d) for s, d in self._chunks)
 
     def resize(self, size: int, *, confirmed: bool = True) -> None:
         """Place the tail at the end of an object of ``size`` bytes (a HEAD's answer, or the end records')."""
@@ -277,6 +284,35 @@ class RangeView:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def _tail_read(fs: Any, key: str, n: int) -> tuple[bytes, int | None]:
+    """The object's last ``n`` bytes in one ranged GET (no HEAD), and its size where the answer says it.
+
+    s3fs's ``cat_file(start=-n)`` sends the same request but drops the answer's
+    ``Content-Range: bytes a-b/SIZE``; through s3fs's own call (its client, retries and error
+    translation) the size comes with the bytes, so that the tail is placed exactly whatever the
+    end records claim. Any other file system: ``cat_file``, and the size from the end records.
+    """
+    if "s3" not in getattr(fs, "protocol", ()):
+        return fs.cat_file(key, start=-n), None
+    try:
+        from fsspec.asyn import sync  # type: ignore[import-untyped,unused-ignore]
+        from s3fs.core import _error_wrapper, version_id_kw  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:  # an s3fs without them: the size from the end records
+        return fs.cat_file(key, start=-n), None
+    bucket, name, version = fs.split_path(key)
+
+    async def get() -> tuple[bytes, Any]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, Range=f"bytes=-{n}", **version_id_kw(version))
+        try:
+            return await resp["Body"].read(), resp.get("ContentRange")
+        finally:
+            resp["Body"].close()
+
+    data, content_range = sync(fs.loop, _error_wrapper, get, retries=fs.retries)
+    total = str(content_range or "").rpartition("/")[2]
+    return data, int(total) if total.isdigit() and int(total) >= len(data) else None
 
 
 def _size_from_end_records(tail: bytes) -> int | None:
