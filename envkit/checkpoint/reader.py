@@ -497,9 +497,7 @@ def _read_safetensors(path: Path, fh: BinaryIO, size: int) -> Inspection:
 
 def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None = None) -> Inspection:
     if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
-        from envkit.checkpoint.remote import RangeView, split
-
-        return read_view(RangeView(*split(path)), deep=deep)
+        return read_view(open_view(path), deep=deep)
     p = as_location(path)  # a file:// URL is the local path it names
     if is_folder_checkpoint(p):
         return _read_folder(p, deep=deep)
@@ -537,7 +535,10 @@ def read_view(view: Any, *, deep: bool) -> Inspection:
     if not deep and view.size_confirmed and not view.holds(0, len(LEGACY_MAGIC)):
         fast = last_stamp_member(view, view.size, first_from_directory=True)
     if fast is None:
-        fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
+        head = view.read_at(0, len(LEGACY_MAGIC))
+        if head[8:9] == b"{" and not head.startswith(ZIP_MAGIC):  # safetensors: its header, at the head
+            return _read_safetensors(where, view, view.size)
+        fmt = sniff(where, head)
         fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
     if fast is not None:
         prefix, data, version = fast
@@ -547,6 +548,17 @@ def read_view(view: Any, *, deep: bool) -> Inspection:
         if fmt == "zip":
             return _read_zip(where, view.size, deep=deep, fh=view)
         return _read_legacy(where, view.size, fh=view)
+
+
+def open_view(location: str | os.PathLike[str]) -> Any:
+    """A ``remote.RangeView`` of the object at a URL, starting where its stamp is: the head of a
+    ``.safetensors`` object (its header; at most two GETs in all), the tail of any other (a zip's
+    directory and stamp; one GET)."""
+    from envkit.checkpoint.remote import RangeView, split
+    from envkit.checkpoint.safetensors_format import SUFFIX
+
+    fs, key, where = split(location)
+    return RangeView(fs, key, where, first="head" if where.name.endswith(SUFFIX) else "tail")
 
 
 @contextmanager
@@ -593,4 +605,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp", "read_view"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "open_view", "read_stamp", "read_view"]

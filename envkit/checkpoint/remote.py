@@ -41,7 +41,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.urls import ObjectPath, as_location
@@ -183,14 +183,21 @@ class RangeView:
     bytes it does not hold fetch them (at least HEAD_BYTES at a time) and keep them.
     """
 
-    def __init__(self, fs: Any, key: str, where: ObjectPath) -> None:
+    def __init__(self, fs: Any, key: str, where: ObjectPath, *, first: str = "tail") -> None:
         self.fs, self.key, self.where = fs, key, where
-        tail, total = _call(where, _tail_read, fs, key, TAIL_BYTES)
         self.gets = 1
+        self._pos = 0
+        if first == "head":  # a format whose header is at the head (safetensors): its first HEAD_BYTES
+            head, total = _call(where, _first_read, fs, key, HEAD_BYTES, tail=False)
+            self._tail = b""
+            self.size = total if total is not None else len(head) if len(head) < HEAD_BYTES else int(_call(where, fs.size, key))
+            self.size_confirmed = True
+            self._chunks: list[tuple[int, bytes]] = [(0, head)]
+            return
+        tail, total = _call(where, _first_read, fs, key, TAIL_BYTES, tail=True)
         derived = _size_from_end_records(tail) if len(tail) >= TAIL_BYTES else len(tail)
         self.size_confirmed = len(tail) < TAIL_BYTES or total is not None  # the whole object came back, or its size with it
         self._tail = tail
-        self._pos = 0
         if total is not None:
             self.resize(total)
         else:
@@ -204,7 +211,7 @@ class RangeView:
         """Place the tail at the end of an object of ``size`` bytes (a HEAD's answer, or the end records')."""
         self.size = size
         self.size_confirmed = self.size_confirmed or confirmed
-        self._chunks: list[tuple[int, bytes]] = [(size - len(self._tail), self._tail)]
+        self._chunks = [(size - len(self._tail), self._tail)]
 
     def confirm_size(self) -> None:
         """The size from a HEAD, when it came from the end records (which a damaged file can get wrong)."""
@@ -286,25 +293,28 @@ class RangeView:
         pass
 
 
-def _tail_read(fs: Any, key: str, n: int) -> tuple[bytes, int | None]:
-    """The object's last ``n`` bytes in one ranged GET (no HEAD), and its size where the answer says it.
+def _first_read(fs: Any, key: str, n: int, *, tail: bool) -> tuple[bytes, int | None]:
+    """The object's last (``tail``) or first ``n`` bytes in one ranged GET (no HEAD), and its size
+    where the answer says it.
 
     s3fs's ``cat_file(start=-n)`` sends the same request but drops the answer's
     ``Content-Range: bytes a-b/SIZE``; through s3fs's own call (its client, retries and error
     translation) the size comes with the bytes, so that the tail is placed exactly whatever the
     end records claim. Any other file system: ``cat_file``, and the size from the end records.
     """
+    start, end = (-n, None) if tail else (0, n)
     if "s3" not in getattr(fs, "protocol", ()):
-        return fs.cat_file(key, start=-n), None
+        return fs.cat_file(key, start=start, end=end), None
     try:
         from fsspec.asyn import sync  # type: ignore[import-untyped,unused-ignore]
         from s3fs.core import _error_wrapper, version_id_kw  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:  # an s3fs without them: the size from the end records
-        return fs.cat_file(key, start=-n), None
+        return fs.cat_file(key, start=start, end=end), None
     bucket, name, version = fs.split_path(key)
+    spec = f"bytes=-{n}" if tail else f"bytes=0-{n - 1}"
 
     async def get() -> tuple[bytes, Any]:
-        resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, Range=f"bytes=-{n}", **version_id_kw(version))
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, Range=spec, **version_id_kw(version))
         try:
             return await resp["Body"].read(), resp.get("ContentRange")
         finally:
@@ -489,27 +499,50 @@ def upload_stamped(obj: Any, fs: Any, key: str, where: ObjectPath, *, stamp_for:
         upload.size = spool.finish()
         upload.stamp = stamp
         upload.finish_parts()
-    except BaseException as exc:
-        upload.discard()
-        if isinstance(exc, EnvkitError):
-            raise
-        if isinstance(exc, Exception):
-            cause = getattr(exc, "__cause__", None) or exc
-            raise CheckpointWriteError(f"{remote_error(where, cause, 'write').message}; nothing was left under that key "
-                                       "and earlier checkpoints are untouched") from None
-        raise
+    except BaseException as exc:  # noqa: BLE001 - dropped, then re-raised as one line (or as it came: an interrupt)
+        _failed(upload, exc)
     return upload
+
+
+def _failed(upload: _Upload, exc: BaseException) -> NoReturn:
+    """Drop the upload (nothing appears under its key) and raise the one-line error for ``exc``."""
+    upload.discard()
+    if isinstance(exc, EnvkitError) or not isinstance(exc, Exception):
+        raise exc
+    cause = getattr(exc, "__cause__", None) or exc
+    raise CheckpointWriteError(f"{remote_error(upload.where, cause, 'write').message}; nothing was left under that key "
+                               "and earlier checkpoints are untouched") from None
+
+
+def upload_stream(location: str | os.PathLike[str], write: Callable[[Any], Any]) -> Any:
+    """A sequential upload to the final key of ``location``: ``write(file)`` writes the whole object
+    (front to back) and returns its stamp; then the upload completes and the object appears whole.
+    Any failure, in ``write`` or in the requests, aborts it: nothing appears under the key (the
+    safetensors writer's path to a URL, which knows its header before its first byte)."""
+    fs, key, where = split(location)
+    upload = _Upload(fs, key, where)
+    try:
+        upload.stamp = write(upload.file)
+        upload.finish_parts()
+    except BaseException as exc:  # noqa: BLE001 - dropped, then re-raised as one line (or as it came: an interrupt)
+        _failed(upload, exc)
+    _commit(upload)
+    return upload.stamp
+
+
+def _commit(upload: _Upload) -> None:
+    try:
+        upload.commit()
+    except Exception as exc:  # noqa: BLE001
+        upload.discard()
+        raise CheckpointWriteError(f"{remote_error(upload.where, exc, 'write').message}; nothing was left under that key") from None
 
 
 def save_url(obj: Any, location: str | os.PathLike[str], *, stamp_for: Any, digest: str) -> Any:
     """``envkit.save`` to a URL: the upload, then its completion; returns the stamp."""
     fs, key, where = split(location)
     upload = upload_stamped(obj, fs, key, where, stamp_for=stamp_for, digest=digest)
-    try:
-        upload.commit()
-    except Exception as exc:  # noqa: BLE001
-        upload.discard()
-        raise CheckpointWriteError(f"{remote_error(where, exc, 'write').message}; nothing was left under that key") from None
+    _commit(upload)
     return upload.stamp
 
 
@@ -620,4 +653,4 @@ class ObjectLock:
 
 
 __all__ = ["HEAD_BYTES", "PART_BYTES", "TAIL_BYTES", "ObjectLock", "RangeView", "download", "filesystem", "remote_error", "save_url",
-           "split", "storage_options", "upload_stamped"]
+           "split", "storage_options", "upload_stamped", "upload_stream"]
