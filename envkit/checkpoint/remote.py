@@ -176,7 +176,45 @@ def _call(where: object, fn: Callable[..., Any], *args: Any, doing: str = "read"
 # -- reading: a view of the object built from ranged reads ---------------------------
 
 
-class RangeView:
+class _Positioned:
+    """The file methods of a reader with a position over ``read_at(offset, n)`` and an end:
+    seek, tell, read, readinto (what zipfile, ziptail, the unpickler and the hashing writer call).
+    ``RangeView`` (an object being read) and ``_Spool`` (an object being written) are both."""
+
+    _pos = 0
+
+    def _end(self) -> int:
+        raise NotImplementedError
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._end() + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._end() - self._pos
+        data = self.read_at(self._pos, left if n is None or n < 0 else min(n, left))
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class RangeView(_Positioned):
     """A read-only, seekable file over an object, filled by ranged GETs as it is read.
 
     Starts from the tail read (``cat_file(start=-TAIL_BYTES)``: one GET, no HEAD). Reads of
@@ -248,25 +286,10 @@ class RangeView:
                     break  # the object shrank: a short read
         return bytes(out)
 
-    # the file methods zipfile, ziptail and the unpickler use
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
-        return self._pos
+    def _end(self) -> int:
+        return self.size
 
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = self.read_at(self._pos, self.size - self._pos if n is None or n < 0 else n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readline(self, limit: int = -1) -> bytes:
+    def readline(self, limit: int = -1) -> bytes:  # the legacy reader's unpickler
         out = bytearray()
         while limit < 0 or len(out) < limit:
             c = self.read(1)
@@ -284,12 +307,6 @@ class RangeView:
         return True
 
     def close(self) -> None:
-        pass
-
-    def __enter__(self) -> RangeView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
         pass
 
 
@@ -359,7 +376,7 @@ def download(location: str | os.PathLike[str], out: Any, *, length: int | None =
 # -- writing ---------------------------------------------------------------------------
 
 
-class _Spool:
+class _Spool(_Positioned):
     """What torch.save writes to when the destination is an upload: a sequential stream that
     forwards bytes to ``out`` but holds the last HOLD_BACK bytes back (and keeps a copy of the
     first HEAD_BYTES), so that the stamp can be appended after torch's records, as the local
@@ -410,26 +427,11 @@ class _Spool:
     def fileno(self) -> int:
         raise OSError("an upload has no file descriptor")
 
-    # what torch_layout, first_member and append_last_member read and write
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._size + offset
-        return self._pos
+    # what torch_layout, first_member and append_last_member read (and write: above)
+    def _end(self) -> int:
+        return self._size
 
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
-        data = self._read_at(self._pos, n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _read_at(self, offset: int, n: int) -> bytes:
+    def read_at(self, offset: int, n: int) -> bytes:
         if offset >= self._tail_start:
             return bytes(self._tail[offset - self._tail_start : offset - self._tail_start + n])
         if offset + n <= len(self._head):
@@ -449,12 +451,6 @@ class _Spool:
     def reopen(self) -> _Spool:
         """A reader of the same bytes (HashingWriter.digest_at re-reads the last chunk it wrote)."""
         return self
-
-    def __enter__(self) -> _Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def finish(self) -> int:
         """Send what is held back; the upload is then complete but for its commit."""
