@@ -8,10 +8,13 @@ not answer fails in seconds: connect 5 s, read 20 s, one retry unless set.
 
 Reads cost little, whatever the size:
 
-- ``read_stamp`` (``check``, ``guard``) reads the object's tail with one ranged GET (no HEAD:
-  the size follows from the zip end records) and its first bytes with a second one, then runs
-  ziptail.py's parser over those bytes; only a central directory larger than the tail read
-  (about 3,000 tensors) costs a third;
+- ``read_stamp`` (``check``, ``guard``) of a stamped checkpoint reads the object's tail with one
+  ranged GET and nothing else (no HEAD: the size comes with the answer, its ``Content-Range``),
+  then runs ziptail.py's parser over those bytes (that torch wrote it, data.pkl first, is read
+  from the directory's first record); a central directory larger than the tail read (about
+  3,000 tensors) costs a second GET, an unstamped or foreign object its head too. A
+  ``.safetensors`` object is read from its head instead: its header, in one GET (two for a
+  header over 64 KiB);
 - ``verify`` reads the directory from the tail, then streams the payload once in 32 MiB ranged
   reads, hashing as it goes and checking every record's local header as it passes;
 - ``ls`` of a prefix reads its ``.envkit-index.json`` and one LIST, not every stamp.
@@ -27,6 +30,7 @@ deletes only after a HEAD confirms the new object's size. One writer per prefix:
 time, deleted on close. A lock left by a process of this host that is gone is broken by the
 next manager; one from another host is refused with what to do (delete it once that writer is
 known to be gone). Other fsspec file systems (``memory://``) write a temporary key and move it.
+A safetensors save (``upload_stream``) is one sequential upload to the final key, header first.
 
 The modules: this one is the file system, its errors, the ranged reads and the upload (it imports
 none of envkit's readers, so that they can dispatch to it); ``reader.py`` reads a stamp through a
@@ -337,7 +341,12 @@ def _first_read(fs: Any, key: str, n: int, *, tail: bool) -> tuple[bytes, int | 
         finally:
             resp["Body"].close()
 
-    data, content_range = sync(fs.loop, _error_wrapper, get, retries=fs.retries)
+    try:
+        data, content_range = sync(fs.loop, _error_wrapper, get, retries=fs.retries)
+    except OSError as exc:
+        if not tail and "range is not satisfiable" in str(exc).lower():
+            return b"", 0  # a range from byte 0 is unsatisfiable only in an empty object (S3 answers 416)
+        raise
     total = str(content_range or "").rpartition("/")[2]
     return data, int(total) if total.isdigit() and int(total) >= len(data) else None
 

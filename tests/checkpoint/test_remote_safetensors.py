@@ -154,3 +154,30 @@ def test_verify_finds_a_changed_data_byte_a_changed_header_and_a_cut(tmp_path: P
     _fs().pipe_file(f"{bucket}/cut.safetensors", blob[:-4096])  # type: ignore[attr-defined]
     assert envkit.verify(f"s3://{bucket}/cut.safetensors").status in ("corrupt", "unreadable")
     assert envkit.verify(url).ok
+
+
+def _answer(location: object) -> tuple[object, ...]:
+    try:
+        got = envkit.read_stamp(location)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - the refusal is the answer
+        return (type(exc),)
+    return got.stamp, got.format, got.size, got.stamp_source
+
+
+def test_odd_objects_named_safetensors_are_read_as_the_local_reader_reads_them(tmp_path: Path, bucket: str) -> None:
+    envkit.save({"w": torch.arange(100_000.0)}, tmp_path / "zip.pth", meta={"epoch": 0, "step": 1})
+    envkit.save(_tensors(), tmp_path / "good.safetensors", meta={"epoch": 0, "step": 1})
+    good = (tmp_path / "good.safetensors").read_bytes()
+    cases = {
+        "empty": b"",
+        "a-zip-so-named": (tmp_path / "zip.pth").read_bytes(),  # its stamp is at the tail, not the head
+        "header-length-huge": b"\xff" * 8 + b"{" + b"x" * 100,
+        "header-cut": good[:40],
+        "data-cut": good[:-8],
+        "good": good,
+    }
+    for case, blob in cases.items():
+        (tmp_path / f"{case}.safetensors").write_bytes(blob)
+        _fs().pipe_file(f"{bucket}/{case}.safetensors", blob)  # type: ignore[attr-defined]
+        assert _answer(f"s3://{bucket}/{case}.safetensors") == _answer(tmp_path / f"{case}.safetensors"), case
+    assert len(_answer(f"s3://{bucket}/a-zip-so-named.safetensors")) == 4 and len(_answer(f"s3://{bucket}/good.safetensors")) == 4
