@@ -394,12 +394,15 @@ def test_a_local_path_and_a_file_url_stay_on_the_local_code_path(tmp_path: Path)
 # -- kill -9 against the bucket ---------------------------------------------------------------
 
 
-def _save_forever(url: str, model: torch.nn.Module) -> None:
-    """Child: save as fast as it can until killed (no tensor math after fork)."""
+def _save_forever(url: str, model: torch.nn.Module, ready: object = None) -> None:
+    """Child: save as fast as it can until killed (no tensor math after fork); ``ready`` is set
+    once its manager holds the lock, so that the kill's random moment falls among the saves."""
     warnings.simplefilter("ignore")
     mgr = envkit.CheckpointManager(url, project="stress", keep_last=2, keep_best=0)
     latest = mgr.latest()
     step = latest.step if latest else 0
+    if ready is not None:
+        ready.set()  # type: ignore[attr-defined]
     while True:
         step += 1
         mgr.save(epoch=0, step=step, model=model)
@@ -434,8 +437,12 @@ def kill_loop(url: str, kills: int, *, seed: int, max_delay: float, report: obje
     ctx = multiprocessing.get_context("fork")
     last = 0
     for kill in range(1, kills + 1):
-        child = ctx.Process(target=_save_forever, args=(url, model), daemon=True)
+        ready = ctx.Event()
+        child = ctx.Process(target=_save_forever, args=(url, model, ready), daemon=True)
         child.start()
+        # the moment is drawn from when the child starts saving: its start-up (a client, the lock, the
+        # listing; ~0.35 s here) is no part of it, else on a slower machine no save completes at all
+        ready.wait(60)
         time.sleep(rng.random() * max_delay)
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(10)
