@@ -510,9 +510,7 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
     if is_url(path) and str(path).rstrip("/").endswith(".dcp"):  # a sharded checkpoint in a bucket: its envkit.json
         return _read_folder_url(path)
     if is_url(path):  # s3://, gs://, ...: ranged reads of the object (remote.py)
-        from envkit.checkpoint.remote import RangeView, split
-
-        return read_view(RangeView(*split(path)), deep=deep)
+        return read_view(open_view(path), deep=deep)
     p = as_location(path)  # a file:// URL is the local path it names
     if is_folder_checkpoint(p):
         return _read_folder(p, deep=deep)
@@ -538,14 +536,23 @@ def _read(path: str | os.PathLike[str], *, deep: bool, opened: BinaryIO | None =
 
 
 def read_view(view: Any, *, deep: bool) -> Inspection:
-    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): its tail and head
-    reads, and more only when the fast path cannot answer (a directory larger than the tail read,
-    no stamp member, ``deep``)."""
+    """What ``_read`` learns, from an object in a bucket (a ``remote.RangeView``): for a stamped
+    envkit checkpoint, its tail alone (one GET: the end records, the directory, the stamp and the
+    version record; ``last_stamp_member(first_from_directory=True)``); else its head too, and more
+    only when the fast path cannot answer (a directory larger than the tail read, no stamp member,
+    ``deep``)."""
     where = view.where
     if view.size == 0:
         raise NotACheckpoint(f"{where}: the object is empty; it is not a checkpoint (an interrupted save?)")
-    fmt = sniff(where, view.read_at(0, len(LEGACY_MAGIC)))
-    fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
+    fast = None
+    if not deep and view.size_confirmed and not view.holds(0, len(LEGACY_MAGIC)):
+        fast = last_stamp_member(view, view.size, first_from_directory=True)
+    if fast is None:
+        head = view.read_at(0, len(LEGACY_MAGIC))
+        if head[8:9] == b"{" and not head.startswith(ZIP_MAGIC):  # safetensors: its header, at the head
+            return _read_safetensors(where, view, view.size)
+        fmt = sniff(where, head)
+        fast = last_stamp_member(view, view.size) if fmt == "zip" and not deep else None
     if fast is not None:
         prefix, data, version = fast
         return Inspection(CheckpointFile(where, "zip", view.size, Stamp.from_bytes(data, source=str(where)), "member", prefix, version))
@@ -554,6 +561,17 @@ def read_view(view: Any, *, deep: bool) -> Inspection:
         if fmt == "zip":
             return _read_zip(where, view.size, deep=deep, fh=view)
         return _read_legacy(where, view.size, fh=view)
+
+
+def open_view(location: str | os.PathLike[str]) -> Any:
+    """A ``remote.RangeView`` of the object at a URL, starting where its stamp is: the head of a
+    ``.safetensors`` object (its header; at most two GETs in all), the tail of any other (a zip's
+    directory and stamp; one GET)."""
+    from envkit.checkpoint.remote import RangeView, split
+    from envkit.checkpoint.safetensors_format import SUFFIX
+
+    fs, key, where = split(location)
+    return RangeView(fs, key, where, first="head" if where.name.endswith(SUFFIX) else "tail")
 
 
 @contextmanager
@@ -600,4 +618,4 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
     return _read(path, deep=True)
 
 
-__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "read_stamp", "read_view"]
+__all__ = ["CheckpointFile", "Inspection", "TensorEntry", "inspect_checkpoint", "open_view", "read_stamp", "read_view"]

@@ -8,10 +8,13 @@ not answer fails in seconds: connect 5 s, read 20 s, one retry unless set.
 
 Reads cost little, whatever the size:
 
-- ``read_stamp`` (``check``, ``guard``) reads the object's tail with one ranged GET (no HEAD:
-  the size follows from the zip end records) and its first bytes with a second one, then runs
-  ziptail.py's parser over those bytes; only a central directory larger than the tail read
-  (about 3,000 tensors) costs a third;
+- ``read_stamp`` (``check``, ``guard``) of a stamped checkpoint reads the object's tail with one
+  ranged GET and nothing else (no HEAD: the size comes with the answer, its ``Content-Range``),
+  then runs ziptail.py's parser over those bytes (that torch wrote it, data.pkl first, is read
+  from the directory's first record); a central directory larger than the tail read (about
+  3,000 tensors) costs a second GET, an unstamped or foreign object its head too. A
+  ``.safetensors`` object is read from its head instead: its header, in one GET (two for a
+  header over 64 KiB);
 - ``verify`` reads the directory from the tail, then streams the payload once in 32 MiB ranged
   reads, hashing as it goes and checking every record's local header as it passes;
 - ``ls`` of a prefix reads its ``.envkit-index.json`` and one LIST, not every stamp.
@@ -27,6 +30,7 @@ deletes only after a HEAD confirms the new object's size. One writer per prefix:
 time, deleted on close. A lock left by a process of this host that is gone is broken by the
 next manager; one from another host is refused with what to do (delete it once that writer is
 known to be gone). Other fsspec file systems (``memory://``) write a temporary key and move it.
+A safetensors save (``upload_stream``) is one sequential upload to the final key, header first.
 
 The modules: this one is the file system, its errors, the ranged reads and the upload (it imports
 none of envkit's readers, so that they can dispatch to it); ``reader.py`` reads a stamp through a
@@ -41,7 +45,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.urls import ObjectPath, as_location
@@ -176,28 +180,80 @@ def _call(where: object, fn: Callable[..., Any], *args: Any, doing: str = "read"
 # -- reading: a view of the object built from ranged reads ---------------------------
 
 
-class RangeView:
+class _Positioned:
+    """The file methods of a reader with a position over ``read_at(offset, n)`` and an end:
+    seek, tell, read, readinto (what zipfile, ziptail, the unpickler and the hashing writer call).
+    ``RangeView`` (an object being read) and ``_Spool`` (an object being written) are both."""
+
+    _pos = 0
+
+    def _end(self) -> int:
+        raise NotImplementedError
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._end() + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._end() - self._pos
+        data = self.read_at(self._pos, left if n is None or n < 0 else min(n, left))
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class RangeView(_Positioned):
     """A read-only, seekable file over an object, filled by ranged GETs as it is read.
 
     Starts from the tail read (``cat_file(start=-TAIL_BYTES)``: one GET, no HEAD). Reads of
     bytes it does not hold fetch them (at least HEAD_BYTES at a time) and keep them.
     """
 
-    def __init__(self, fs: Any, key: str, where: ObjectPath) -> None:
+    def __init__(self, fs: Any, key: str, where: ObjectPath, *, first: str = "tail") -> None:
         self.fs, self.key, self.where = fs, key, where
-        tail = _call(where, fs.cat_file, key, start=-TAIL_BYTES)
         self.gets = 1
-        derived = _size_from_end_records(tail) if len(tail) >= TAIL_BYTES else len(tail)
-        self.size_confirmed = len(tail) < TAIL_BYTES  # the whole object came back
-        self._tail = tail
         self._pos = 0
-        self.resize(derived if derived is not None else int(_call(where, fs.size, key)), confirmed=derived is None)
+        if first == "head":  # a format whose header is at the head (safetensors): its first HEAD_BYTES
+            head, total = _call(where, _first_read, fs, key, HEAD_BYTES, tail=False)
+            self._tail = b""
+            self.size = total if total is not None else len(head) if len(head) < HEAD_BYTES else int(_call(where, fs.size, key))
+            self.size_confirmed = True
+            self._chunks: list[tuple[int, bytes]] = [(0, head)]
+            return
+        tail, total = _call(where, _first_read, fs, key, TAIL_BYTES, tail=True)
+        derived = _size_from_end_records(tail) if len(tail) >= TAIL_BYTES else len(tail)
+        self.size_confirmed = len(tail) < TAIL_BYTES or total is not None  # the whole object came back, or its size with it
+        self._tail = tail
+        if total is not None:
+            self.resize(total)
+        else:
+            self.resize(derived if derived is not None else int(_call(where, fs.size, key)), confirmed=derived is None)
+
+    def holds(self, offset: int, n: int) -> bool:
+        """Whether [offset, offset + n) was read already (no request to read it again)."""
+        return any(s <= offset and offset + n <= s + len(d) for s, d in self._chunks)
 
     def resize(self, size: int, *, confirmed: bool = True) -> None:
         """Place the tail at the end of an object of ``size`` bytes (a HEAD's answer, or the end records')."""
         self.size = size
         self.size_confirmed = self.size_confirmed or confirmed
-        self._chunks: list[tuple[int, bytes]] = [(size - len(self._tail), self._tail)]
+        self._chunks = [(size - len(self._tail), self._tail)]
 
     def confirm_size(self) -> None:
         """The size from a HEAD, when it came from the end records (which a damaged file can get wrong)."""
@@ -234,25 +290,10 @@ class RangeView:
                     break  # the object shrank: a short read
         return bytes(out)
 
-    # the file methods zipfile, ziptail and the unpickler use
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
-        return self._pos
+    def _end(self) -> int:
+        return self.size
 
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = self.read_at(self._pos, self.size - self._pos if n is None or n < 0 else n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readline(self, limit: int = -1) -> bytes:
+    def readline(self, limit: int = -1) -> bytes:  # the legacy reader's unpickler
         out = bytearray()
         while limit < 0 or len(out) < limit:
             c = self.read(1)
@@ -272,11 +313,42 @@ class RangeView:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> RangeView:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+def _first_read(fs: Any, key: str, n: int, *, tail: bool) -> tuple[bytes, int | None]:
+    """The object's last (``tail``) or first ``n`` bytes in one ranged GET (no HEAD), and its size
+    where the answer says it.
+
+    s3fs's ``cat_file(start=-n)`` sends the same request but drops the answer's
+    ``Content-Range: bytes a-b/SIZE``; through s3fs's own call (its client, retries and error
+    translation) the size comes with the bytes, so that the tail is placed exactly whatever the
+    end records claim. Any other file system: ``cat_file``, and the size from the end records.
+    """
+    start, end = (-n, None) if tail else (0, n)
+    if "s3" not in getattr(fs, "protocol", ()):
+        return fs.cat_file(key, start=start, end=end), None
+    try:
+        from fsspec.asyn import sync  # type: ignore[import-untyped,unused-ignore]
+        from s3fs.core import _error_wrapper, version_id_kw  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:  # an s3fs without them: the size from the end records
+        return fs.cat_file(key, start=start, end=end), None
+    bucket, name, version = fs.split_path(key)
+    spec = f"bytes=-{n}" if tail else f"bytes=0-{n - 1}"
+
+    async def get() -> tuple[bytes, Any]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, Range=spec, **version_id_kw(version))
+        try:
+            return await resp["Body"].read(), resp.get("ContentRange")
+        finally:
+            resp["Body"].close()
+
+    try:
+        data, content_range = sync(fs.loop, _error_wrapper, get, retries=fs.retries)
+    except OSError as exc:
+        if not tail and "range is not satisfiable" in str(exc).lower():
+            return b"", 0  # a range from byte 0 is unsatisfiable only in an empty object (S3 answers 416)
+        raise
+    total = str(content_range or "").rpartition("/")[2]
+    return data, int(total) if total.isdigit() and int(total) >= len(data) else None
 
 
 def _size_from_end_records(tail: bytes) -> int | None:
@@ -313,7 +385,7 @@ def download(location: str | os.PathLike[str], out: Any, *, length: int | None =
 # -- writing ---------------------------------------------------------------------------
 
 
-class _Spool:
+class _Spool(_Positioned):
     """What torch.save writes to when the destination is an upload: a sequential stream that
     forwards bytes to ``out`` but holds the last HOLD_BACK bytes back (and keeps a copy of the
     first HEAD_BYTES), so that the stamp can be appended after torch's records, as the local
@@ -364,26 +436,11 @@ class _Spool:
     def fileno(self) -> int:
         raise OSError("an upload has no file descriptor")
 
-    # what torch_layout, first_member and append_last_member read and write
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._size + offset
-        return self._pos
+    # what torch_layout, first_member and append_last_member read (and write: above)
+    def _end(self) -> int:
+        return self._size
 
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
-        data = self._read_at(self._pos, n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _read_at(self, offset: int, n: int) -> bytes:
+    def read_at(self, offset: int, n: int) -> bytes:
         if offset >= self._tail_start:
             return bytes(self._tail[offset - self._tail_start : offset - self._tail_start + n])
         if offset + n <= len(self._head):
@@ -403,12 +460,6 @@ class _Spool:
     def reopen(self) -> _Spool:
         """A reader of the same bytes (HashingWriter.digest_at re-reads the last chunk it wrote)."""
         return self
-
-    def __enter__(self) -> _Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def finish(self) -> int:
         """Send what is held back; the upload is then complete but for its commit."""
@@ -453,27 +504,50 @@ def upload_stamped(obj: Any, fs: Any, key: str, where: ObjectPath, *, stamp_for:
         upload.size = spool.finish()
         upload.stamp = stamp
         upload.finish_parts()
-    except BaseException as exc:
-        upload.discard()
-        if isinstance(exc, EnvkitError):
-            raise
-        if isinstance(exc, Exception):
-            cause = getattr(exc, "__cause__", None) or exc
-            raise CheckpointWriteError(f"{remote_error(where, cause, 'write').message}; nothing was left under that key "
-                                       "and earlier checkpoints are untouched") from None
-        raise
+    except BaseException as exc:  # noqa: BLE001 - dropped, then re-raised as one line (or as it came: an interrupt)
+        _failed(upload, exc)
     return upload
+
+
+def _failed(upload: _Upload, exc: BaseException) -> NoReturn:
+    """Drop the upload (nothing appears under its key) and raise the one-line error for ``exc``."""
+    upload.discard()
+    if isinstance(exc, EnvkitError) or not isinstance(exc, Exception):
+        raise exc
+    cause = getattr(exc, "__cause__", None) or exc
+    raise CheckpointWriteError(f"{remote_error(upload.where, cause, 'write').message}; nothing was left under that key "
+                               "and earlier checkpoints are untouched") from None
+
+
+def upload_stream(location: str | os.PathLike[str], write: Callable[[Any], Any]) -> Any:
+    """A sequential upload to the final key of ``location``: ``write(file)`` writes the whole object
+    (front to back) and returns its stamp; then the upload completes and the object appears whole.
+    Any failure, in ``write`` or in the requests, aborts it: nothing appears under the key (the
+    safetensors writer's path to a URL, which knows its header before its first byte)."""
+    fs, key, where = split(location)
+    upload = _Upload(fs, key, where)
+    try:
+        upload.stamp = write(upload.file)
+        upload.finish_parts()
+    except BaseException as exc:  # noqa: BLE001 - dropped, then re-raised as one line (or as it came: an interrupt)
+        _failed(upload, exc)
+    _commit(upload)
+    return upload.stamp
+
+
+def _commit(upload: _Upload) -> None:
+    try:
+        upload.commit()
+    except Exception as exc:  # noqa: BLE001
+        upload.discard()
+        raise CheckpointWriteError(f"{remote_error(upload.where, exc, 'write').message}; nothing was left under that key") from None
 
 
 def save_url(obj: Any, location: str | os.PathLike[str], *, stamp_for: Any, digest: str) -> Any:
     """``envkit.save`` to a URL: the upload, then its completion; returns the stamp."""
     fs, key, where = split(location)
     upload = upload_stamped(obj, fs, key, where, stamp_for=stamp_for, digest=digest)
-    try:
-        upload.commit()
-    except Exception as exc:  # noqa: BLE001
-        upload.discard()
-        raise CheckpointWriteError(f"{remote_error(where, exc, 'write').message}; nothing was left under that key") from None
+    _commit(upload)
     return upload.stamp
 
 
@@ -584,4 +658,4 @@ class ObjectLock:
 
 
 __all__ = ["HEAD_BYTES", "PART_BYTES", "TAIL_BYTES", "ObjectLock", "RangeView", "download", "filesystem", "remote_error", "save_url",
-           "split", "storage_options", "upload_stamped"]
+           "split", "storage_options", "upload_stamped", "upload_stream"]

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from envkit.checkpoint.hashing import new_hasher
-from envkit.checkpoint.reader import ZIP_MAGIC, CheckpointFile, archive_prefix, open_zip, read_view
+from envkit.checkpoint.reader import ZIP_MAGIC, CheckpointFile, archive_prefix, open_view, open_zip, read_view
 from envkit.checkpoint.remote import STREAM_BLOCK, RangeView, _call, split
+from envkit.checkpoint.safetensors_format import FORMAT, header_problem, read_header
 from envkit.checkpoint.urls import as_location
 from envkit.errors import EnvkitError, MalformedStamp, NotACheckpoint, StorageUnavailable
 
@@ -35,7 +36,7 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
     view: RangeView | None = None
     try:
         fs, key, where = split(where)
-        view = RangeView(fs, key, where)
+        view = open_view(where)
         info = info or read_view(view, deep=False).info
     except StorageUnavailable:
         raise  # the bucket cannot be reached: not an answer about this checkpoint
@@ -53,6 +54,8 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
     payload = stamp.payload
     if payload.length > info.size:
         return Answer(where, CORRUPT, f"{where}: truncated: the stamp records {payload.length} payload bytes, the object has {info.size}", info)
+    if info.format == FORMAT:  # safetensors: the header against the stamp, then the data section streamed once
+        return _verify_safetensors(where, fs, key, view or open_view(where), info, progress)
     try:
         headers: list[tuple[int, str]] = []
         if info.format != "legacy":
@@ -92,6 +95,37 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
         raise
     except EnvkitError as exc:
         return Answer(where, CORRUPT if isinstance(exc, (NotACheckpoint, MalformedStamp)) else UNREADABLE, exc.message, info)
+    return Answer(where, OK, None, info)
+
+
+def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: CheckpointFile, progress: Any) -> Answer:
+    stamp = info.stamp
+    assert stamp is not None and stamp.payload is not None
+    payload = stamp.payload
+    try:
+        header = read_header(where, view, view.size)  # type: ignore[arg-type]  # held since the stamp was read
+        problem = header_problem(where, header, stamp)
+        if problem is not None:
+            return Answer(where, CORRUPT, problem, info)
+        hasher = new_hasher(payload.algorithm)
+        done = 0
+        while done < payload.length:
+            at = header.data_start + done
+            block = _call(where, fs.cat_file, key, start=at, end=at + min(STREAM_BLOCK, payload.length - done))
+            if not block:
+                return Answer(where, CORRUPT, f"{where}: truncated: {done:,} of {payload.length:,} data bytes could be read", info)
+            hasher.update(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, payload.length)
+    except StorageUnavailable:
+        raise
+    except EnvkitError as exc:
+        return Answer(where, CORRUPT, exc.message, info)
+    actual = f"{payload.algorithm}:{hasher.hexdigest()}"
+    if actual != payload.digest:
+        return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
+                            "the bytes changed after saving", info)
     return Answer(where, OK, None, info)
 
 

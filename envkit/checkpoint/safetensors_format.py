@@ -29,7 +29,7 @@ from envkit.errors import BadInput, CorruptCheckpoint, MalformedSafetensors, Mal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from typing import Any, BinaryIO
 
     Progress = Callable[[int, int], None]
@@ -271,6 +271,18 @@ def header_digest(tensors: tuple[TensorInfo, ...] | list[TensorInfo], metadata: 
 # -- verify -------------------------------------------------------------------------
 
 
+def header_problem(path: Path, header: Header, stamp: Stamp) -> str | None:
+    """Why the header does not match the stamp (None: it does): the data length, the header digest."""
+    payload = stamp.payload
+    assert payload is not None
+    if payload.length != header.data_length:
+        return f"{path}: the stamp records {payload.length:,} data bytes, the data section has {header.data_length:,}"
+    recorded = stamp.meta.get(HEADER_DIGEST)
+    if isinstance(recorded, str) and header_digest(header.tensors, header.metadata or {}, recorded.split(":", 1)[0]) != recorded:
+        return f"{path}: the header's tensor table or metadata changed after saving (its digest does not match the stamp)"
+    return None
+
+
 def verify_problem(path: Path, fh: BinaryIO, size: int, stamp: Stamp, progress: Progress | None = None) -> str | None:
     """Why a stamped safetensors file is not whole (None: it is): the header again, then the data
     section streamed once against the payload digest. Raises the header's MalformedSafetensors."""
@@ -279,11 +291,9 @@ def verify_problem(path: Path, fh: BinaryIO, size: int, stamp: Stamp, progress: 
     header = read_header(path, fh, size)
     payload = stamp.payload
     assert payload is not None
-    if payload.length != header.data_length:
-        return f"{path}: the stamp records {payload.length:,} data bytes, the data section has {header.data_length:,}"
-    recorded = stamp.meta.get(HEADER_DIGEST)
-    if isinstance(recorded, str) and header_digest(header.tensors, header.metadata or {}, recorded.split(":", 1)[0]) != recorded:
-        return f"{path}: the header's tensor table or metadata changed after saving (its digest does not match the stamp)"
+    problem = header_problem(path, header, stamp)
+    if problem is not None:
+        return problem
     hasher = new_hasher(payload.algorithm)
     fh.seek(header.data_start)
     done, buffer = 0, bytearray(min(_CHUNK, max(payload.length, 1)))
@@ -454,6 +464,51 @@ def _header_bytes(entries: list[tuple[str, str, tuple[int, ...], int, int]], met
     return text + b" " * (length - len(text))
 
 
+class _Plan:
+    """What a save writes, worked out before its first byte: the tensors in file order, their
+    entries in the header, the user's metadata and the stamp's builder."""
+
+    def __init__(self, tensors: Any, path: Path, *, stamp_for: Callable[[Payload], Stamp], digest: str,
+                 metadata: Mapping[str, str] | None) -> None:
+        torch = _import_torch("envkit.save")
+        if sys.byteorder != "little":
+            raise BadInput(f"{path}: envkit writes safetensors files on little-endian machines only")
+        user = dict(metadata or {})
+        for k, v in user.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise BadInput(f"{path}: safetensors metadata maps strings to strings; {_name(k)}: {_name(v)} is not")
+        if STAMP_KEY in user:
+            raise BadInput(f"{path}: the metadata key {STAMP_KEY!r} is envkit's stamp; use another name")
+        user.setdefault("format", "pt")  # transformers refuses a file without it
+        self.path, self.digest, self.user, self._stamp_for = path, digest, user, stamp_for
+        self.prepared = _prepare(tensors, path, torch)
+        self.entries: list[tuple[str, str, tuple[int, ...], int, int]] = []
+        position = 0
+        for name, code, shape, tensor in self.prepared:
+            nbytes = tensor.numel() * tensor.element_size()
+            self.entries.append((name, code, shape, position, position + nbytes))
+            position += nbytes
+        self.length = position
+        self.index = header_digest([TensorInfo(*entry) for entry in self.entries], user, digest)
+
+    def stamped(self, payload: Payload) -> Stamp:
+        stamp = self._stamp_for(payload)
+        meta = {**stamp.meta, HEADER_DIGEST: self.index, "storage_devices": ["cpu"]}
+        return Stamp(stamp.fingerprint_doc, payload, meta, stamp.schema, stamp.source)
+
+    def header(self, stamp: Stamp, minimum: int = 0) -> bytes:
+        return _header_bytes(self.entries, {**self.user, STAMP_KEY: stamp.to_bytes().decode()}, minimum=minimum)
+
+    def data(self) -> Iterator[memoryview]:
+        """Each tensor's bytes in file order, without a copy."""
+        import ctypes
+
+        for _, _, _, tensor in self.prepared:
+            nbytes = tensor.numel() * tensor.element_size()
+            if nbytes:
+                yield memoryview((ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr())).cast("B")
+
+
 def write(
     tensors: Any,
     path: Path,
@@ -472,50 +527,24 @@ def write(
     from envkit.checkpoint.hashing import HashingWriter, new_hasher
     from envkit.errors import CheckpointWriteError
 
-    torch = _import_torch("envkit.save")
-    if sys.byteorder != "little":
-        raise BadInput(f"{path}: envkit writes safetensors files on little-endian machines only")
-    user = dict(metadata or {})
-    for k, v in user.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise BadInput(f"{path}: safetensors metadata maps strings to strings; {_name(k)}: {_name(v)} is not")
-    if STAMP_KEY in user:
-        raise BadInput(f"{path}: the metadata key {STAMP_KEY!r} is envkit's stamp; use another name")
-    user.setdefault("format", "pt")  # transformers refuses a file without it
-    prepared = _prepare(tensors, path, torch)
-    entries, position = [], 0
-    for name, code, shape, tensor in prepared:
-        nbytes = tensor.numel() * tensor.element_size()
-        entries.append((name, code, shape, position, position + nbytes))
-        position += nbytes
-    table = [TensorInfo(n, c, s, b, e) for n, c, s, b, e in entries]
-    index = header_digest(table, user, digest)
-
-    def stamped(payload: Payload) -> Stamp:
-        stamp = stamp_for(payload)
-        meta = {**stamp.meta, HEADER_DIGEST: index, "storage_devices": ["cpu"]}
-        return Stamp(stamp.fingerprint_doc, payload, meta, stamp.schema, stamp.source)
-
+    plan = _Plan(tensors, path, stamp_for=stamp_for, digest=digest, metadata=metadata)
+    position = plan.length
     placeholder = Payload(f"{digest}:" + "0" * len(new_hasher(digest).hexdigest()), position)
-    first = _header_bytes(entries, {**user, STAMP_KEY: stamped(placeholder).to_bytes().decode()})
+    first = plan.header(plan.stamped(placeholder))
     target = write_target(path)
     try:
         with atomic_file(target) as fh:
             fh.write(len(first).to_bytes(8, "little") + first)
             writer = HashingWriter(fh, digest)  # type: ignore[arg-type]  # a binary file, opened "w+b"
             try:
-                for _, _, _, tensor in prepared:
-                    nbytes = tensor.numel() * tensor.element_size()
-                    if nbytes:
-                        import ctypes
-
-                        writer.write(memoryview((ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr())).cast("B"))
+                for view in plan.data():
+                    writer.write(view)
             finally:
                 writer.close()
             if writer.position != position:
                 raise CheckpointWriteError(f"{path}: {writer.position} data bytes written, {position} expected; save again")
-            stamp = stamped(Payload(writer.digest_at(position), position))
-            final = _header_bytes(entries, {**user, STAMP_KEY: stamp.to_bytes().decode()}, minimum=len(first))
+            stamp = plan.stamped(Payload(writer.digest_at(position), position))
+            final = plan.header(stamp, minimum=len(first))
             if len(final) != len(first):  # the digest has a fixed length: never
                 raise CheckpointWriteError(f"{path}: the header changed size while it was written; save again")
             fh.seek(8)
@@ -528,7 +557,41 @@ def write(
     return stamp
 
 
+def write_url(
+    tensors: Any,
+    location: Path,
+    *,
+    stamp_for: Callable[[Payload], Stamp],
+    digest: str,
+    metadata: Mapping[str, str] | None = None,
+) -> Stamp:
+    """``write`` to a URL (``s3://bucket/x.safetensors``): one upload to the final key that appears
+    whole when it completes, or, on any failure, not at all (remote.upload_stream aborts it).
+
+    An upload cannot go back to rewrite its header, so the data section is hashed first, in
+    memory, and the header with the real digest goes up first, then the data a part at a time.
+    """
+    from envkit.checkpoint.hashing import new_hasher
+    from envkit.checkpoint.remote import PART_BYTES, upload_stream
+
+    plan = _Plan(tensors, location, stamp_for=stamp_for, digest=digest, metadata=metadata)
+    hasher = new_hasher(digest)
+    for view in plan.data():
+        hasher.update(view)
+    stamp = plan.stamped(Payload(f"{digest}:{hasher.hexdigest()}", plan.length))
+    header = plan.header(stamp)
+
+    def send(out: Any) -> Stamp:
+        out.write(len(header).to_bytes(8, "little") + header)
+        for view in plan.data():
+            for at in range(0, len(view), PART_BYTES):
+                out.write(view[at : at + PART_BYTES])
+        return stamp
+
+    return upload_stream(location, send)
+
+
 __all__ = [
-    "DTYPES", "FORMAT", "MAX_HEADER_BYTES", "STAMP_KEY", "SUFFIX", "Header", "TensorInfo", "header_digest",
-    "load_tensors", "looks_like_safetensors", "parse_header", "read_header", "verify_problem", "write",
+    "DTYPES", "FORMAT", "MAX_HEADER_BYTES", "STAMP_KEY", "SUFFIX", "Header", "TensorInfo", "header_digest", "header_problem",
+    "load_tensors", "looks_like_safetensors", "parse_header", "read_header", "verify_problem", "write", "write_url",
 ]

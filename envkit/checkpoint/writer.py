@@ -186,14 +186,16 @@ def save(
         raise BadInput(f"{target}: metadata= is for safetensors files; put what a torch file should carry in meta=")
     full_meta = build_meta(meta, target)
     _import_torch()
-    if is_url(target) and chosen == "safetensors":
-        raise BadInput(f"{target}: safetensors files are saved to local paths only for now; save it locally, then upload it")
     if is_url(target):  # s3://, gs://, ...: one upload that appears whole, or not at all (remote.py)
         from envkit.checkpoint.remote import save_url
 
         given = fingerprint
-        return save_url(obj, target, stamp_for=lambda payload: Stamp(given if given is not None else collect(), payload, full_meta),
-                        digest=digest)
+        stamp_for = lambda payload: Stamp(given if given is not None else collect(), payload, full_meta)  # noqa: E731
+        if chosen == "safetensors":
+            from envkit.checkpoint.safetensors_format import write_url
+
+            return write_url(obj, target, stamp_for=stamp_for, digest=digest, metadata=metadata)
+        return save_url(obj, target, stamp_for=stamp_for, digest=digest)
     if chosen == "safetensors":
         from envkit.checkpoint import safetensors_format
 

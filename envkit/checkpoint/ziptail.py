@@ -170,10 +170,18 @@ def _stored_member(fh: BinaryIO, record: bytes, cd_offset: int, limit: int) -> t
     return name, data
 
 
-def last_stamp_member(fh: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
+def last_stamp_member(fh: BinaryIO, size: int, *, first_from_directory: bool = False) -> tuple[str, bytes, str] | None:
     """(prefix, bytes of ``<prefix>/extra/envkit.json``, serialization version) when the stamp
     is the archive's last record, whole and unusual in nothing, and torch's ``version`` record
-    is among the few before it; None otherwise (the caller parses the whole archive)."""
+    is among the few before it; None otherwise (the caller parses the whole archive).
+
+    That torch wrote the archive (``<prefix>/data.pkl`` first, at offset 0) is read from the
+    local header at offset 0; ``first_from_directory``: from the directory's first record
+    instead, which lies in the tail of an archive with a small directory. An object in a bucket
+    is read so (remote.RangeView: one GET of the tail instead of two), where ``size`` is the
+    object's own (the GET's Content-Range), so that the directory's offsets are the object's.
+    The bytes at offset 0 are then not read: like every other payload byte, they are verify's
+    to check (it streams the payload and checks every local header)."""
     located = end_of_directory(fh, size)
     if located is None:
         return None
@@ -197,6 +205,14 @@ def last_stamp_member(fh: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
     if version is None:
         return None
     first_name = f"{prefix}/data.pkl".encode()
+    if first_from_directory:
+        entry = _read_at(fh, cd_offset, _CENTRAL.size + len(first_name))
+        if entry is None or entry[:4] != b"PK\x01\x02" or entry[_CENTRAL.size :] != first_name:
+            return None  # not torch's layout: torch writes data.pkl first
+        n, at = struct.unpack_from("<H", entry, 28)[0], struct.unpack_from("<L", entry, 42)[0]
+        if n != len(first_name) or at != 0:
+            return None
+        return prefix, data, version
     first = _read_at(fh, 0, _LOCAL.size + len(first_name))
     if first is None or struct.unpack_from("<H", first, 26)[0] != len(first_name) or first[_LOCAL.size :] != first_name:
         return None  # not torch's layout: torch writes data.pkl first

@@ -13,6 +13,16 @@ coming back with what it had stored, as a real S3 or MinIO does after a restart.
 
 The middleware also denies writes (403 AccessDenied, as S3 answers) for the access key ``readonly``:
 moto does not enforce IAM policies by default, and this is the one policy the tests need.
+
+Ranged GETs: stock moto (5.2.5) answers ``Range: bytes=a-b`` by reading the object's whole value
+(``FakeKey.value``: the key's SpooledTemporaryFile read from byte 0 to the end) and then slicing it
+(``S3Response._handle_range_header``), so a 64 KiB range of a 2 GiB object costs reading 2 GiB; S3
+and MinIO read only the range. ``S3Server(range_reads="seek")`` (or setting ``range_reads`` later)
+hands moto, for the duration of a ranged GET only, a value that knows its length and reads a slice
+by seek + read of that same spooled file: moto's code runs unchanged and computes the same status,
+headers and body from it (``test_s3server.py`` holds the two modes equal, byte for byte and header
+for header); anything but a slice (a fallback to the whole object) reads it whole, as stock moto
+does. The request log is the same in both modes. ``"stock"`` (the default) is moto as it ships.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Any
 import pytest
 
 READONLY_KEY = "readonly"
+RANGE_READS = ("stock", "seek")
 _DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
            b"<Message>Access Denied</Message></Error>")
 
@@ -54,12 +65,64 @@ class Request:
         return int(last) - int(first) + 1
 
 
+_SEEK = threading.local()  # set while this thread serves a ranged GET in "seek" mode
+
+
+class _SeekValue:
+    """A moto key's value as moto's range handler uses it (``len`` and a slice), read by seek + read."""
+
+    def __init__(self, key: Any) -> None:
+        self._key = key
+        with key.lock:
+            key._value_buffer.seek(0, os.SEEK_END)
+            self._size = key._value_buffer.tell()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, item: slice) -> bytes:
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError("only contiguous slices")
+        start, stop, _ = item.indices(self._size)
+        with self._key.lock:
+            self._key._value_buffer.seek(start)
+            return bytes(self._key._value_buffer.read(max(0, stop - start)))
+
+    def __bytes__(self) -> bytes:
+        return self[0 : self._size]
+
+
+def _install_seek_reads() -> None:
+    """Wrap moto's ``FakeKey.value`` and ``S3Response.key_response`` once per process; both act as
+    stock moto unless the serving thread set ``_SEEK.active``."""
+    from moto.s3.models import FakeKey
+    from moto.s3.responses import S3Response
+
+    if getattr(FakeKey, "_envkit_seek", False):
+        return
+    stock_value, stock_response = FakeKey.value, S3Response.key_response
+
+    def value(self: Any) -> Any:
+        return _SeekValue(self) if getattr(_SEEK, "active", False) else stock_value.fget(self)
+
+    def key_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        status, headers, content = stock_response(self, *args, **kwargs)
+        if isinstance(content, _SeekValue):  # not sliced (a fallback to the whole object): what stock moto sends
+            content = bytes(content)
+        return status, headers, content
+
+    FakeKey.value = property(value, stock_value.fset)  # type: ignore[method-assign,assignment]
+    S3Response.key_response = key_response  # type: ignore[method-assign]
+    FakeKey._envkit_seek = True  # type: ignore[attr-defined]
+
+
 class S3Server:
-    def __init__(self) -> None:
+    def __init__(self, range_reads: str = "stock") -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.range_reads = range_reads
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
@@ -73,6 +136,15 @@ class S3Server:
             if f"Credential={READONLY_KEY}/" in auth and request.method in ("PUT", "POST", "DELETE"):
                 start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(_DENIED)))])
                 return [_DENIED]
+            if self.range_reads not in RANGE_READS:
+                raise ValueError(f"range_reads={self.range_reads!r}: one of {RANGE_READS}")
+            if self.range_reads == "seek" and request.method == "GET" and request.range:
+                _install_seek_reads()
+                _SEEK.active = True
+                try:
+                    return app(environ, start_response)  # the body is built before this returns (bytes)
+                finally:
+                    _SEEK.active = False
             return app(environ, start_response)
 
         self._server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
