@@ -181,7 +181,7 @@ def load(
     if report.info.format == "dcp":
         raise BadInput(f"{path}: a sharded checkpoint (every rank's part through torch.distributed.checkpoint); resume it "
                        "with CheckpointManager(its folder, sharded=True) under the same number of ranks")
-    if is_url(path):  # s3://, gs://, ...: the guard from the stamp (one ranged GET of the tail, or of a safetensors header), then one download, verified locally
+    if is_url(path):  # s3://, gs://, ...: the guard from the stamp (one ranged GET, of the tail or of a safetensors header), then a download, verified locally
         return _load_downloaded(report, map_location=map_location, verify=verify)
     if report.info.format == "folder":
         raise BadInput(f"{path}: a checkpoint folder, not one file; envkit.guard (or envkit.verify) it, then load it with the "
