@@ -3,6 +3,7 @@
     python benchmarks/manager.py                  # both groups, 2 GB, 5 runs
     python benchmarks/manager.py --only latest    # latest() over 10,000 checkpoints
     python benchmarks/manager.py --only async     # async_save=True against synchronous saves, 2 GB
+    python benchmarks/manager.py --only async --url s3://envkit-bench/async --size-gb 0.5   # the same, to a bucket
 
 - save: ``CheckpointManager.save`` (stamp, one-pass digest, fsync, rename, directory
   fsync, retention, index) against ``torch.save`` + fsync of the same 2 GB state, in
@@ -18,6 +19,9 @@
   synchronously, each in a fresh process, alternating. Per save: the time ``save()`` blocks
   the loop (async: its wait for the previous save plus the staging copy); per run: the whole
   loop, to the last checkpoint committed (``wait()``). Medians over saves and runs.
+  ``--url s3://bucket/prefix``: the same loop saving to a bucket (each run under a prefix of its own,
+  deleted after it); without AWS_ENDPOINT_URL a local moto S3 server on 127.0.0.1 is started in this
+  process (tests/checkpoint/s3server.py, as s3_check.py and kill_stress.py do) and the bucket made on it.
 """
 
 from __future__ import annotations
@@ -129,18 +133,58 @@ def work_steps_for(seconds: float) -> int:
     return max(1, int(seconds / ((time.perf_counter() - t) / 50)))
 
 
-def bench_async(size_gb: float, runs: int, work_s: float) -> dict[str, float]:
+def local_s3(url: str) -> dict[str, str]:
+    """The environment that reaches ``url``'s bucket: the caller's (AWS_ENDPOINT_URL set), else a moto server started here."""
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        return dict(os.environ)
+    import boto3
+
+    sys.path.insert(0, str(ROOT))
+    from tests.checkpoint.s3server import S3Server, client_env
+
+    server = S3Server()
+    env = client_env(server.url)
+    os.environ.update(env)
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket=bucket)
+    print(f"local S3 server (moto) at {server.url} in this process, bucket {bucket}", flush=True)
+    return {**os.environ, **env}
+
+
+class _Prefix:
+    """A run's own prefix under ``url``, deleted afterwards (moto keeps objects in this process's memory)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = f"{url.rstrip('/')}/{name}"
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        from envkit.checkpoint.remote import split
+
+        fs, key, _ = split(self.url)
+        try:
+            fs.rm(key, recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def bench_async(size_gb: float, runs: int, work_s: float, url: str | None = None) -> dict[str, float]:
     worker = ASYNC_WORKER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
     work_steps = work_steps_for(work_s)
-    print(f"async: {size_gb} GB state, {work_steps} matmuls (~{work_s} s) of work before each of 5 saves", flush=True)
+    env = local_s3(url) if url else None
+    where = f" to {url}" if url else ""
+    print(f"async{where}: {size_gb} GB state, {work_steps} matmuls (~{work_s} s) of work before each of 5 saves", flush=True)
     waited: list[float] = []
     blocked: dict[str, list[float]] = {"sync": [], "async": []}
     totals: dict[str, list[float]] = {"sync": [], "async": []}
     for i in range(runs):
         for mode in (["sync", "async"] if i % 2 == 0 else ["async", "sync"]):
-            with tempfile.TemporaryDirectory(dir=ROOT / "bench-out") as folder:
+            place = _Prefix(url, f"run{i + 1}-{mode}") if url else tempfile.TemporaryDirectory(dir=ROOT / "bench-out")
+            with place as folder:
                 out = subprocess.run([PY, "-c", worker, mode, folder, str(size_gb), str(work_steps)], check=True,
-                                     capture_output=True, text=True)
+                                     capture_output=True, text=True, env=env)
             doc = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"  run {i + 1} {mode:5s}: save() blocked {', '.join(f'{b:.2f}' for b in doc['blocked'])} s "
                   f"(of which waiting for the previous save {', '.join(f'{b:.2f}' for b in doc['waited'])}); "
@@ -234,6 +278,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--only", choices=["save", "latest", "async"])
     parser.add_argument("--work-s", type=float, default=8.0, help="async: seconds of training work (matmuls) before each save")
+    parser.add_argument("--url", help="async: save to this bucket prefix (s3://bucket/prefix) instead of a local folder")
     args = parser.parse_args()
     (ROOT / "bench-out").mkdir(exist_ok=True)
     fresh_bytecode()
@@ -243,7 +288,7 @@ def main() -> None:
     if args.only in (None, "save"):
         results["save"] = bench_save(args.size_gb, args.runs)
     if args.only in (None, "async"):
-        results["async"] = bench_async(args.size_gb, args.runs, args.work_s)
+        results["async"] = bench_async(args.size_gb, args.runs, args.work_s, args.url)
     print_results(f"medians ({args.latest_runs} runs of latest, {args.runs} of save), {os.cpu_count()} cores, {sys.version.split()[0]}", results, 52)
 
 

@@ -25,6 +25,7 @@ from envkit.checkpoint.urls import ObjectPath
 from envkit.errors import BadInput, CheckpointWriteError
 
 if False:  # TYPE_CHECKING, without importing typing's machinery at run time
+    from envkit.checkpoint.background import StagedSave, Stager
     from envkit.checkpoint.ranks import Ranks
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Policy
@@ -118,6 +119,36 @@ class ObjectStorage(ObjectListing):
         except Exception as exc:  # noqa: BLE001 - raised by commit, as the local storages do
             pending.error = exc
         return pending
+
+    def stage(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any], stager: Stager) -> StagedSave | None:
+        """A background save (background.py): the state captured and copied to CPU memory here, on the caller's thread
+        (an error here is raised now: nothing is in flight yet); ``write()``, on the background thread, serialises,
+        hashes and uploads the copy (``remote.upload_stamped``: a multipart upload to the final key) and commits it as
+        a synchronous save does (``commit``: the upload's completion, then a HEAD that confirms its size), returning
+        its URL. Any failure aborts the upload, so nothing appears under the key (a kill leaves an incomplete upload,
+        never listed, that the next manager aborts), and the error is raised when the save is collected. Retention
+        and the index wait for that too (the manager, on the caller's thread). None, saved synchronously: a
+        distributed run (``write`` answers it)."""
+        if self.ranks.distributed:
+            return None
+        from envkit.checkpoint.background import StagedSave, synchronize_devices
+
+        captured = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+        copy = stager.stage(captured)
+        synchronize_devices()
+        meta, path = dict(meta), self.location(name)
+
+        def write() -> Path:
+            from envkit.checkpoint.stamp import DICT_KEY, Stamp
+
+            state = copy.to_state()
+            state[DICT_KEY] = Stamp(fingerprint, None, meta).to_json()
+            upload = upload_stamped(state, self.fs, self._key(name), path,
+                                    stamp_for=lambda payload: Stamp(fingerprint, payload, meta), digest=self.digest)
+            return self.commit(_PendingObject(name, upload))
+
+        return StagedSave(path, write)
 
     def commit(self, pending: _PendingObject, then: Callable[[Path], None] | None = None) -> Path:
         if not self.ranks.distributed:
