@@ -130,9 +130,12 @@ class ObjectStorage(ObjectListing):
         never listed, that the next manager aborts), and the error is raised when the save is collected. Retention
         and the index wait for that too (the manager, on the caller's thread). None, saved synchronously: a
         distributed run (``write`` answers it)."""
+        from envkit.checkpoint.background import StagedSave, synchronize_devices, warn_once
+
         if self.ranks.distributed:
+            warn_once("bucket-distributed", f"{self.root}: a distributed run saves to a bucket synchronously for now; "
+                      "async_save=True has no effect here")
             return None
-        from envkit.checkpoint.background import StagedSave, synchronize_devices
 
         captured = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
         copy = stager.stage(captured)

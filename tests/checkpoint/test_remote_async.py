@@ -469,3 +469,23 @@ def test_kill_9_at_random_moments_of_background_saves_to_the_bucket(bucket: str,
             assert now >= last, f"latest() went back from step {last} to {now}"
             last = now
     assert last > 0  # background saves completed, and none was lost
+
+
+def test_a_distributed_run_on_a_bucket_saves_synchronously_and_says_so_once(bucket: str) -> None:
+    """Rank 0's background upload would need the other ranks to learn its outcome off the caller's thread: not yet.
+    stage() answers None (the manager then saves synchronously) and warns once per process, naming the prefix."""
+    from envkit.checkpoint import background
+    from envkit.checkpoint.ranks import Ranks
+    from envkit.errors import BackgroundSaveWarning
+
+    background._WARNED.discard("bucket-distributed")
+    storage = ObjectStorage(envkit.checkpoint.urls.ObjectPath(f"s3://{bucket}/ddp"), sharded=False, digest="xxh3_128",
+                            ranks=Ranks(True, 0, None))
+    args: dict[str, Any] = dict(epoch=0, step=1, metrics={}, extra=None, parts={}, fingerprint=None, meta={},
+                                stager=background.Stager())
+    with pytest.warns(BackgroundSaveWarning, match=f"s3://{bucket}/ddp: a distributed run saves to a bucket synchronously"):
+        assert storage.stage("a.pth", **args) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert storage.stage("b.pth", **args) is None  # once
+    assert not ObjectListing.for_url(f"s3://{bucket}/ddp").committed_sizes()
