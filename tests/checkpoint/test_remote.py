@@ -232,29 +232,35 @@ def test_manager_on_a_bucket_saves_retains_resumes_and_lists_from_the_index(buck
 def test_a_save_that_fails_mid_upload_leaves_no_object_and_no_upload(bucket: str, s3_server: S3Server,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure is injected into the client (the third part's upload raises); the server is real."""
-    import s3fs
-
     monkeypatch.setattr(remote, "PART_BYTES", 5 * 1024 * 1024)
     model = torch.nn.Linear(1500, 1500)  # 9 MB: two parts
     url = f"s3://{bucket}/run"
     with envkit.CheckpointManager(url, project="p") as mgr:
         mgr.save(epoch=0, step=1, model=model)
-        real, calls = s3fs.core.S3File._upload_chunk, []
-
-        def failing(self: object, final: bool = False) -> object:
-            calls.append(final)
-            if len(calls) == 2:
-                raise ConnectionResetError("injected: the connection dropped")
-            return real(self, final)
-
         with monkeypatch.context() as patched:
-            patched.setattr(s3fs.core.S3File, "_upload_chunk", failing)
+            drop_the_connection_at_part(patched, 2)
             with pytest.raises(CheckpointWriteError, match="nothing was left under that key"):
                 mgr.save(epoch=0, step=2, model=model)
         assert _keys(s3_server, bucket, "run/p_") == ["run/p_0000_00000001.pth"]
         assert _uploads(s3_server, bucket) == []  # aborted, not left to bill
         latest = mgr.latest()
         assert latest is not None and latest.step == 1
+
+
+
+def drop_the_connection_at_part(patch: pytest.MonkeyPatch, n: int) -> None:
+    """From here on, s3fs's upload of the n-th part of any object fails as a dropped connection would."""
+    import s3fs
+
+    real, calls = s3fs.core.S3File._upload_chunk, []
+
+    def failing(self: object, final: bool = False) -> object:
+        calls.append(final)
+        if len(calls) == n:
+            raise ConnectionResetError("injected: the connection dropped")
+        return real(self, final)
+
+    patch.setattr(s3fs.core.S3File, "_upload_chunk", failing)
 
 
 def test_killing_the_server_mid_multipart_upload_keeps_the_previous_checkpoint(bucket: str, s3_server: S3Server,

@@ -23,6 +23,7 @@ import envkit  # noqa: E402
 from envkit.checkpoint import remote  # noqa: E402
 from envkit.errors import BadInput, CheckpointWriteError  # noqa: E402
 from tests.checkpoint.s3server import S3Server  # noqa: E402
+from tests.checkpoint.test_remote import drop_the_connection_at_part  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,23 +83,14 @@ def test_save_to_a_url_appears_whole_and_reads_back(tmp_path: Path, bucket: str,
 def test_a_save_that_fails_mid_upload_leaves_the_previous_object(bucket: str, s3_server: S3Server,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure is injected into the client (the second part's upload raises); the server is real."""
-    import s3fs
 
     monkeypatch.setattr(remote, "PART_BYTES", 5 * 1024 * 1024)
     url = f"s3://{bucket}/model.safetensors"
     first = envkit.save(_tensors(big=3_000_000), url, meta={"epoch": 0, "step": 1})  # 12 MB: three parts
-    real, calls = s3fs.core.S3File._upload_chunk, []
-
-    def failing(self: object, final: bool = False) -> object:
-        calls.append(final)
-        if len(calls) == 2:
-            raise ConnectionResetError("injected: the connection dropped")
-        return real(self, final)
-
-    monkeypatch.setattr(s3fs.core.S3File, "_upload_chunk", failing)
-    with pytest.raises(CheckpointWriteError, match="nothing was left under that key"):
-        envkit.save(_tensors(big=3_000_000), url, meta={"epoch": 0, "step": 2})
-    monkeypatch.setattr(s3fs.core.S3File, "_upload_chunk", real)
+    with monkeypatch.context() as patched:
+        drop_the_connection_at_part(patched, 2)
+        with pytest.raises(CheckpointWriteError, match="nothing was left under that key"):
+            envkit.save(_tensors(big=3_000_000), url, meta={"epoch": 0, "step": 2})
     assert _keys(s3_server, bucket) == ["model.safetensors"] and _uploads(s3_server, bucket) == []
     assert envkit.read_stamp(url).stamp == first and envkit.verify(url).ok  # the previous object, whole
 

@@ -26,6 +26,7 @@ import envkit  # noqa: E402
 from envkit.checkpoint.listing import ObjectListing  # noqa: E402
 from envkit.errors import CheckpointWriteError  # noqa: E402
 from tests.checkpoint.s3server import S3Server, free_port  # noqa: E402
+from tests.checkpoint.test_remote import _one_line_exit_2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::envkit.EphemeralDirectoryWarning")
@@ -92,14 +93,6 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
-
-
-def _one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 DCP_FILES = [".metadata", "__0_0.distcp", "envkit.json", "rank0.pt"]
