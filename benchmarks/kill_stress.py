@@ -88,7 +88,10 @@ def _against_bucket(args: argparse.Namespace) -> int:
         if kill % 50 == 0:
             print(f"{kill} kills, latest step {last}, {time.time() - started:.0f} s", flush=True)
 
-    last = kill_loop(args.url, args.kills, seed=args.seed, max_delay=args.max_delay, report=report)
+    saver = None
+    if args.async_save:
+        from tests.checkpoint.test_remote_async import _save_forever as saver  # async_save=True in the child
+    last = kill_loop(args.url, args.kills, seed=args.seed, max_delay=args.max_delay, report=report, saver=saver)
     from envkit.checkpoint.listing import ObjectListing
 
     left = ObjectListing.for_url(args.url).names() or set()

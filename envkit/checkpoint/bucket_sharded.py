@@ -19,7 +19,10 @@ A prefix without its marker is never listed (``listing.ObjectListing``) and is d
 manager's ``remove_stale`` (it holds the lock). Resume: the guard from the marker (one GET), the
 world size, then every file downloaded into local scratch, its digests verified, and the local
 load path (``sharded.load_local``). Reads of a ``.dcp`` URL without a manager: remote_folder.py.
-Background saves (``async_save=True``) of this storage are synchronous (a warning says so once).
+Background saves (``async_save=True``, ``stage``): the state is captured and copied to CPU memory
+on the caller's thread; the steps above then run on the background thread, their collectives on a
+gloo group of their own (``sharded.background_ranks``), on every torch, 2.0.1 included (DCP's own
+``async_save`` is not needed: the whole save is already off the training loop's thread).
 """
 
 from __future__ import annotations
@@ -40,12 +43,20 @@ from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.checkpoint.remote import ObjectLock, _Upload, remote_error
 from envkit.checkpoint.remote_folder import download_folder, listed_sizes, read_folder_url
-from envkit.checkpoint.sharded import check_world, load_local, sharded_path, stamp_document, write_part
+from envkit.checkpoint.sharded import (
+    background_ranks,
+    check_world,
+    load_local,
+    sharded_path,
+    stamp_document,
+    write_state_part,
+)
 from envkit.checkpoint.state import TrainingState
 from envkit.checkpoint.urls import ObjectPath
 from envkit.errors import BadInput, CheckpointWriteError, CorruptCheckpoint, EnvkitError
 
 if False:  # TYPE_CHECKING, without importing typing's machinery at run time
+    from envkit.checkpoint.background import StagedSave, Stager
     from envkit.checkpoint.ranks import Ranks
     from envkit.fingerprint import Fingerprint
     from envkit.policy import Policy
@@ -98,6 +109,7 @@ class ShardedObjectStorage(ObjectListing):
         super().__init__(root)
         self.digest, self.ranks = digest, ranks
         self._objects = ObjectStorage(root, sharded=False, digest=digest, ranks=ranks)  # the single-object storage of this prefix
+        self._background: ShardedObjectStorage | None = None  # this storage on the background thread's own group
 
     # -- what the manager asks of every storage ------------------------------------------
     def name_for(self, name: str) -> str:
@@ -150,6 +162,52 @@ class ShardedObjectStorage(ObjectListing):
     # -- saving ---------------------------------------------------------------------------
     def write(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
               parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any]) -> _PendingPrefix:
+        return self._write(name, lambda: TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra,
+                                                               parts=parts), fingerprint, meta)
+
+    def stage(self, name: str, *, epoch: int, step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              parts: Mapping[str, Any], fingerprint: Fingerprint, meta: Mapping[str, Any], stager: Stager) -> StagedSave | None:
+        """A background save (background.py): here, on the caller's thread, the capture and the CPU copy
+        (``Stager``); ``write()``, on the background thread, runs ``write`` and ``commit`` of that copy on
+        this storage's background twin, whose collectives use a gloo group of their own (made on the first
+        background save: a collective). A capture that fails on one rank fails the save on every rank
+        when it is collected. None (saved synchronously, with a warning once): tensors other than plain
+        ones (DTensor, ShardedTensor), which a CPU copy would not keep as they are."""
+        from envkit.checkpoint.background import StagedSave, synchronize_devices, warn_once
+
+        failed: Exception | None = None
+        staged: TrainingState | None = None
+        try:
+            state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+            if not _plain_tensors(state):
+                warn_once("bucket-sharded-tensors", f"{self.root}: the state holds distributed tensors (DTensor, "
+                          "ShardedTensor); sharded saves of it to a bucket are synchronous")
+                return None
+            staged = stager.stage(state)
+            synchronize_devices()
+        except Exception as exc:
+            if not self.ranks.distributed:
+                raise  # nothing is in flight: raise it now
+            failed = exc
+        twin = self._background_twin()
+
+        def state_of() -> TrainingState:
+            if failed is not None:
+                raise failed
+            assert staged is not None
+            return staged
+
+        return StagedSave(self.location(name), lambda: twin.commit(twin._write(name, state_of, fingerprint, meta)))
+
+    def _background_twin(self) -> ShardedObjectStorage:
+        if not self.ranks.distributed:
+            return self  # no collectives: the background thread may use this storage itself
+        if self._background is None:
+            self._background = ShardedObjectStorage(self.root, digest=self.digest, ranks=background_ranks(self.ranks))
+        return self._background
+
+    def _write(self, name: str, state_of: Callable[[], TrainingState], fingerprint: Fingerprint,
+               meta: Mapping[str, Any]) -> _PendingPrefix:
         ranks, where = self.ranks, self.location(name)
         cleared = None
         if ranks.rank == 0:
@@ -165,7 +223,7 @@ class ShardedObjectStorage(ObjectListing):
         scratch = Path(tempfile.mkdtemp(prefix="envkit-dcp-"))
         try:
             try:
-                write_part(scratch, ranks, epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+                write_state_part(scratch, ranks, state_of())
             except Exception as exc:  # noqa: BLE001 - any error goes to the other ranks, which raise it
                 error = f"rank {ranks.rank}: {exc}"
             if error is None:
@@ -291,6 +349,22 @@ class ShardedObjectStorage(ObjectListing):
             return load_local(scratch, ranks=self.ranks, source=where)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _plain_tensors(state: TrainingState) -> bool:
+    """Every tensor of the state is a plain (or Parameter) tensor: what ``Stager`` copies faithfully."""
+    import torch
+
+    def plain(obj: Any) -> bool:
+        if isinstance(obj, torch.Tensor):
+            return type(obj) in (torch.Tensor, torch.nn.Parameter)
+        if isinstance(obj, Mapping):
+            return all(plain(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return all(plain(v) for v in obj)
+        return True
+
+    return plain(state.model) and plain(state.optimizer) and plain(state.extra)
 
 
 __all__ = ["ShardedObjectStorage", "upload_file"]

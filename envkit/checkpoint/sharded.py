@@ -200,14 +200,7 @@ class ShardedFolderStorage(LocalFolder):
     def _background_storage(self) -> ShardedFolderStorage:
         """This storage on a gloo process group of its own, for the background thread (made once: a collective)."""
         if self._background is None:
-            import torch.distributed as dist
-
-            group = self.ranks.group
-            if group is None:
-                own = dist.new_group(backend="gloo")
-            else:  # only the ranks of the group make it
-                own = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo", use_local_synchronization=True)
-            self._background = ShardedFolderStorage(self.root, digest=self.digest, ranks=Ranks(True, self.ranks.rank, own))
+            self._background = ShardedFolderStorage(self.root, digest=self.digest, ranks=background_ranks(self.ranks))
         return self._background
 
     def _temp_folder(self, final: Path) -> Path:
@@ -268,9 +261,26 @@ def write_part(folder: Path, ranks: Ranks, *, epoch: int, step: int, metrics: Ma
                parts: Mapping[str, Any]) -> None:
     """This rank's part of a sharded save into ``folder``: its ``rank<r>.pt``, then its DCP shards (a collective;
     rank 0 also writes DCP's ``.metadata``). The folder may be shared by every rank or this rank's own."""
-    state = TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts)
+    write_state_part(folder, ranks, TrainingState.capture(epoch=epoch, step=step, metrics=metrics, extra=extra, parts=parts))
+
+
+def write_state_part(folder: Path, ranks: Ranks, state: TrainingState) -> None:
+    """``write_part`` of a state captured already (a background save's staged copy)."""
     _write_rank_file(folder, ranks.rank, _rank_doc(state, ranks.rank, ranks.world))
     _dcp_save(_flat(state), folder, ranks.group)
+
+
+def background_ranks(ranks: Ranks) -> Ranks:
+    """These ranks on a gloo process group of their own, for a background thread's collectives (a collective: every
+    rank of ``ranks.group`` calls it), so that they never interleave with the training loop's on its group."""
+    import torch.distributed as dist
+
+    group = ranks.group
+    if group is None:
+        own = dist.new_group(backend="gloo")
+    else:  # only the ranks of the group make it
+        own = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo", use_local_synchronization=True)
+    return Ranks(True, ranks.rank, own)
 
 
 def file_records(folder: Path, names: Iterable[str], digest: str) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -432,7 +433,10 @@ def assert_prefix_whole(url: str) -> int:
         mgr.close()
 
 
-def kill_loop(url: str, kills: int, *, seed: int, max_delay: float, report: object = None) -> int:
+def kill_loop(url: str, kills: int, *, seed: int, max_delay: float, report: object = None,
+              saver: Callable[..., None] | None = None) -> int:
+    """Fork ``saver(url, model, ready)`` (default ``_save_forever``) and SIGKILL it at a random moment, ``kills``
+    times; after each, the prefix is whole and latest() never goes back. Returns the last latest step."""
     import multiprocessing
     import random
     import signal
@@ -444,7 +448,7 @@ def kill_loop(url: str, kills: int, *, seed: int, max_delay: float, report: obje
     last = 0
     for kill in range(1, kills + 1):
         ready = ctx.Event()
-        child = ctx.Process(target=_save_forever, args=(url, model, ready), daemon=True)
+        child = ctx.Process(target=saver or _save_forever, args=(url, model, ready), daemon=True)
         child.start()
         # the moment is drawn from when the child starts saving: its start-up (a client, the lock, the
         # listing; ~0.35 s here) is no part of it, else on a slower machine no save completes at all

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from envkit.checkpoint.listing import ObjectListing  # noqa: E402
 from envkit.errors import CheckpointWriteError, EnvkitError  # noqa: E402
 from tests.checkpoint.s3server import READONLY_KEY, Proxy, S3Server  # noqa: E402
 from tests.checkpoint.test_async_save import snapshot, step, trained  # noqa: E402
-from tests.checkpoint.test_remote import _keys, _uploads, assert_prefix_whole  # noqa: E402
+from tests.checkpoint.test_remote import _keys, _uploads, kill_loop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE_TIMEOUT_S = 60  # a gate never opened fails the test instead of hanging it
@@ -426,7 +425,7 @@ def test_kill_9_mid_background_upload_keeps_latest_and_the_resume_is_bit_identic
         assert [i.step for i in after.list()] == [9, 12]
 
 
-def _save_forever(url: str, model: torch.nn.Module) -> None:
+def _save_forever(url: str, model: torch.nn.Module, ready: Any = None) -> None:
     """Child: async saves as fast as it can until killed (no tensor math after fork; staging copies on one thread)."""
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -441,6 +440,8 @@ def _save_forever(url: str, model: torch.nn.Module) -> None:
     mgr = envkit.CheckpointManager(url, project="stress", keep_last=2, keep_best=0, async_save=True)
     latest = mgr.latest()
     s = latest.step if latest else 0
+    if ready is not None:
+        ready.set()  # the kill's random moment is drawn from here: the child's start-up is no part of it
     while True:
         s += 1
         mgr.save(epoch=0, step=s, model=model)
@@ -449,25 +450,8 @@ def _save_forever(url: str, model: torch.nn.Module) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_kill_9_at_random_moments_of_background_saves_to_the_bucket(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import multiprocessing
-
     monkeypatch.setattr(remote, "PART_BYTES", 5 * 1024 * 1024)
-    url = f"s3://{bucket}/stress"
-    rng = random.Random(2)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(1300, 1300)  # 6.8 MB: a two-part upload
-    ctx = multiprocessing.get_context("fork")
-    last = 0
-    for _ in range(20):
-        child = ctx.Process(target=_save_forever, args=(url, model), daemon=True)
-        child.start()
-        time.sleep(rng.random() * 0.6)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        child.join(10)
-        if ObjectListing.for_url(url).committed_sizes():
-            now = assert_prefix_whole(url)
-            assert now >= last, f"latest() went back from step {last} to {now}"
-            last = now
+    last = kill_loop(f"s3://{bucket}/stress", 20, seed=2, max_delay=0.6, saver=_save_forever)
     assert last > 0  # background saves completed, and none was lost
 
 
@@ -489,3 +473,62 @@ def test_a_distributed_run_on_a_bucket_saves_synchronously_and_says_so_once(buck
         warnings.simplefilter("error")
         assert storage.stage("b.pth", **args) is None  # once
     assert not ObjectListing.for_url(f"s3://{bucket}/ddp").committed_sizes()
+
+
+# -- sharded (.dcp) saves to a bucket in the background ---------------------------------------
+
+
+def test_a_sharded_save_to_a_bucket_runs_in_the_background_and_resumes_bit_identically(
+        bucket: str, s3_server: S3Server, gate_for: Callable[..., UploadGate], one_rank: None) -> None:
+    """A world of one (gloo): the background twin's collectives run on a group of its own. While a shard's upload is
+    held, save() has returned, the model changes, and the previous checkpoint is still the latest; what lands and
+    resumes is the state of save time."""
+    import copy
+
+    from tests.checkpoint.test_remote_sharded import _make, _same, _train
+
+    url = f"s3://{bucket}/shards"
+    model, opt = _make(0)
+    with envkit.CheckpointManager(url, project="p", sharded=True, async_save=True, keep_last=2) as mgr:
+        _train(model, opt, 1)
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        assert str(mgr.wait()) == f"{url}/p_0000_00000001.dcp"
+        _train(model, opt, 1)
+        expected = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        gate = gate_for("p_0000_00000002.dcp/__0_0.distcp")
+        assert str(mgr.save(epoch=0, step=2, model=model, optimizer=opt)) == f"{url}/p_0000_00000002.dcp"
+        assert gate.reached.wait(GATE_TIMEOUT_S), gate.log  # the upload is under way, on the background thread
+        _train(model, opt, 3)  # the loop goes on and changes the weights
+        assert sorted(ObjectListing.for_url(url).committed_sizes()) == ["p_0000_00000001.dcp"]
+        assert not any("envkit.json" in r.path and "00000002" in r.path for r in s3_server.log() if r.method == "PUT")
+        gate.open()
+        assert str(mgr.wait()) == f"{url}/p_0000_00000002.dcp"
+        assert gate.log[0].startswith("part 1 on envkit-save")
+    assert sorted(ObjectListing.for_url(url).committed_sizes()) == ["p_0000_00000001.dcp", "p_0000_00000002.dcp"]
+    fresh, fresh_opt = _make(7)
+    with envkit.CheckpointManager(url, project="p", sharded=True) as again:
+        info = again.resume(model=fresh, optimizer=fresh_opt)
+        assert info is not None and info.step == 2
+    assert _same(fresh.state_dict(), expected[0]) and _same(fresh_opt.state_dict(), expected[1])
+
+
+def test_a_failed_background_sharded_upload_is_raised_at_wait_and_keeps_the_previous_checkpoint(
+        bucket: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, one_rank: None) -> None:
+    from tests.checkpoint.test_remote import drop_the_connection_at_part
+    from tests.checkpoint.test_remote_sharded import _make
+
+    url = f"s3://{bucket}/shards-fail"
+    model, opt = _make(0)
+    with envkit.CheckpointManager(url, project="p", sharded=True, async_save=True) as mgr:
+        mgr.save(epoch=0, step=1, model=model, optimizer=opt)
+        mgr.wait()
+        with monkeypatch.context() as patched:
+            drop_the_connection_at_part(patched, 2)
+            mgr.save(epoch=0, step=2, model=model, optimizer=opt)  # returns: the failure is the background thread's
+            with pytest.raises(CheckpointWriteError, match="earlier checkpoints are untouched") as raised:
+                mgr.wait()
+        assert "\n" not in str(raised.value)
+        latest = mgr.latest()
+        assert latest is not None and latest.step == 1
+        assert sorted(ObjectListing.for_url(url).committed_sizes()) == ["p_0000_00000001.dcp"]
+        assert _uploads(s3_server, bucket) == []

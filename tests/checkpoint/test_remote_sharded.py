@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,18 +55,6 @@ def _fs() -> object:
     from envkit.checkpoint import remote
 
     return remote.filesystem("s3", "s3://any")
-
-
-@pytest.fixture
-def one_rank() -> Iterator[None]:
-    """A torch.distributed world of one (gloo) in this process, as sharded=True needs; destroyed after the test."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _make(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
