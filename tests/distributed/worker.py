@@ -252,6 +252,9 @@ def main() -> int:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     for name in sys.argv[5:]:
         SCENARIOS[name](folder)
+    # every rank done before any tears gloo down: a rank that exits first (rank 0 holds the TCP store) can
+    # take its peer's gloo threads down mid-teardown ("terminate called without an active exception", -6)
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
