@@ -514,9 +514,12 @@ def _failed(upload: _Upload, exc: BaseException) -> NoReturn:
     upload.discard()
     if isinstance(exc, EnvkitError) or not isinstance(exc, Exception):
         raise exc
-    cause = getattr(exc, "__cause__", None) or exc
-    raise CheckpointWriteError(f"{remote_error(upload.where, cause, 'write').message}; nothing was left under that key "
-                               "and earlier checkpoints are untouched") from None
+    cause = exc.__cause__
+    try:  # the request's own error says most (s3fs wraps it), else the wrapper (a missing bucket: FileNotFoundError)
+        error = remote_error(upload.where, cause if isinstance(cause, Exception) else exc, "write")
+    except Exception:  # noqa: BLE001 - the cause is no storage error envkit knows
+        error = remote_error(upload.where, exc, "write")
+    raise CheckpointWriteError(f"{error.message}; nothing was left under that key and earlier checkpoints are untouched") from None
 
 
 def upload_stream(location: str | os.PathLike[str], write: Callable[[Any], Any]) -> Any:

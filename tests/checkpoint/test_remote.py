@@ -492,3 +492,11 @@ def test_other_fsspec_file_systems_read_without_the_size_in_the_answer(tmp_path:
         import fsspec
 
         fsspec.filesystem("memory").rm(url)
+
+
+@pytest.mark.parametrize("name", ["x.pth", "x.safetensors"])
+def test_envkit_save_to_a_missing_bucket_is_one_line_naming_the_bucket(bucket: str, name: str) -> None:
+    """s3fs raises FileNotFoundError from botocore's NoSuchBucket when the upload starts: one line, no botocore error."""
+    with pytest.raises(CheckpointWriteError, match="the bucket 'no-such-bucket' does not exist") as raised:
+        envkit.save({"w": torch.zeros(3)}, f"s3://no-such-bucket/{name}")
+    assert "\n" not in str(raised.value) and "nothing was left under that key" in str(raised.value)
