@@ -4,7 +4,8 @@
 
 A local S3 server (moto, on 127.0.0.1, in this process; tests/checkpoint/s3server.py) holds the
 object. Both sides run as fresh processes, as a user runs them: `envkit check s3://...` (one
-ranged GET of the tail) and `python -c` that downloads the object to a local file with s3fs
+ranged GET of the tail, signed and sent by envkit's s3_direct: no s3fs import; timed too with that
+GET sent through s3fs, the route of a profile, a proxy or an error) and `python -c` that downloads the object to a local file with s3fs
 (`get_file`: one GET, then concurrent ranged GETs of 50 MiB) and then
 `torch.load(mmap=True, weights_only=True)`s it (mmap only saves copying once the bytes are here).
 
@@ -36,6 +37,14 @@ DOWNLOAD_AND_LOAD = (
     "fs = s3fs.S3FileSystem()\n"
     "fs.get_file(sys.argv[1], sys.argv[2])\n"
     "torch.load(sys.argv[2], mmap=True, weights_only=True)\n"
+)
+# the same `envkit check`, with its stamp read sent through s3fs (what a profile, a proxy or an error answer gets)
+CHECK_THROUGH_S3FS = (
+    "import sys, envkit.checkpoint.remote as remote\n"
+    "remote._direct = lambda where: None\n"
+    "sys.argv = ['envkit', 'check', sys.argv[1]]\n"
+    "from envkit.cli import main\n"
+    "main()\n"
 )
 MODES = ("stock", "seek")
 
@@ -72,7 +81,7 @@ def main() -> int:
     env = {**os.environ, **client_env(server.url), "PYTHONPATH": str(ROOT)}
     os.environ.update(client_env(server.url))
     boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket="envkit-bench")
-    times: dict[str, dict[str, list[float]]] = {m: {"check": [], "load": []} for m in MODES}
+    times: dict[str, dict[str, list[float]]] = {m: {"check": [], "check_s3fs": [], "load": []} for m in MODES}
     requests: dict[str, dict[str, list[tuple[str, str | None]]]] = {m: {} for m in MODES}
     with tempfile.TemporaryDirectory(dir=ROOT) as work:
         local = Path(work) / "model.pth"
@@ -93,6 +102,7 @@ def main() -> int:
                 server.reset_log()
                 times[mode]["check"].append(_timed([sys.executable, "-m", "envkit", "check", url], env))
                 requests[mode]["check"] = _requests(server)
+                times[mode]["check_s3fs"].append(_timed([sys.executable, "-c", CHECK_THROUGH_S3FS, url], env))
                 target = Path(work) / "download.pth"
                 server.reset_log()
                 times[mode]["load"].append(_timed([sys.executable, "-c", DOWNLOAD_AND_LOAD, url, str(target)], env))
@@ -103,8 +113,10 @@ def main() -> int:
                                  "load_average_after": os.getloadavg()}
     for mode in MODES:
         check, load = statistics.median(times[mode]["check"]), statistics.median(times[mode]["load"])
+        through_s3fs = statistics.median(times[mode]["check_s3fs"])
         result[mode] = {
-            "check_s": times[mode]["check"], "download_and_mmap_load_s": times[mode]["load"],
+            "check_s": times[mode]["check"], "check_through_s3fs_s": times[mode]["check_s3fs"],
+            "check_through_s3fs_median_s": through_s3fs, "ratio_through_s3fs": load / through_s3fs, "download_and_mmap_load_s": times[mode]["load"],
             "check_median_s": check, "download_and_mmap_load_median_s": load, "ratio_of_medians": load / check,
             "ratio_of_best": min(times[mode]["load"]) / min(times[mode]["check"]),
             "check_requests": requests[mode]["check"],
@@ -118,7 +130,8 @@ def main() -> int:
         print(f"{mode:5s} moto: envkit check of {size / 2**30:.2f} GiB: median {r['check_median_s']:.2f} s "
               f"({len(r['check_requests'])} request(s)); download + torch.load(mmap=True): median "
               f"{r['download_and_mmap_load_median_s']:.2f} s ({r['download_requests']} requests): "
-              f"{r['ratio_of_medians']:.0f}x (best of {args.runs}: {r['ratio_of_best']:.0f}x)")
+              f"{r['ratio_of_medians']:.0f}x (best of {args.runs}: {r['ratio_of_best']:.0f}x); check through s3fs: median "
+              f"{r['check_through_s3fs_median_s']:.2f} s, {r['ratio_through_s3fs']:.0f}x")
     return 0
 
 

@@ -567,10 +567,10 @@ def open_view(location: str | os.PathLike[str]) -> Any:
     """A ``remote.RangeView`` of the object at a URL, starting where its stamp is: the head of a
     ``.safetensors`` object (its header; at most two GETs in all), the tail of any other (a zip's
     directory and stamp; one GET)."""
-    from envkit.checkpoint.remote import RangeView, split
+    from envkit.checkpoint.remote import RangeView, split_for_reading
     from envkit.checkpoint.safetensors_format import SUFFIX
 
-    fs, key, where = split(location)
+    fs, key, where = split_for_reading(location)
     return RangeView(fs, key, where, first="head" if where.name.endswith(SUFFIX) else "tail")
 
 

@@ -14,7 +14,9 @@ Reads cost little, whatever the size:
   from the directory's first record); a central directory larger than the tail read (about
   3,000 tensors) costs a second GET, an unstamped or foreign object its head too. A
   ``.safetensors`` object is read from its head instead: its header, in one GET (two for a
-  header over 64 KiB);
+  header over 64 KiB). Where the endpoint and keys are named outright, those GETs are
+  ``s3_direct.DirectS3``'s (signed by envkit, sent with http.client: no s3fs import), and s3fs
+  answers whatever they cannot;
 - ``verify`` reads the directory from the tail, then streams the payload once in 32 MiB ranged
   reads, hashing as it goes and checking every record's local header as it passes;
 - ``ls`` of a prefix reads its ``.envkit-index.json`` and one LIST, not every stamp.
@@ -61,7 +63,8 @@ DEFAULTS: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 20, "retries":
 _ATOMIC_UPLOADS = ("s3", "s3a", "gs", "gcs")  # a multipart/resumable upload appears only when completed
 _FS_CACHE: dict[tuple[Any, ...], Any] = {}
 _ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 
 
 # -- the file system ------------------------------------------------------------------
@@ -74,6 +77,32 @@ def split(location: str | os.PathLike[str]) -> tuple[Any, str, ObjectPath]:
         raise BadInput(f"{location}: not a URL")
     fs = filesystem(where.scheme, where.url)
     return fs, fs._strip_protocol(where.url), where
+
+
+def split_for_reading(location: str | os.PathLike[str]) -> tuple[Any, str, ObjectPath]:
+    """``split``, for a stamp's reads (``RangeView``, a ``.dcp``'s marker): an ``s3://`` URL whose endpoint and
+    credentials are named outright gets ``s3_direct.DirectS3`` (plain signed GETs, no s3fs import; s3fs
+    answers whatever those cannot), any other URL ``split``'s file system."""
+    where = as_location(location)
+    if isinstance(where, ObjectPath) and where.scheme in ("s3", "s3a"):
+        direct = _direct(where)
+        if direct is not None:
+            return direct, where.url.split("://", 1)[1], where
+    return split(where)
+
+
+def _direct(where: ObjectPath) -> Any:
+    from envkit.checkpoint import s3_direct
+
+    settings = _settings()
+    key = ("direct", where.scheme, tuple(sorted((k, repr(v)) for k, v in settings.items())), tuple(os.environ.get(k) for k in _ENV),
+           os.getpid())
+    if key not in _FS_CACHE:
+        planned = s3_direct.plan(settings, os.environ, s3_direct.config_file_exists(os.environ))
+        _FS_CACHE[key] = planned and s3_direct.DirectS3(
+            *planned, connect_timeout=float(settings["connect_timeout"]), read_timeout=float(settings["read_timeout"]),
+            slow=lambda: filesystem(where.scheme, where.url))
+    return _FS_CACHE[key]
 
 
 def filesystem(scheme: str, url: str) -> Any:
@@ -323,6 +352,8 @@ def _first_read(fs: Any, key: str, n: int, *, tail: bool) -> tuple[bytes, int | 
     translation) the size comes with the bytes, so that the tail is placed exactly whatever the
     end records claim. Any other file system: ``cat_file``, and the size from the end records.
     """
+    if hasattr(fs, "first_read"):  # s3_direct.DirectS3
+        return fs.first_read(key, n, tail=tail)
     start, end = (-n, None) if tail else (0, n)
     if "s3" not in getattr(fs, "protocol", ()):
         return fs.cat_file(key, start=start, end=end), None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.checkpoint.folder_format import STAMP_NAME, FolderStamp, manifest_digest, parse_stamp_doc
-from envkit.checkpoint.remote import STREAM_BLOCK, _call, remote_error, split
+from envkit.checkpoint.remote import STREAM_BLOCK, _call, remote_error, split, split_for_reading
 from envkit.checkpoint.stamp import MAX_STAMP_BYTES, Stamp
 from envkit.checkpoint.urls import ObjectPath
 from envkit.errors import NotACheckpoint
@@ -35,7 +35,7 @@ def is_folder_url(location: object) -> bool:
 
 def read_folder_url(location: str | os.PathLike[str]) -> tuple[ObjectPath, FolderStamp]:
     """The folder's ``envkit.json``, checked as a local one is: one ranged GET."""
-    fs, key, where = split(location)
+    fs, key, where = split_for_reading(location)
     marker = where / STAMP_NAME
     try:
         data = bytes(fs.cat_file(f"{key}/{STAMP_NAME}", start=0, end=MAX_STAMP_BYTES + 1))

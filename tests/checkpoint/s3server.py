@@ -124,15 +124,17 @@ class S3Server:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.range_reads = range_reads
         self.requests: list[Request] = []
+        self.authorizations: list[str] = []  # each request's Authorization header, in order ("" when unsigned)
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
 
         def counting(environ: dict[str, Any], start_response: Any) -> Any:
             request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
                               environ.get("HTTP_RANGE"))
+            auth = environ.get("HTTP_AUTHORIZATION", "")
             with self._lock:
                 self.requests.append(request)
-            auth = environ.get("HTTP_AUTHORIZATION", "")
+                self.authorizations.append(auth)
             if f"Credential={READONLY_KEY}/" in auth and request.method in ("PUT", "POST", "DELETE"):
                 start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(_DENIED)))])
                 return [_DENIED]
@@ -156,6 +158,7 @@ class S3Server:
     def reset_log(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.authorizations.clear()
 
     def log(self, key: str | None = None) -> list[Request]:
         with self._lock:
