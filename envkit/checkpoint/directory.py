@@ -70,9 +70,12 @@ def find_latest(folder: Where, project: str | None = None) -> CheckpointInfo | N
     return found[0] if found is not None else None
 
 
-def find_latest_verified(folder: Where, project: str | None = None) -> tuple[CheckpointInfo, VerifyResult] | None:
-    """``find_latest``, with the winner's verify result (its stamp: what resume() guards and loads with)."""
-    fast = latest_from_index(as_listing(folder), project)
+def find_latest_verified(folder: Where, project: str | None = None, *, copy: Any = None) -> tuple[CheckpointInfo, VerifyResult] | None:
+    """``find_latest``, with the winner's verify result (its stamp: what resume() guards and loads with).
+
+    ``copy``: a ``remote_verify.VerifiedCopy`` that ends holding the winner's bytes when it is one object at a URL.
+    """
+    fast = latest_from_index(as_listing(folder), project, copy=copy)
     if fast is not None:
         return fast
     listing, known, unknown = _listing(folder)
@@ -92,7 +95,7 @@ def find_latest_verified(folder: Where, project: str | None = None) -> tuple[Che
         info = source if isinstance(source, CheckpointInfo) else _from_index(listing, name, source)
         if info.valid is False:
             continue
-        result = verify(info.path)
+        result = verify(info.path, copy=copy)
         if not result.ok:
             continue
         stamp = result.info.stamp if result.info else None

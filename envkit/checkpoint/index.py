@@ -163,13 +163,13 @@ def write_index(folder: Path | Listing, entries: Iterable[CheckpointInfo]) -> No
 
 
 def latest_from_index(
-    folder: Path | Listing, project: str | None, is_new_checkpoint: Any = None
+    folder: Path | Listing, project: str | None, is_new_checkpoint: Any = None, *, copy: Any = None
 ) -> tuple[CheckpointInfo, VerifyResult] | None:
     """When the folder holds exactly the checkpoints the index names, walk its order newest first.
 
     ``is_new_checkpoint(name)``: whether a name the index does not know is a committed
     checkpoint (default: the listing's own answer). The winner is verified and its stamp must say what the index says; anything
-    else (a file added, removed or rewritten behind the manager's back) returns None: scan.
+    else (a file added, removed or rewritten behind the manager's back) returns None: scan. ``copy``: integrity.verify's.
     """
     from envkit.checkpoint.integrity import verify
 
@@ -202,7 +202,7 @@ def latest_from_index(
         if project is not None and owner != project:
             continue
         path = listing.location(name)
-        result = verify(path)
+        result = verify(path, copy=copy)
         if not result.ok:
             continue
         stamp = result.info.stamp if result.info else None

@@ -107,17 +107,20 @@ def verify(
     info: CheckpointFile | None = None,
     *,
     progress: Progress | None = None,
+    copy: Any = None,
 ) -> VerifyResult:
     """Never raises for a damaged or unreadable file: the answer is in the result's ``status``.
 
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
+    ``copy``: a ``remote_verify.VerifiedCopy`` that a one-object URL's bytes are written to as they
+    stream (a resume loads them from there); ignored for a local path and a ``.dcp`` prefix.
     """
     if is_url(path) and str(path).rstrip("/").endswith(".dcp"):  # a sharded checkpoint in a bucket: every file streamed once
         return _verify_folder_url(path, info, progress)
     if is_url(path):  # s3://, gs://, ...: the payload streamed once (remote.py)
         from envkit.checkpoint.remote_verify import verify_url
 
-        return VerifyResult(*verify_url(path, info, progress))
+        return VerifyResult(*verify_url(path, info, progress, copy))
     p = as_location(path)  # a file:// URL is the local path it names
     if info is None and not is_folder_checkpoint(p) and os.path.isfile(p):  # a regular file: opening cannot block
         try:

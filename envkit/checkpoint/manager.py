@@ -425,21 +425,23 @@ class CheckpointManager:
         this environment must not resume raises EnvironmentMismatch before unpickling.
         Distributed: the ranks' environments are compared first, then rank 0 picks the
         checkpoint and every rank loads that one. The chosen file is read twice: once to
-        verify it (its stamp comes with that read) and once to load it.
+        verify it (its stamp comes with that read) and once to load it; in a bucket rank 0
+        loads the copy its verify kept, so the object crosses the network once.
         """
         self.wait()  # a background save in flight is committed first (and its error raised)
         if self.distributed:
             self._check_ranks()
-        found = find_latest_verified(self.storage, self.project) if self.rank == 0 else None
-        if self.rank == 0:
-            skipped = skipped_warning(self.storage, self.project, self._ours(with_unreadable=True), found[0] if found else None)
-            if skipped is not None:
-                warn_at_caller(skipped, CheckpointSkippedWarning)
-        name = self.ranks.broadcast(found[0].path.name if found is not None else None)
-        if name is None:
-            return None
-        file = found[1].info if found is not None else None  # the other ranks read the stamp themselves
-        state = self.storage.load(name, policy=self._active_policy(), map_location=map_location, file=file)
+        with self.storage.verified_copy() as copy:  # a bucket: the object verify streams is loaded from here, not fetched again
+            found = find_latest_verified(self.storage, self.project, copy=copy) if self.rank == 0 else None
+            if self.rank == 0:
+                skipped = skipped_warning(self.storage, self.project, self._ours(with_unreadable=True), found[0] if found else None)
+                if skipped is not None:
+                    warn_at_caller(skipped, CheckpointSkippedWarning)
+            name = self.ranks.broadcast(found[0].path.name if found is not None else None)
+            if name is None:
+                return None
+            file = found[1].info if found is not None else None  # the other ranks read the stamp themselves
+            state = self.storage.load(name, policy=self._active_policy(), map_location=map_location, file=file)
         path = self.directory / name
         parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=sampler)
         state.restore(parts, path, rank=self.rank, world=self.ranks.world)

@@ -3,6 +3,10 @@
 32 MiB ranged reads, hashed as they arrive; every record's local header is checked as the
 stream passes it, so nothing is read twice (the local verify seeks to each header instead).
 integrity.verify dispatches here and wraps the answer in its ``VerifyResult``.
+
+Given a ``VerifiedCopy``, the bytes streamed are written to its local file as well, and the rest
+of the object from the bytes already held: a resume loads the checkpoint it verified from there,
+instead of downloading it a second time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,48 @@ OK, UNSTAMPED, CORRUPT, UNREADABLE = "ok", "unstamped", "corrupt", "unreadable" 
 UNSTAMPED_ADVICE = "nothing to verify against; stamp it by saving with envkit.save"
 
 
+class VerifiedCopy:
+    """A local folder where ``verify_url`` keeps the bytes of the object it verifies, under the object's name.
+
+    ``holds`` is that object's URL once it verified whole and was written whole; None while it is written,
+    after any other answer, and when the local disk refused a write (the copy saves a download, it is never a
+    reason for verify to fail). Each verify replaces the previous copy.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.holds: Path | None = None
+        self.path: Path | None = None
+        self.failed = False
+        self._file: Any = None
+
+    def begin(self, where: Path) -> None:
+        self.end()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        self.holds, self.failed, self.path = None, False, self.folder / where.name
+        try:
+            self._file = open(self.path, "wb")
+        except OSError:
+            self.failed = True
+
+    def write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self._file.write(data)
+        except OSError:
+            self.failed = True
+
+    def end(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                self.failed = True
+            self._file = None
+
+
 class Answer(NamedTuple):
     path: Path
     status: str
@@ -29,8 +75,22 @@ class Answer(NamedTuple):
     info: CheckpointFile | None = None
 
 
-def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Any) -> Answer:
-    """``verify`` of a URL: the directory from the tail, then the payload streamed once."""
+def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Any,
+               copy: VerifiedCopy | None = None) -> Answer:
+    """``verify`` of a URL: the directory from the tail, then the payload streamed once (into ``copy`` too)."""
+    if copy is None:
+        return _verify_url(location, info, progress, None)
+    copy.begin(as_location(location))
+    try:
+        answer = _verify_url(location, info, progress, copy)
+    finally:
+        copy.end()
+    if answer.status == OK and not copy.failed:
+        copy.holds = answer.path
+    return answer
+
+
+def _verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Any, out: Any) -> Answer:
 
     where = as_location(location)
     view: RangeView | None = None
@@ -55,7 +115,7 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
     if payload.length > info.size:
         return Answer(where, CORRUPT, f"{where}: truncated: the stamp records {payload.length} payload bytes, the object has {info.size}", info)
     if info.format == FORMAT:  # safetensors: the header against the stamp, then the data section streamed once
-        return _verify_safetensors(where, fs, key, view or open_view(where), info, progress)
+        return _verify_safetensors(where, fs, key, view or open_view(where), info, progress, out)
     try:
         headers: list[tuple[int, str]] = []
         if info.format != "legacy":
@@ -78,6 +138,8 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
             if len(block) != end - done:
                 return Answer(where, CORRUPT, f"{where}: truncated: the object ended at {done + len(block)} bytes", info)
             hasher.update(block)
+            if out is not None:
+                out.write(block)
             window, base = carry + block, done - len(carry)
             while at < len(headers) and headers[at][0] + 4 <= end:
                 offset, name = headers[at]
@@ -91,6 +153,8 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
         if actual != payload.digest:
             return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
                                 "the bytes changed after saving", info)
+        if out is not None:
+            _copy_rest(where, view or open_view(where), out, start=payload.length, size=info.size)
     except StorageUnavailable:
         raise
     except EnvkitError as exc:
@@ -98,7 +162,17 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
     return Answer(where, OK, None, info)
 
 
-def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: CheckpointFile, progress: Any) -> Answer:
+def _copy_rest(where: Path, view: RangeView, out: Any, *, start: int, size: int) -> None:
+    """The object's bytes from ``start`` to its end (the stamp and the directory, held since the tail read) into ``out``."""
+    view.seek(start)
+    rest = view.read(size - start)
+    if len(rest) != size - start:
+        raise MalformedStamp(f"{where}: the object ended at {start + len(rest)} bytes, not {size}")
+    out.write(rest)
+
+
+def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: CheckpointFile, progress: Any,
+                        out: Any) -> Answer:
     stamp = info.stamp
     assert stamp is not None and stamp.payload is not None
     payload = stamp.payload
@@ -108,6 +182,8 @@ def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: C
         if problem is not None:
             return Answer(where, CORRUPT, problem, info)
         hasher = new_hasher(payload.algorithm)
+        if out is not None:
+            out.write(view.read_at(0, header.data_start))
         done = 0
         while done < payload.length:
             at = header.data_start + done
@@ -115,18 +191,22 @@ def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: C
             if not block:
                 return Answer(where, CORRUPT, f"{where}: truncated: {done:,} of {payload.length:,} data bytes could be read", info)
             hasher.update(block)
+            if out is not None:
+                out.write(block)
             done += len(block)
             if progress is not None:
                 progress(done, payload.length)
+        actual = f"{payload.algorithm}:{hasher.hexdigest()}"
+        if actual != payload.digest:
+            return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
+                                "the bytes changed after saving", info)
+        if out is not None:
+            _copy_rest(where, view, out, start=header.data_start + payload.length, size=info.size)
     except StorageUnavailable:
         raise
     except EnvkitError as exc:
         return Answer(where, CORRUPT, exc.message, info)
-    actual = f"{payload.algorithm}:{hasher.hexdigest()}"
-    if actual != payload.digest:
-        return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
-                            "the bytes changed after saving", info)
     return Answer(where, OK, None, info)
 
 
-__all__ = ["Answer", "verify_url"]
+__all__ = ["Answer", "VerifiedCopy", "verify_url"]

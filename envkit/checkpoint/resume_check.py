@@ -170,19 +170,21 @@ def load(
     policy: Policy | str | None = None,
     verify: bool = True,
     info: CheckpointFile | None = None,
+    local_copy: Path | None = None,
 ) -> Any:
     """guard, then the payload digest, then ``torch.load(weights_only=True)``; a safetensors file
     gives its dict of tensors (read and verified in one pass; ``map_location`` a device).
 
     Without ``map_location`` tensors go where they were saved when that device
-    exists here, else to the CPU. ``info``: its stamp, read already.
+    exists here, else to the CPU. ``info``: its stamp, read already. ``local_copy``: a local file
+    holding a URL's bytes (a resume's verify kept them), loaded instead of downloading them.
     """
     report = guard(path, policy, info=info)
     if report.info.format == "dcp":
         raise BadInput(f"{path}: a sharded checkpoint (every rank's part through torch.distributed.checkpoint); resume it "
                        "with CheckpointManager(its folder, sharded=True) under the same number of ranks")
     if is_url(path):  # s3://, gs://, ...: the guard from the stamp (one ranged GET, of the tail or of a safetensors header), then a download, verified locally
-        return _load_downloaded(report, map_location=map_location, verify=verify)
+        return _load_downloaded(report, map_location=map_location, verify=verify, local_copy=local_copy)
     if report.info.format == "folder":
         raise BadInput(f"{path}: a checkpoint folder, not one file; envkit.guard (or envkit.verify) it, then load it with the "
                        "framework that wrote it")
@@ -211,7 +213,7 @@ def load(
     return torch.load(path, map_location=location, weights_only=True)
 
 
-def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool) -> Any:
+def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool, local_copy: Path | None) -> Any:
     import tempfile
     from dataclasses import replace
 
@@ -219,9 +221,10 @@ def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool) ->
 
     where = report.checkpoint
     with tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
-        local = Path(folder) / where.name
-        with open(local, "wb") as out:
-            download(where, out)
+        local = local_copy or Path(folder) / where.name
+        if local_copy is None:
+            with open(local, "wb") as out:
+                download(where, out)
         if verify and report.info.stamped:
             from envkit.checkpoint.integrity import verify as verify_file
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +73,10 @@ class CheckpointStorage(Protocol):
         ``file``: the stamp read already (by the verify that chose this checkpoint): not read again.
         """
 
+    def verified_copy(self) -> AbstractContextManager[Any]:
+        """Where resume's verify keeps the bytes it reads, for ``load`` to take them from (a bucket's
+        ``remote_verify.VerifiedCopy``); None where reading them again costs a local read."""
+
     def delete(self, name: str) -> None: ...
 
     def list_committed(self) -> list[str]:
@@ -109,6 +114,9 @@ class LocalFolder(LocalListing):
         super().__init__(root)
         self.digest = digest
         self.ranks = ranks
+
+    def verified_copy(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the second read of a local file comes from the page cache
 
     def path_of(self, name: str) -> Path:
         return self.root / name

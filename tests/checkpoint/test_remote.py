@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -228,6 +229,79 @@ def test_manager_on_a_bucket_saves_retains_resumes_and_lists_from_the_index(buck
         info = again.resume(model=fresh)
         assert info is not None and info.step == 4 and str(info.path) == f"{url}/p_0000_00000004.pth"
     assert torch.all(fresh.weight == 4.0)
+
+
+def _bytes_asked(server: S3Server, key: str) -> int:
+    """The bytes the GETs of ``key`` asked for (their Range headers; a GET without one: the whole object)."""
+    total = 0
+    for r in _gets(server, key):
+        spec = str(r.range or "").removeprefix("bytes=")  # type: ignore[attr-defined]
+        first, _, last = spec.partition("-")
+        total += int(last) if not first else (int(last) - int(first) + 1 if last else 1 << 40)
+    return total
+
+
+def test_resume_from_a_bucket_fetches_the_object_once(bucket: str, s3_server: S3Server) -> None:
+    """rank 0's verify streams the object; the load takes those bytes (kept in $TMPDIR) instead of fetching it again."""
+    model = torch.nn.Linear(1000, 1000)  # 4 MB
+    url = f"s3://{bucket}/once"
+    with envkit.CheckpointManager(url, project="p") as mgr:
+        mgr.save(epoch=0, step=1, model=model)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        mgr.save(epoch=0, step=2, model=model)
+    size = int(_boto(s3_server).head_object(Bucket=bucket, Key="once/p_0000_00000002.pth")["ContentLength"])  # type: ignore[attr-defined]
+    s3_server.reset_log()
+    fresh = torch.nn.Linear(1000, 1000)
+    with envkit.CheckpointManager(url, project="p") as again:
+        assert again.resume(model=fresh).step == 2  # type: ignore[union-attr]
+    assert torch.equal(fresh.weight, model.weight)
+    asked = _bytes_asked(s3_server, "p_0000_00000002.pth")
+    assert size <= asked < size + 2 * remote.TAIL_BYTES, (asked, size)  # once, plus the tail read (twice: before, ~2x)
+    assert not [r for r in s3_server.log() if r.method == "HEAD"]
+    assert not list(Path(tempfile.gettempdir()).glob("envkit-resume-*"))  # the copy is gone once loaded
+
+
+def test_resume_past_a_corrupt_newest_object_loads_the_one_that_verified(bucket: str, s3_server: S3Server) -> None:
+    model = torch.nn.Linear(300, 300)
+    url = f"s3://{bucket}/past"
+    with envkit.CheckpointManager(url, project="p") as mgr:
+        mgr.save(epoch=0, step=1, model=model)
+        older = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        mgr.save(epoch=0, step=2, model=model)
+    client = _boto(s3_server)
+    key = "past/p_0000_00000002.pth"
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())  # type: ignore[attr-defined]
+    data[len(data) // 2] ^= 0xFF  # one byte of the payload, the size unchanged
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))  # type: ignore[attr-defined]
+    fresh = torch.nn.Linear(300, 300)
+    with envkit.CheckpointManager(url, project="p") as again, pytest.warns(envkit.CheckpointSkippedWarning):
+        assert again.resume(model=fresh).step == 1  # type: ignore[union-attr]
+    assert torch.equal(fresh.weight, older)  # the copy of the corrupt one was replaced by the one that verified
+
+
+@pytest.mark.parametrize("name", ["v.pth", "v.safetensors"])
+def test_verify_with_a_copy_keeps_the_objects_bytes_exactly(tmp_path: Path, bucket: str, name: str) -> None:
+    from envkit.checkpoint.integrity import verify
+    from envkit.checkpoint.remote_verify import VerifiedCopy
+
+    if name.endswith(".safetensors"):
+        pytest.importorskip("safetensors")
+    local = tmp_path / name
+    envkit.save({"a": torch.arange(50_000.0), "b": torch.ones(3, dtype=torch.int64)}, local)
+    url = f"s3://{bucket}/{name}"
+    _fs().put_file(str(local), f"{bucket}/{name}")  # type: ignore[attr-defined]
+    copy = VerifiedCopy(tmp_path / "kept")
+    copy.folder.mkdir()
+    assert verify(url, copy=copy).ok
+    assert str(copy.holds) == url and copy.path is not None and copy.path.read_bytes() == local.read_bytes()
+    broken = bytearray(local.read_bytes())
+    broken[-len(broken) // 3] ^= 0x01
+    _fs().pipe_file(f"{bucket}/{name}", bytes(broken))  # type: ignore[attr-defined]
+    assert verify(url, copy=copy).status == "corrupt"
+    assert copy.holds is None
 
 
 def test_a_save_that_fails_mid_upload_leaves_no_object_and_no_upload(bucket: str, s3_server: S3Server,
