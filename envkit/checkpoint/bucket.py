@@ -11,10 +11,7 @@ outcome (as ``single_file.SingleFileStorage`` does). Sharded (``.dcp``) saves ar
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from envkit.checkpoint.listing import ObjectListing
 from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.checkpoint.remote import LOCK_NAME, ObjectLock, _Upload, remote_error, upload_stamped
-from envkit.checkpoint.remote_verify import VerifiedCopy
+from envkit.checkpoint.remote_verify import KeepsVerifiedCopy
 from envkit.checkpoint.state import TrainingState
 from envkit.checkpoint.urls import ObjectPath
 from envkit.errors import BadInput, CheckpointWriteError
@@ -43,7 +40,7 @@ class _PendingObject:
 
 
 
-class ObjectStorage(ObjectListing):
+class ObjectStorage(ObjectListing, KeepsVerifiedCopy):
     """``CheckpointStorage`` for a bucket prefix: one stamped torch.save object per checkpoint."""
 
     def __init__(self, root: Path, *, sharded: bool, digest: str, ranks: Ranks) -> None:
@@ -54,22 +51,9 @@ class ObjectStorage(ObjectListing):
             raise BadInput(f"{root}: ObjectStorage keeps one object per checkpoint; sharded checkpoints in a bucket are "
                            "bucket_sharded.ShardedObjectStorage's (CheckpointManager(url, sharded=True) picks it)")
         self.digest, self.ranks = digest, ranks
-        self._copy: VerifiedCopy | None = None
 
     def name_for(self, name: str) -> str:
         return name
-
-    @contextmanager
-    def verified_copy(self) -> Iterator[VerifiedCopy]:
-        """A scratch folder (in ``$TMPDIR``) where resume's verify keeps the object it streams, so that ``load``
-        within this block reads the bytes verified from there instead of downloading them again."""
-        folder = Path(tempfile.mkdtemp(prefix="envkit-resume-"))
-        self._copy = VerifiedCopy(folder)
-        try:
-            yield self._copy
-        finally:
-            self._copy = None
-            shutil.rmtree(folder, ignore_errors=True)
 
     def path_of(self, name: str) -> Path:
         return self.location(name)
@@ -214,9 +198,8 @@ class ObjectStorage(ObjectListing):
         from envkit.checkpoint.resume_check import load
 
         path = self.location(name)
-        kept = self._copy.path if self._copy is not None and self._copy.holds == path else None
         return TrainingState.from_state(load(path, map_location=map_location, policy=policy, verify=False, info=file,
-                                             local_copy=kept), source=path)
+                                             local_copy=self.kept(path)), source=path)
 
     def delete(self, name: str) -> None:
         try:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from envkit.checkpoint.paths import TEMP_MARK
 from envkit.checkpoint.reader import CheckpointFile, read_stamp
 from envkit.checkpoint.remote import ObjectLock, _Upload, remote_error
 from envkit.checkpoint.remote_folder import download_folder, listed_sizes, read_folder_url
+from envkit.checkpoint.remote_verify import KeepsVerifiedCopy
 from envkit.checkpoint.sharded import (
     background_ranks,
     check_world,
@@ -100,7 +100,7 @@ def _is_ours(name: str) -> bool:
         (name.startswith("rank") and name.endswith(".pt") and name[4:-3].isdigit())
 
 
-class ShardedObjectStorage(ObjectListing):
+class ShardedObjectStorage(ObjectListing, KeepsVerifiedCopy):
     """``CheckpointStorage`` for sharded checkpoints under a bucket prefix. ``write``, ``commit`` and ``load`` are
     collectives under torch.distributed (every rank calls them), as with the local ``ShardedFolderStorage``."""
 
@@ -127,9 +127,6 @@ class ShardedObjectStorage(ObjectListing):
 
     def ephemeral_warning(self) -> str | None:
         return self._objects.ephemeral_warning()
-
-    def verified_copy(self) -> AbstractContextManager[None]:
-        return nullcontext()  # a prefix of files: every rank downloads and verifies them in load()
 
     def read(self, name: str) -> CheckpointFile:
         return read_stamp(self.location(name))
@@ -331,15 +328,17 @@ class ShardedObjectStorage(ObjectListing):
         where = self.location(name)
         report = guard(where, policy, info=file)
         check_world(where, report.info, self.ranks)
-        scratch = Path(tempfile.mkdtemp(prefix="envkit-dcp-load-"))
+        kept = self.kept(where)  # rank 0: the files its verify streamed (and hashed) while choosing this checkpoint
+        scratch = kept or Path(tempfile.mkdtemp(prefix="envkit-dcp-load-"))
         try:
             error: EnvkitError | None = None
             try:
-                _, found = read_folder_url(where)  # the list of files (the marker again: the stamp read kept only their sizes)
-                download_folder(where, {n: int(r["size"]) for n, r in found.files.items()}, scratch)
-                problem = verify_files(scratch, found.stamp, found.files)
-                if problem is not None:
-                    error = CorruptCheckpoint(f"{problem.replace(str(scratch), str(where))}; resume from an earlier checkpoint")
+                if kept is None:
+                    _, found = read_folder_url(where)  # the list of files (the marker again: the stamp read kept only their sizes)
+                    download_folder(where, {n: int(r["size"]) for n, r in found.files.items()}, scratch)
+                    problem = verify_files(scratch, found.stamp, found.files)
+                    if problem is not None:
+                        error = CorruptCheckpoint(f"{problem.replace(str(scratch), str(where))}; resume from an earlier checkpoint")
             except EnvkitError as exc:
                 error = exc
             except OSError as exc:

@@ -112,11 +112,11 @@ def verify(
     """Never raises for a damaged or unreadable file: the answer is in the result's ``status``.
 
     ``progress(done, total)`` is called as the payload is hashed (bytes so far, bytes in all).
-    ``copy``: a ``remote_verify.VerifiedCopy`` that a one-object URL's bytes are written to as they
-    stream (a resume loads them from there); ignored for a local path and a ``.dcp`` prefix.
+    ``copy``: a ``remote_verify.VerifiedCopy`` that a URL's bytes (one object's, or a ``.dcp`` prefix's
+    files) are written to as they stream (a resume loads them from there); ignored for a local path.
     """
     if is_url(path) and str(path).rstrip("/").endswith(".dcp"):  # a sharded checkpoint in a bucket: every file streamed once
-        return _verify_folder_url(path, info, progress)
+        return _verify_folder_url(path, info, progress, copy)
     if is_url(path):  # s3://, gs://, ...: the payload streamed once (remote.py)
         from envkit.checkpoint.remote_verify import verify_url
 
@@ -133,7 +133,8 @@ def verify(
     return _verify(p, info, progress, None)
 
 
-def _verify_folder_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Progress | None) -> VerifyResult:
+def _verify_folder_url(location: str | os.PathLike[str], info: CheckpointFile | None, progress: Progress | None,
+                       copy: Any = None) -> VerifyResult:
     """``verify`` of a ``.dcp`` prefix (remote_folder.py): its envkit.json, one LIST, each file hashed as it streams."""
     from envkit.checkpoint.remote_folder import read_folder_url, verify_folder_url
     from envkit.errors import StorageUnavailable
@@ -145,7 +146,14 @@ def _verify_folder_url(location: str | os.PathLike[str], info: CheckpointFile | 
                                       stamp, "file")
         if stamp.payload is None:
             return VerifyResult(where, UNSTAMPED, f"{where}: the folder's stamp records no digest ({UNSTAMPED_ADVICE})", info)
-        problem = verify_folder_url(where, stamp, files, progress)
+        if copy is not None:
+            copy.begin(where, folder=True)
+        problem: str | None = "unfinished"
+        try:
+            problem = verify_folder_url(where, stamp, files, progress, copy)
+        finally:
+            if copy is not None:
+                copy.end(problem is None, where)
     except StorageUnavailable:
         raise  # the bucket cannot be reached: not an answer about this checkpoint
     except EnvkitError as exc:

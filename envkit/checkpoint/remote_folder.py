@@ -62,8 +62,12 @@ def listed_sizes(fs: Any, key: str, where: ObjectPath) -> dict[str, int]:
     return out
 
 
-def verify_folder_url(where: ObjectPath, stamp: Stamp, files: dict[str, dict[str, Any]], progress: Any = None) -> str | None:
-    """The first problem found (None: every file is there, whole, and nothing else is), as ``folder_format.verify_files``."""
+def verify_folder_url(where: ObjectPath, stamp: Stamp, files: dict[str, dict[str, Any]], progress: Any = None,
+                      copy: Any = None) -> str | None:
+    """The first problem found (None: every file is there, whole, and nothing else is), as ``folder_format.verify_files``.
+
+    ``copy``: a ``remote_verify.VerifiedCopy`` begun for this prefix; each file's bytes are written to it as they stream.
+    """
     from envkit.checkpoint.hashing import new_hasher
 
     if stamp.payload is None:
@@ -85,12 +89,16 @@ def verify_folder_url(where: ObjectPath, stamp: Stamp, files: dict[str, dict[str
         if present[name] != record["size"]:
             return f"{where}: {name} is {present[name]} bytes, the stamp records {record['size']}: truncated or changed"
         hasher, at = new_hasher(algorithm), 0
+        if copy is not None:
+            copy.member(name)
         while at < record["size"]:
             end = min(record["size"], at + STREAM_BLOCK)
             block = _call(where / name, fs.cat_file, f"{key}/{name}", start=at, end=end)
             if len(block) != end - at:
                 return f"{where}: {name} ended at {at + len(block)} bytes, the stamp records {record['size']}: truncated"
             hasher.update(block)
+            if copy is not None:
+                copy.write(block)
             at = end
             if progress is not None:
                 progress(done + at, total)

@@ -12,6 +12,10 @@ instead of downloading it a second time.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,11 +31,12 @@ UNSTAMPED_ADVICE = "nothing to verify against; stamp it by saving with envkit.sa
 
 
 class VerifiedCopy:
-    """A local folder where ``verify_url`` keeps the bytes of the object it verifies, under the object's name.
+    """A local folder where a verify of a URL keeps the bytes it streams: one object under its name, or a ``.dcp``
+    prefix's files in a folder of its name.
 
-    ``holds`` is that object's URL once it verified whole and was written whole; None while it is written,
-    after any other answer, and when the local disk refused a write (the copy saves a download, it is never a
-    reason for verify to fail). Each verify replaces the previous copy.
+    ``holds`` is the URL whose bytes it holds once they verified whole and were written whole; None while they
+    are written, after any other answer, and when the local disk refused a write (the copy saves a download, it
+    is never a reason for verify to fail). Each verify replaces the previous copy.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -41,15 +46,25 @@ class VerifiedCopy:
         self.failed = False
         self._file: Any = None
 
-    def begin(self, where: Path) -> None:
-        self.end()
+    def begin(self, where: Path, *, folder: bool = False) -> None:
+        """Start the copy of ``where`` (``folder``: a prefix of files, each begun with ``member``)."""
+        self._close()
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink(missing_ok=True)
         self.holds, self.failed, self.path = None, False, self.folder / where.name
         try:
-            self._file = open(self.path, "wb")
+            self.path.mkdir() if folder else self._open(self.path)
         except OSError:
             self.failed = True
+
+    def member(self, name: str) -> None:
+        """The writes that follow are the prefix's file ``name``."""
+        self._close()
+        if not self.failed and self.path is not None:
+            try:
+                self._open(self.path / name)
+            except OSError:
+                self.failed = True
 
     def write(self, data: bytes) -> None:
         if self.failed:
@@ -59,13 +74,41 @@ class VerifiedCopy:
         except OSError:
             self.failed = True
 
-    def end(self) -> None:
+    def end(self, answer_ok: bool, where: Path) -> None:
+        self._close()
+        if answer_ok and not self.failed:
+            self.holds = where
+
+    def _open(self, path: Path) -> None:
+        self._file = open(path, "wb")
+
+    def _close(self) -> None:
         if self._file is not None:
             try:
                 self._file.close()
             except OSError:
                 self.failed = True
             self._file = None
+
+
+class KeepsVerifiedCopy:
+    """The bucket storages' ``verified_copy()``: a scratch folder in ``$TMPDIR`` for the duration of a resume, where
+    its verify keeps what it streams; ``kept(where)`` is the local copy of ``where`` when that is what it holds."""
+
+    _copy: VerifiedCopy | None = None
+
+    @contextmanager
+    def verified_copy(self) -> Iterator[VerifiedCopy]:
+        folder = Path(tempfile.mkdtemp(prefix="envkit-resume-"))
+        self._copy = VerifiedCopy(folder)
+        try:
+            yield self._copy
+        finally:
+            self._copy = None
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def kept(self, where: Path) -> Path | None:
+        return self._copy.path if self._copy is not None and self._copy.holds == where else None
 
 
 class Answer(NamedTuple):
@@ -81,12 +124,11 @@ def verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, pr
     if copy is None:
         return _verify_url(location, info, progress, None)
     copy.begin(as_location(location))
+    answer = Answer(as_location(location), UNREADABLE)
     try:
         answer = _verify_url(location, info, progress, copy)
     finally:
-        copy.end()
-    if answer.status == OK and not copy.failed:
-        copy.holds = answer.path
+        copy.end(answer.status == OK, answer.path)
     return answer
 
 
@@ -209,4 +251,4 @@ def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: C
     return Answer(where, OK, None, info)
 
 
-__all__ = ["Answer", "VerifiedCopy", "verify_url"]
+__all__ = ["Answer", "KeepsVerifiedCopy", "VerifiedCopy", "verify_url"]

@@ -25,7 +25,7 @@ import envkit  # noqa: E402
 from envkit.checkpoint.listing import ObjectListing  # noqa: E402
 from envkit.errors import CheckpointWriteError  # noqa: E402
 from tests.checkpoint.s3server import S3Server, free_port  # noqa: E402
-from tests.checkpoint.test_remote import _one_line_exit_2  # noqa: E402
+from tests.checkpoint.test_remote import _bytes_asked, _one_line_exit_2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::envkit.EphemeralDirectoryWarning")
@@ -118,6 +118,23 @@ def test_sharded_manager_on_a_bucket_saves_lists_retains_and_resumes_bit_identic
         assert info is not None and info.step == 3 and str(info.path) == f"{url}/p_0000_00000003.dcp"
     _train(fresh, fresh_opt, 2)
     assert _same(fresh.state_dict(), expected[0]) and _same(fresh_opt.state_dict(), expected[1])
+
+
+def test_sharded_resume_from_a_bucket_fetches_each_file_once(bucket: str, s3_server: S3Server, one_rank: None) -> None:
+    """rank 0's verify streams the prefix's files into $TMPDIR, and its load reads them there (before: twice each)."""
+    url = f"s3://{bucket}/once"
+    model, opt = _make(0)
+    _train(model, opt, 2)
+    with envkit.CheckpointManager(url, project="p", sharded=True) as mgr:
+        mgr.save(epoch=0, step=2, model=model, optimizer=opt)
+    listed = _boto(s3_server).list_objects_v2(Bucket=bucket, Prefix="once/p_0000_00000002.dcp/")  # type: ignore[attr-defined]
+    sizes = {o["Key"]: int(o["Size"]) for o in listed["Contents"] if not o["Key"].endswith("envkit.json")}
+    s3_server.reset_log()
+    fresh, fresh_opt = _make(7)
+    with envkit.CheckpointManager(url, project="p", sharded=True) as again:
+        assert again.resume(model=fresh, optimizer=fresh_opt).step == 2  # type: ignore[union-attr]
+    assert _same(fresh.state_dict(), model.state_dict()) and _same(fresh_opt.state_dict(), opt.state_dict())
+    assert {key: _bytes_asked(s3_server, key) for key in sizes} == sizes
 
 
 # -- faults: nothing half-written, the previous checkpoint latest ------------------------------
