@@ -98,8 +98,12 @@ class KeepsVerifiedCopy:
     _copy: VerifiedCopy | None = None
 
     @contextmanager
-    def verified_copy(self) -> Iterator[VerifiedCopy]:
-        folder = Path(tempfile.mkdtemp(prefix="envkit-resume-"))
+    def verified_copy(self) -> Iterator[VerifiedCopy | None]:
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="envkit-resume-"))
+        except OSError:  # no scratch space at all: no copy (the load's own download names the problem)
+            yield None
+            return
         self._copy = VerifiedCopy(folder)
         try:
             yield self._copy

@@ -304,6 +304,20 @@ def test_verify_with_a_copy_keeps_the_objects_bytes_exactly(tmp_path: Path, buck
     assert copy.holds is None
 
 
+def test_a_copy_the_disk_refuses_is_only_a_lost_saving(tmp_path: Path, bucket: str) -> None:
+    """The copy's file is /dev/full (every write fails with ENOSPC): verify still answers ok, and holds nothing."""
+    from envkit.checkpoint.integrity import verify
+    from envkit.checkpoint.remote_verify import VerifiedCopy
+
+    url = _upload(tmp_path, bucket, "full.pth", {"w": torch.ones(1000)})
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "full.pth").symlink_to("/dev/full")
+    copy = VerifiedCopy(kept)
+    assert verify(url, copy=copy).ok
+    assert copy.failed and copy.holds is None
+
+
 def test_a_save_that_fails_mid_upload_leaves_no_object_and_no_upload(bucket: str, s3_server: S3Server,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure is injected into the client (the third part's upload raises); the server is real."""
