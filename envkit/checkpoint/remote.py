@@ -352,8 +352,11 @@ def _first_read(fs: Any, key: str, n: int, *, tail: bool) -> tuple[bytes, int | 
     translation) the size comes with the bytes, so that the tail is placed exactly whatever the
     end records claim. Any other file system: ``cat_file``, and the size from the end records.
     """
-    if hasattr(fs, "first_read"):  # s3_direct.DirectS3
-        return fs.first_read(key, n, tail=tail)
+    if hasattr(fs, "first_read"):  # s3_direct.DirectS3: its own GET, or s3fs's where that is no answer
+        answer = fs.first_read(key, n, tail=tail)
+        if answer is not None:
+            return answer
+        fs = fs.slow()
     start, end = (-n, None) if tail else (0, n)
     if "s3" not in getattr(fs, "protocol", ()):
         return fs.cat_file(key, start=start, end=end), None

@@ -104,10 +104,6 @@ def plan(settings: Mapping[str, Any], env: Mapping[str, str], config_file_exists
     return Endpoint("https", f"s3.{region}.amazonaws.com", str(region), virtual_host=True), credentials
 
 
-class Fallback(Exception):
-    """The direct request gave no answer envkit may take as s3fs's: ask s3fs."""
-
-
 class DirectS3:
     """The part of an fsspec file system that ``RangeView`` calls (``first_read``, ``cat_file``, ``size``), over
     direct GETs, each of which falls back to s3fs (``slow()``) for whatever it cannot answer itself."""
@@ -129,32 +125,26 @@ class DirectS3:
             self._slow = self._slow_factory()
         return self._slow
 
-    def first_read(self, key: str, n: int, *, tail: bool) -> tuple[bytes, int | None]:
-        """The object's last (``tail``) or first ``n`` bytes and its size, as ``remote._first_read`` returns them."""
-        try:
-            return self._get(key, f"bytes=-{n}" if tail else f"bytes=0-{n - 1}", lambda total: min(n, total))
-        except Fallback:
-            from envkit.checkpoint.remote import _first_read
-
-            return _first_read(self.slow(), key, n, tail=tail)
+    def first_read(self, key: str, n: int, *, tail: bool) -> tuple[bytes, int] | None:
+        """The object's last (``tail``) or first ``n`` bytes and its size; None: ask ``slow()`` (``remote._first_read`` does)."""
+        return self._get(key, f"bytes=-{n}" if tail else f"bytes=0-{n - 1}", lambda total: min(n, total))
 
     def cat_file(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         if start is not None and start >= 0 and end is not None and end > start:
-            try:
-                data, _ = self._get(key, f"bytes={start}-{end - 1}", lambda total: max(0, min(end, total) - start))
-                return data
-            except Fallback:
-                pass
+            answer = self._get(key, f"bytes={start}-{end - 1}", lambda total: max(0, min(end, total) - start))
+            if answer is not None:
+                return answer[0]
         return bytes(self.slow().cat_file(key, start=start, end=end))
 
     def size(self, key: str) -> int:
         return int(self.slow().size(key))
 
-    def _get(self, key: str, byte_range: str, expected: Callable[[int], int]) -> tuple[bytes, int]:
-        """The bytes of ``byte_range`` and the object's size; ``expected(size)`` is how many bytes must come."""
+    def _get(self, key: str, byte_range: str, expected: Callable[[int], int]) -> tuple[bytes, int] | None:
+        """The bytes of ``byte_range`` and the object's size (``expected(size)`` bytes must come); None: not an answer
+        to take as s3fs's (an error status, a refused connection, a server that ignored the range): ask s3fs."""
         bucket, _, name = key.partition("/")
         if not bucket or not name or "?" in key:
-            raise Fallback
+            return None
         host, path = self.endpoint.target(bucket, name)
         headers = {"range": byte_range}
         if self.credentials is not None:
@@ -163,7 +153,7 @@ class DirectS3:
         with self._lock:
             return self._send(host, path, headers, expected)
 
-    def _send(self, host: str, path: str, headers: Mapping[str, str], expected: Callable[[int], int]) -> tuple[bytes, int]:
+    def _send(self, host: str, path: str, headers: Mapping[str, str], expected: Callable[[int], int]) -> tuple[bytes, int] | None:
         for fresh in ((False, True) if self._connection is not None else (True,)):  # a kept-alive one the server closed: once more
             try:
                 response = self._request(host, path, headers, fresh=fresh)
@@ -177,9 +167,9 @@ class DirectS3:
             total = str(response.getheader("Content-Range") or "").rpartition("/")[2]
             if not total.isdigit() or len(data) != expected(int(total)) or response.status not in (200, 206) \
                     or (response.status == 200 and len(data) != int(total)):
-                raise Fallback  # an error, a server that ignored the range, a short body: s3fs's to answer
+                return None  # an error, a server that ignored the range, a short body: s3fs's to answer
             return data, int(total)
-        raise Fallback
+        return None
 
     def _request(self, host: str, path: str, headers: Mapping[str, str], *, fresh: bool) -> Any:
         if fresh or self._connection is None or self._connection.sock is None or self._host != host:
@@ -205,4 +195,4 @@ def config_file_exists(env: Mapping[str, str]) -> bool:
     return os.path.exists(os.path.expanduser(env.get("AWS_CONFIG_FILE") or "~/.aws/config"))
 
 
-__all__ = ["Credentials", "DirectS3", "Endpoint", "Fallback", "plan", "sign"]
+__all__ = ["Credentials", "DirectS3", "Endpoint", "plan", "sign"]
