@@ -195,26 +195,29 @@ def _verify_url(location: str | os.PathLike[str], info: CheckpointFile | None, p
             carry, done = window[-3:], end
             if progress is not None:
                 progress(done, payload.length)
-        actual = f"{payload.algorithm}:{hasher.hexdigest()}"
-        if actual != payload.digest:
-            return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
-                                "the bytes changed after saving", info)
-        if out is not None:
-            _copy_rest(where, view or open_view(where), out, start=payload.length, size=info.size)
+        return _streamed(where, info, hasher, view or open_view(where), out, rest_from=payload.length)
     except StorageUnavailable:
         raise
     except EnvkitError as exc:
         return Answer(where, CORRUPT if isinstance(exc, (NotACheckpoint, MalformedStamp)) else UNREADABLE, exc.message, info)
+
+
+def _streamed(where: Path, info: CheckpointFile, hasher: Any, view: RangeView, out: Any, *, rest_from: int) -> Answer:
+    """The answer once the payload has streamed through ``hasher``: its digest against the stamp's; then, for a copy,
+    the object's bytes from ``rest_from`` to its end (the stamp and the directory, held since the first read)."""
+    assert info.stamp is not None and info.stamp.payload is not None
+    payload = info.stamp.payload
+    actual = f"{payload.algorithm}:{hasher.hexdigest()}"
+    if actual != payload.digest:
+        return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
+                            "the bytes changed after saving", info)
+    if out is not None:
+        view.seek(rest_from)
+        rest = view.read(info.size - rest_from)
+        if len(rest) != info.size - rest_from:
+            raise MalformedStamp(f"{where}: the object ended at {rest_from + len(rest)} bytes, not {info.size}")
+        out.write(rest)
     return Answer(where, OK, None, info)
-
-
-def _copy_rest(where: Path, view: RangeView, out: Any, *, start: int, size: int) -> None:
-    """The object's bytes from ``start`` to its end (the stamp and the directory, held since the tail read) into ``out``."""
-    view.seek(start)
-    rest = view.read(size - start)
-    if len(rest) != size - start:
-        raise MalformedStamp(f"{where}: the object ended at {start + len(rest)} bytes, not {size}")
-    out.write(rest)
 
 
 def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: CheckpointFile, progress: Any,
@@ -242,17 +245,11 @@ def _verify_safetensors(where: Path, fs: Any, key: str, view: RangeView, info: C
             done += len(block)
             if progress is not None:
                 progress(done, payload.length)
-        actual = f"{payload.algorithm}:{hasher.hexdigest()}"
-        if actual != payload.digest:
-            return Answer(where, CORRUPT, f"{where}: payload digest mismatch (recorded {payload.digest}, found {actual}): "
-                                "the bytes changed after saving", info)
-        if out is not None:
-            _copy_rest(where, view, out, start=header.data_start + payload.length, size=info.size)
+        return _streamed(where, info, hasher, view, out, rest_from=header.data_start + payload.length)
     except StorageUnavailable:
         raise
     except EnvkitError as exc:
         return Answer(where, CORRUPT, exc.message, info)
-    return Answer(where, OK, None, info)
 
 
 __all__ = ["Answer", "KeepsVerifiedCopy", "VerifiedCopy", "verify_url"]

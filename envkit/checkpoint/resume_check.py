@@ -215,13 +215,14 @@ def load(
 
 def _load_downloaded(report: CheckReport, *, map_location: Any, verify: bool, local_copy: Path | None) -> Any:
     import tempfile
+    from contextlib import nullcontext
     from dataclasses import replace
 
     from envkit.checkpoint.remote import download
 
     where = report.checkpoint
-    with tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
-        local = local_copy or Path(folder) / where.name
+    with nullcontext(None) if local_copy is not None else tempfile.TemporaryDirectory(prefix="envkit-load-") as folder:
+        local = local_copy or Path(str(folder)) / where.name
         if local_copy is None:
             with open(local, "wb") as out:
                 download(where, out)
