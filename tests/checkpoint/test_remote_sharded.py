@@ -26,6 +26,7 @@ from envkit.checkpoint.listing import ObjectListing  # noqa: E402
 from envkit.errors import CheckpointWriteError  # noqa: E402
 from tests.checkpoint.s3server import S3Server, free_port  # noqa: E402
 from tests.checkpoint.test_remote import _bytes_asked, _one_line_exit_2  # noqa: E402
+from tests.distributed.ending import end_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::envkit.EphemeralDirectoryWarning")
@@ -394,7 +395,6 @@ def _rank_main(rank: int, world: int, port: int, url: str) -> None:
     single = _single_file_phase(rank, f"{url}-one")
     print(json.dumps({"rank": rank, "path": str(path), "step": info.step if info else None, "model": same_model,
                       "optimizer": same_opt, "rng": same_rng, "trained": trained, "single": single}), flush=True)
-    dist.destroy_process_group()
 
 
 def _single_file_phase(rank: int, url: str) -> dict[str, object]:
@@ -415,3 +415,4 @@ def _single_file_phase(rank: int, url: str) -> dict[str, object]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["rank"]:
     _rank_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    end_process(0)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import envkit
 from envkit.distributed import check_consistency
 from envkit.errors import EnvkitError
+from tests.distributed.ending import end_process
 
 warnings.simplefilter("ignore")
 
@@ -254,19 +255,8 @@ def main() -> int:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     for name in sys.argv[5:]:
         SCENARIOS[name](folder)
-    # every rank done before any tears gloo down: a rank that exits first (rank 0 holds the TCP store) can
-    # take its peer's gloo threads down mid-teardown ("terminate called without an active exception", -6)
-    dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: past this point only the interpreter's and libtorch's own finalizers run, and gloo's (torch
-    # 2.13, CI's 2-core machines) now and then abort there, after every scenario has reported and the process
-    # group is destroyed: "terminate called without an active exception" (-6) in test_naming's sharded ranks,
-    # twice, never reproduced here in 40 runs under load. What a test judges was printed above already.
-    os._exit(code)
+    end_process(main())

@@ -20,6 +20,7 @@ refused resume prints ``REFUSED <weights digest> <error>`` and exits 3.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 
@@ -27,6 +28,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from tests.distributed.ending import end_process
 from tests.integrations.runs import weights_digest
 
 EPOCHS, ROWS, BATCH, SAVE_EVERY = 2, 24, 4, 2
@@ -100,4 +102,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    faulthandler.enable()  # an abort prints the Python stack it hit, on stderr, which the test shows
+    code = main()
+    end_process(code, wait_for_peers=code == 0)  # a refusal may be one rank's: no barrier then
